@@ -1,0 +1,64 @@
+// tokenmix/kernels/attention.h: scaled dot-product multi-head attention over strided head views.
+//
+// One kernel serves every attention layer (ESPnet MHA, labml MHA and Primer-EZ, continual attention,
+// the KV-cache streams): projections stay in their natural (B, T, E) or time-major (T, B, E) buffers,
+// and a HeadsView says where row (b, t) of head h lives, so no transposes are made.
+//
+// Semantics, for each batch b, head h, query i:
+//   s_j  = scale * (q_i · k_j)                      for every key j
+//   keep_j = mask allows (b, i, j)  and  causal/left-context band allows (i, j)
+//   p_j  = softmax over kept j of s_j, and exactly 0 for masked j
+//   ctx_i = Σ_j p_j v_j
+// A query row with no kept key gets p = 0 and ctx = 0 (ESPnet's fill-with-float-min-then-zero gives
+// exactly this; PyTorch's -inf fill gives NaN there, tokenmix deliberately returns 0 instead).
+#pragma once
+
+#include <cstdint>
+
+namespace tokenmix {
+
+// Row (b, t) of head h starts at data + b*batch_stride + t*time_stride + h*head_dim.
+struct HeadsView {
+  const float* data = nullptr;
+  int64_t batch_stride = 0;
+  int64_t time_stride = 0;
+};
+struct HeadsOut {
+  float* data = nullptr;
+  int64_t batch_stride = 0;
+  int64_t time_stride = 0;
+};
+
+// A boolean mask addressed as data[b*batch_stride + i*query_stride + j*key_stride] (stride 0
+// broadcasts an axis). keep_value is the byte value that means "may attend" (1 for ESPnet and
+// labml, 0 for PyTorch's key_padding_mask where True = ignore).
+struct AttentionMask {
+  const uint8_t* data = nullptr;
+  int64_t batch_stride = 0;
+  int64_t query_stride = 0;
+  int64_t key_stride = 1;
+  uint8_t keep_value = 1;
+};
+
+struct AttentionShape {
+  int64_t batch = 0, heads = 0, head_dim = 0;
+  int64_t q_len = 0, k_len = 0;
+  float scale = 1.f;
+  // Causal band: query i sits at key position i + query_offset and may attend key j only when
+  // j <= i + query_offset and (left_context == 0 or i + query_offset - j < left_context).
+  bool causal = false;
+  int64_t query_offset = 0;
+  int64_t left_context = 0;
+};
+
+// The optimized kernel (blocked GEMM / softmax / GEMM over query tiles, OpenMP over batch x heads
+// x tiles; extra memory O(tile x k_len) per thread, never k_len x q_len). probs, when non-null,
+// receives the probabilities as a dense (B, H, q_len, k_len) array. mask may be null.
+void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
+               const AttentionMask* mask, HeadsOut ctx, float* probs = nullptr);
+
+// The obviously-correct reference: plain loops, double accumulation. Same contract as attention().
+void attention_reference(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
+                         const AttentionMask* mask, HeadsOut ctx, float* probs = nullptr);
+
+}  // namespace tokenmix

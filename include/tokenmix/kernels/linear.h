@@ -1,0 +1,30 @@
+// tokenmix/kernels/linear.h: dense projections on OpenBLAS (cblas), PyTorch nn.Linear layout.
+#pragma once
+
+#include <cstdint>
+
+#include "tokenmix/core/tensor.h"
+
+namespace tokenmix {
+
+// y[m, :] = x[m, :] · Wᵀ + b for m < rows.
+//   x: rows x in_features, row stride ldx (>= in_features)
+//   W: (out_features, in_features), contiguous (PyTorch weight layout)
+//   b: (out_features) or nullptr
+//   y: rows x out_features, row stride ldy (>= out_features); overwritten (accumulate = false) or
+//      added to (accumulate = true; b is then added too when given).
+// One cblas_sgemm (or sgemv for a single row). No checks: callers validate shapes.
+void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, const float* W,
+                const float* b, int64_t out_features, float* y, int64_t ldy, bool accumulate = false);
+
+// y (..., out_features) = x (..., in_features) · Wᵀ + b. W: (out_features, in_features); b: (out_features)
+// or empty. Throws Error "<fn>: ..." naming the caller when the last axis of x is not in_features or b
+// has the wrong size.
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn = "linear");
+
+// C (M x N, ldc) = alpha * A (M x K, lda) · op(B) + beta * C, row-major; op(B) = Bᵀ when
+// b_transposed (B stored N x K), else B (stored K x N). Thin wrapper over cblas_sgemm.
+void gemm(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
+          int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha = 1.f, float beta = 0.f);
+
+}  // namespace tokenmix

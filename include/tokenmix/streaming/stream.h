@@ -1,0 +1,71 @@
+// tokenmix/streaming/stream.h: the one interface every layer family implements.
+//
+// A Layer holds immutable weights only. All per-stream state (KV cache, conv history, sliding
+// windows, counters) lives in a Stream opened from it, so one Layer can serve many concurrent streams
+// from several threads (Layer methods are const and thread-safe; a Stream is used by one thread at a
+// time).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "tokenmix/core/tensor.h"
+#include "tokenmix/io/safetensors.h"
+
+namespace tokenmix {
+
+struct StreamOptions {
+  // Attention families (causal self-attention with a KV cache): attend to at most this many
+  // tokens, the current one included (0 = unlimited). The cache becomes a ring buffer of this size.
+  int64_t left_context = 0;
+  // Pooling families (Fastformer, HyperMixing): sliding-window length L in tokens (required, >= 1).
+  // Continual attention uses its own sequence_len and ignores this.
+  int64_t window = 0;
+  // Pooling families: which window position's output is emitted once the window is full,
+  // 0 <= position < window, or -1 for the last (newest) token.
+  int64_t position = -1;
+};
+
+class Stream {
+ public:
+  virtual ~Stream() = default;
+  // chunk: (B, C, E) with C >= 1. Returns (B, C_out, E), the outputs this chunk completes, in time
+  // order (C_out = C for the causal attention families; fewer while a window is warming up). The
+  // returned tensor views the stream's own buffer and stays valid until the next call on the stream.
+  // Throws Error "<Layer>Stream::push: chunk: expected shape (B, C, E), got ..." on a bad chunk.
+  virtual Tensor push(const Tensor& chunk) = 0;
+  // Forget everything: the next push starts a new sequence in every batch row.
+  virtual void reset() = 0;
+  // Forget batch row b only (its sequence ended; the other rows go on). Throws Error when
+  // b is not in [0, B).
+  virtual void reset_row(int64_t b) = 0;
+  // Writes every state tensor (and counters) of the stream into writer / reads them back. A restored
+  // stream continues bit-for-bit like the original. restore throws Error naming the tensor when the
+  // file does not match this stream's layer, batch size and options.
+  virtual void save(SafetensorsWriter& writer) const = 0;
+  virtual void restore(const SafetensorsFile& file) = 0;
+  // Convenience wrappers over save/restore with a file path.
+  void save(const std::string& path) const;
+  void restore(const std::string& path);
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  // Short family name, e.g. "espnet_mha".
+  virtual std::string name() const = 0;
+  virtual int64_t d_model() const = 0;
+  // Offline self-attention / token mixing. x: (B, T, E); key_padding_mask: (B, T), true = padded
+  // (ignored as key/token), or empty. Returns (B, T, E). Throws Error on a shape mismatch.
+  virtual Tensor forward(const Tensor& x, const Mask& key_padding_mask = {}) const = 0;
+  // The offline definition a stream reproduces when fed x in any chunking: for the attention
+  // families the causal (left-context banded) forward; for the windowed families the stacked window
+  // outputs. x: (B, T, E); returns (B, T_out, E). Throws Error on invalid options.
+  virtual Tensor stream_reference(const Tensor& x, const StreamOptions& options) const = 0;
+  // Opens a stream for `batch` rows. Throws Error on invalid options or for configurations the
+  // math cannot stream.
+  virtual std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const = 0;
+};
+
+}  // namespace tokenmix

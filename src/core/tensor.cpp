@@ -1,0 +1,141 @@
+#include "tokenmix/core/tensor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace tokenmix {
+
+Shape::Shape(std::initializer_list<int64_t> dims) : Shape(std::vector<int64_t>(dims)) {}
+
+Shape::Shape(const std::vector<int64_t>& dims) {
+  check(dims.size() <= static_cast<size_t>(kMaxAxes), "Shape: expected at most ", kMaxAxes,
+        " axes, got ", dims.size());
+  ndim_ = static_cast<int>(dims.size());
+  for (int i = 0; i < ndim_; ++i) {
+    check(dims[i] >= 0, "Shape: axis ", i, ": expected a size >= 0, got ", dims[i]);
+    dims_[i] = dims[i];
+  }
+}
+
+int64_t Shape::operator[](int i) const {
+  const int j = i < 0 ? i + ndim_ : i;
+  check(j >= 0 && j < ndim_, "Shape::operator[]: axis ", i, " out of range for ", str());
+  return dims_[j];
+}
+
+int64_t Shape::numel() const {
+  int64_t n = 1;
+  for (int i = 0; i < ndim_; ++i) n *= dims_[i];
+  return n;
+}
+
+bool Shape::operator==(const Shape& o) const {
+  return ndim_ == o.ndim_ && std::equal(dims_.begin(), dims_.begin() + ndim_, o.dims_.begin());
+}
+
+std::string Shape::str() const {
+  std::string s = "(";
+  for (int i = 0; i < ndim_; ++i) s += (i ? ", " : "") + std::to_string(dims_[i]);
+  return s + (ndim_ == 1 ? ",)" : ")");
+}
+
+template <typename T>
+BasicTensor<T>::BasicTensor(const Shape& shape) : shape_(shape) {
+  auto storage = std::shared_ptr<T[]>(new T[std::max<int64_t>(shape.numel(), 1)]());
+  data_ = storage.get();
+  owner_ = storage;
+}
+
+template <typename T>
+BasicTensor<T>::BasicTensor(const Shape& shape, const std::vector<T>& values) : BasicTensor(shape) {
+  check(static_cast<int64_t>(values.size()) == shape.numel(), "Tensor: values: expected ",
+        shape.numel(), " elements for shape ", shape.str(), ", got ", values.size());
+  std::copy(values.begin(), values.end(), data_);
+}
+
+template <typename T>
+BasicTensor<T> BasicTensor<T>::view(const Shape& shape, T* data, std::shared_ptr<void> owner) {
+  BasicTensor t;
+  t.shape_ = shape;
+  t.data_ = data;
+  t.owner_ = std::move(owner);
+  return t;
+}
+
+template <typename T>
+BasicTensor<T> BasicTensor<T>::reshape(const Shape& shape) const {
+  check(shape.numel() == numel(), "Tensor::reshape: cannot view ", shape_.str(), " as ", shape.str());
+  BasicTensor t = *this;
+  t.shape_ = shape;
+  return t;
+}
+
+template <typename T>
+BasicTensor<T> BasicTensor<T>::clone() const {
+  BasicTensor t(shape_);
+  if (numel() > 0) std::memcpy(t.data_, data_, sizeof(T) * numel());
+  return t;
+}
+
+template <typename T>
+BasicTensor<T> BasicTensor<T>::operator[](int64_t i) const {
+  check(ndim() >= 1 && i >= 0 && i < shape_[0], "Tensor::operator[]: index ", i,
+        " out of range for shape ", shape_.str());
+  std::vector<int64_t> d = shape_.dims();
+  d.erase(d.begin());
+  Shape s(d);
+  BasicTensor t;
+  t.shape_ = s;
+  t.data_ = data_ + i * s.numel();
+  t.owner_ = owner_;
+  return t;
+}
+
+template class BasicTensor<float>;
+template class BasicTensor<uint8_t>;
+
+template <typename T>
+void check_ndim(const BasicTensor<T>& t, int ndim, const char* fn, const char* arg) {
+  check(t.ndim() == ndim, fn, ": ", arg, ": expected a ", ndim, "-D tensor, got shape ",
+        t.shape().str());
+}
+
+template <typename T>
+void check_shape(const BasicTensor<T>& t, const std::vector<int64_t>& want, const char* fn,
+                 const char* arg, const std::vector<std::string>& axis_names) {
+  bool ok = t.ndim() == static_cast<int>(want.size());
+  for (size_t i = 0; ok && i < want.size(); ++i) ok = want[i] < 0 || want[i] == t.dim(static_cast<int>(i));
+  if (ok) return;
+  std::string w = "(";
+  for (size_t i = 0; i < want.size(); ++i) {
+    w += i ? ", " : "";
+    if (want[i] >= 0)
+      w += std::to_string(want[i]);
+    else
+      w += i < axis_names.size() ? axis_names[i] : std::string("*");
+  }
+  w += want.size() == 1 ? ",)" : ")";
+  fail(fn, ": ", arg, ": expected shape ", w, ", got ", t.shape().str());
+}
+
+template void check_ndim(const BasicTensor<float>&, int, const char*, const char*);
+template void check_ndim(const BasicTensor<uint8_t>&, int, const char*, const char*);
+template void check_shape(const BasicTensor<float>&, const std::vector<int64_t>&, const char*,
+                          const char*, const std::vector<std::string>&);
+template void check_shape(const BasicTensor<uint8_t>&, const std::vector<int64_t>&, const char*,
+                          const char*, const std::vector<std::string>&);
+
+float max_abs_diff(const Tensor& a, const Tensor& b) {
+  check(a.shape() == b.shape(), "max_abs_diff: shapes differ: ", a.shape().str(), " vs ",
+        b.shape().str());
+  float m = 0.f;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const float d = std::fabs(a.data()[i] - b.data()[i]);
+    if (std::isnan(d)) return NAN;
+    m = std::max(m, d);
+  }
+  return m;
+}
+
+}  // namespace tokenmix

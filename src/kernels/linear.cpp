@@ -1,0 +1,61 @@
+#include "tokenmix/kernels/linear.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+
+namespace tokenmix {
+
+void gemm(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
+          int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
+              static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
+              static_cast<blasint>(ldc));
+}
+
+void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, const float* W,
+                const float* b, int64_t out_features, float* y, int64_t ldy, bool accumulate) {
+  if (rows == 0 || out_features == 0) return;
+  if (b) {
+    for (int64_t m = 0; m < rows; ++m) {
+      float* yr = y + m * ldy;
+      if (accumulate)
+        for (int64_t n = 0; n < out_features; ++n) yr[n] += b[n];
+      else
+        std::copy(b, b + out_features, yr);
+    }
+  }
+  const float beta = (b || accumulate) ? 1.f : 0.f;
+  if (rows == 1 && in_features > 0) {
+    if (beta == 0.f) std::fill(y, y + out_features, 0.f);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(out_features),
+                static_cast<blasint>(in_features), 1.f, W, static_cast<blasint>(in_features), x, 1,
+                1.f, y, 1);
+    return;
+  }
+  gemm(x, ldx, W, in_features, /*b_transposed=*/true, y, ldy, rows, out_features, in_features, 1.f,
+       beta);
+}
+
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn) {
+  check_ndim(W, 2, fn, "weight");
+  const int64_t out = W.dim(0), in = W.dim(1);
+  check(x.ndim() >= 1 && x.dim(-1) == in, fn, ": input: expected last axis of size ", in, ", got shape ",
+        x.shape().str());
+  if (!b.empty()) check_shape(b, {out}, fn, "bias");
+  std::vector<int64_t> d = x.shape().dims();
+  d.back() = out;
+  Tensor y{Shape(d)};
+  linear_raw(x.data(), in ? x.numel() / in : 0, in, in, W.data(), b.empty() ? nullptr : b.data(), out,
+             y.data(), out);
+  return y;
+}
+
+}  // namespace tokenmix

@@ -1,0 +1,136 @@
+#include "tokenmix/layers/espnet_mha.h"
+
+#include <cmath>
+
+#include "tokenmix/kernels/attention.h"
+#include "tokenmix/kernels/linear.h"
+#include "tokenmix/layers/masks.h"
+
+namespace tokenmix {
+
+EspnetMultiHeadedAttention::EspnetMultiHeadedAttention(int64_t n_feat, int64_t n_head,
+                                                       const StateDict& state_dict)
+    : n_feat_(n_feat), n_head_(n_head), head_dim_(n_head > 0 ? n_feat / n_head : 0) {
+  const char* fn = "EspnetMultiHeadedAttention";
+  check(n_feat >= 1, fn, ": n_feat: expected >= 1, got ", n_feat);
+  check(n_head >= 1, fn, ": n_head: expected >= 1, got ", n_head);
+  check(n_feat % n_head == 0, fn, ": n_feat (", n_feat, ") must be divisible by n_head (", n_head, ")");
+  WeightReader r(state_dict, fn);
+  const Shape w{n_feat, n_feat}, b{n_feat};
+  w_q_ = r.take("linear_q.weight", w);
+  b_q_ = r.take("linear_q.bias", b);
+  w_k_ = r.take("linear_k.weight", w);
+  b_k_ = r.take("linear_k.bias", b);
+  w_v_ = r.take("linear_v.weight", w);
+  b_v_ = r.take("linear_v.bias", b);
+  w_o_ = r.take("linear_out.weight", w);
+  b_o_ = r.take("linear_out.bias", b);
+  r.finish();
+}
+
+Tensor EspnetMultiHeadedAttention::attend(const Tensor& q, const Tensor& k, const Tensor& v,
+                                          const Mask& mask, const char* fn, Tensor* attn) const {
+  const int64_t B = q.dim(0), T1 = q.dim(1), T2 = k.dim(1), E = n_feat_;
+  AttentionMask m;
+  if (!mask.empty()) {
+    check(mask.ndim() == 3, fn, ": mask: expected (B, 1, T2) or (B, T1, T2) with True = keep, got shape ",
+          mask.shape().str(), " (2-D masks are rejected: upstream mis-broadcasts them)");
+    check((mask.dim(0) == B || mask.dim(0) == 1) && (mask.dim(1) == T1 || mask.dim(1) == 1) &&
+              mask.dim(2) == T2,
+          fn, ": mask: expected shape (", B, " or 1, ", T1, " or 1, ", T2, "), got ", mask.shape().str());
+    m = AttentionMask{mask.data(), mask.dim(0) == 1 ? 0 : mask.dim(1) * T2, mask.dim(1) == 1 ? 0 : T2, 1, 1};
+  }
+  AttentionShape s;
+  s.batch = B;
+  s.heads = n_head_;
+  s.head_dim = head_dim_;
+  s.q_len = T1;
+  s.k_len = T2;
+  s.scale = 1.f / std::sqrt(static_cast<float>(head_dim_));
+  Tensor ctx{Shape{B, T1, E}};
+  if (attn) *attn = Tensor{Shape{B, n_head_, T1, T2}};
+  attention(s, HeadsView{q.data(), T1 * E, E}, HeadsView{k.data(), T2 * E, E},
+            HeadsView{v.data(), T2 * E, E}, mask.empty() ? nullptr : &m, HeadsOut{ctx.data(), T1 * E, E},
+            attn ? attn->data() : nullptr);
+  return linear(ctx, w_o_, b_o_, fn);
+}
+
+Tensor EspnetMultiHeadedAttention::forward(const Tensor& query, const Tensor& memory, const Mask& mask,
+                                           Tensor* attn) const {
+  const char* fn = "EspnetMultiHeadedAttention::forward";
+  check_shape(query, {-1, -1, n_feat_}, fn, "query", {"B", "T1"});
+  const Tensor& mem = memory.empty() ? query : memory;
+  if (!memory.empty()) check_shape(memory, {query.dim(0), -1, n_feat_}, fn, "memory", {"B", "T2"});
+  const Tensor q = linear(query, w_q_, b_q_, fn);
+  const Tensor k = linear(mem, w_k_, b_k_, fn);
+  const Tensor v = linear(mem, w_v_, b_v_, fn);
+  return attend(q, k, v, mask, fn, attn);
+}
+
+Tensor EspnetMultiHeadedAttention::forward(const Tensor& x, const Mask& key_padding_mask) const {
+  const char* fn = "EspnetMultiHeadedAttention::forward";
+  check_shape(x, {-1, -1, n_feat_}, fn, "x", {"B", "T"});
+  if (key_padding_mask.empty()) return forward(x, Tensor{}, Mask{}, nullptr);
+  return forward(x, Tensor{}, keep_mask_from_padding(key_padding_mask, x.dim(0), x.dim(1), fn), nullptr);
+}
+
+Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const Tensor& memory, const Mask& mask,
+                                        Tensor* attn) const {
+  const char* fn = "EspnetMultiHeadedAttention::step";
+  check(query.ndim() == 2 || query.ndim() == 3, fn, ": query: expected (B, E) or (B, T1, E), got shape ",
+        query.shape().str());
+  const bool squeeze = query.ndim() == 2 || query.dim(1) == 1;
+  const Tensor q3 = query.ndim() == 2 ? query.reshape(Shape{query.dim(0), 1, query.dim(1)}) : query;
+  Tensor y = forward(q3, memory, mask, attn);
+  return squeeze ? y.reshape(Shape{y.dim(0), y.dim(2)}) : y;
+}
+
+EspnetMultiHeadedAttention::ProjectedMemory EspnetMultiHeadedAttention::project_memory(
+    const Tensor& memory, const Mask& mask) const {
+  const char* fn = "EspnetMultiHeadedAttention::project_memory";
+  check_shape(memory, {-1, -1, n_feat_}, fn, "memory", {"B", "T2"});
+  if (!mask.empty())
+    check(mask.ndim() == 3 && (mask.dim(0) == memory.dim(0) || mask.dim(0) == 1) &&
+              mask.dim(2) == memory.dim(1),
+          fn, ": mask: expected (B, 1, T2) or (B, T1, T2) with B = ", memory.dim(0), ", T2 = ", memory.dim(1),
+          ", got ", mask.shape().str());
+  return {linear(memory, w_k_, b_k_, fn), linear(memory, w_v_, b_v_, fn), mask};
+}
+
+Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const ProjectedMemory& memory,
+                                        Tensor* attn) const {
+  const char* fn = "EspnetMultiHeadedAttention::step";
+  check(query.ndim() == 2 || query.ndim() == 3, fn, ": query: expected (B, E) or (B, T1, E), got shape ",
+        query.shape().str());
+  const bool squeeze = query.ndim() == 2 || query.dim(1) == 1;
+  const Tensor q3 = query.ndim() == 2 ? query.reshape(Shape{query.dim(0), 1, query.dim(1)}) : query;
+  check_shape(q3, {memory.key.dim(0), -1, n_feat_}, fn, "query", {"B", "T1"});
+  Tensor y = attend(linear(q3, w_q_, b_q_, fn), memory.key, memory.value, memory.mask, fn, attn);
+  return squeeze ? y.reshape(Shape{y.dim(0), y.dim(2)}) : y;
+}
+
+Tensor EspnetMultiHeadedAttention::stream_reference(const Tensor& x, const StreamOptions& options) const {
+  const char* fn = "EspnetMultiHeadedAttention::stream_reference";
+  check_shape(x, {-1, -1, n_feat_}, fn, "x", {"B", "T"});
+  return forward(x, Tensor{}, causal_keep_mask(x.dim(1), options.left_context, fn), nullptr);
+}
+
+std::unique_ptr<Stream> EspnetMultiHeadedAttention::open_stream(int64_t batch,
+                                                                const StreamOptions& options) const {
+  const CausalAttentionCore& core = *this;
+  return std::make_unique<CausalAttentionStream>("EspnetMultiHeadedAttention", core, batch, options);
+}
+
+void EspnetMultiHeadedAttention::project_qkv(const float* x, int64_t rows, float* q, float* k,
+                                             float* v) const {
+  const int64_t E = n_feat_;
+  linear_raw(x, rows, E, E, w_q_.data(), b_q_.data(), E, q, E);
+  linear_raw(x, rows, E, E, w_k_.data(), b_k_.data(), E, k, E);
+  linear_raw(x, rows, E, E, w_v_.data(), b_v_.data(), E, v, E);
+}
+
+void EspnetMultiHeadedAttention::project_out(const float* ctx, int64_t rows, float* out) const {
+  linear_raw(ctx, rows, n_feat_, n_feat_, w_o_.data(), b_o_.data(), n_feat_, out, n_feat_);
+}
+
+}  // namespace tokenmix

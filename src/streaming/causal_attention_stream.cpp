@@ -1,0 +1,78 @@
+#include "tokenmix/streaming/causal_attention_stream.h"
+
+#include <cmath>
+
+#include "tokenmix/kernels/attention.h"
+
+namespace tokenmix {
+
+CausalAttentionStream::CausalAttentionStream(std::string name, const CausalAttentionCore& core,
+                                             int64_t batch, const StreamOptions& options)
+    : name_(std::move(name)), batch_(batch), width_(core.attention_width()), core_(core),
+      heads_(core.attention_heads()), left_context_(options.left_context),
+      cache_(std::max<int64_t>(batch, 1), core.attention_width(), std::max<int64_t>(options.left_context, 0)) {
+  check(batch >= 1, name_, "::open_stream: batch: expected >= 1, got ", batch);
+  check(options.left_context >= 0, name_, "::open_stream: left_context: expected >= 0 (0 = unlimited), got ",
+        options.left_context);
+}
+
+Tensor CausalAttentionStream::push(const Tensor& chunk) {
+  const std::string fn = name_ + "::push";
+  check_shape(chunk, {batch_, -1, width_}, fn.c_str(), "chunk", {"B", "C", "E"});
+  const int64_t C = chunk.dim(1), E = width_, n = batch_ * C * E;
+  check(C >= 1, fn, ": chunk: expected at least 1 token, got shape ", chunk.shape().str());
+  if (static_cast<int64_t>(q_.size()) < n) {
+    for (auto* buf : {&q_, &k_, &v_, &ctx_, &out_}) buf->resize(n);
+  }
+  core_.project_qkv(chunk.data(), batch_ * C, q_.data(), k_.data(), v_.data());
+  const int64_t D = E / heads_;
+  for (int64_t b = 0; b < batch_; ++b) {
+    float *q = q_.data() + b * C * E, *k = k_.data() + b * C * E, *v = v_.data() + b * C * E;
+    transform_qkv(b, q, k, v, C);
+    cache_.append(b, k, v, C, E);
+    AttentionShape s;
+    s.batch = 1;
+    s.heads = heads_;
+    s.head_dim = D;
+    s.q_len = C;
+    s.k_len = cache_.length(b);
+    s.scale = 1.f / std::sqrt(static_cast<float>(D));
+    s.causal = true;
+    s.query_offset = s.k_len - C;
+    s.left_context = left_context_;
+    attention(s, HeadsView{q, 0, E}, HeadsView{cache_.keys(b), 0, E}, HeadsView{cache_.values(b), 0, E},
+              nullptr, HeadsOut{ctx_.data() + b * C * E, 0, E});
+  }
+  core_.project_out(ctx_.data(), batch_ * C, out_.data());
+  return Tensor::view(Shape{batch_, C, E}, out_.data());
+}
+
+void CausalAttentionStream::reset() {
+  for (int64_t b = 0; b < batch_; ++b) reset_row(b);
+}
+
+void CausalAttentionStream::reset_row(int64_t b) {
+  check(b >= 0 && b < batch_, name_, "::reset_row: b: expected 0 <= b < ", batch_, ", got ", b);
+  cache_.reset_row(b);
+  reset_extra(b);
+}
+
+void CausalAttentionStream::save(SafetensorsWriter& w) const {
+  w.set_metadata("stream", name_);
+  w.add_int64s("config", {batch_, width_, heads_, left_context_});
+  cache_.save(w, "kv.");
+  save_extra(w);
+}
+
+void CausalAttentionStream::restore(const SafetensorsFile& f) {
+  const auto cfg = f.int64s("config");
+  const std::vector<int64_t> want{batch_, width_, heads_, left_context_};
+  check(cfg == want, name_, "::restore: ", f.path(),
+        ": 'config' (batch, E, H, left_context) does not match this stream");
+  check(f.metadata().count("stream") && f.metadata().at("stream") == name_, name_, "::restore: ",
+        f.path(), ": not a ", name_, " state file");
+  cache_.restore(f, "kv.");
+  restore_extra(f);
+}
+
+}  // namespace tokenmix

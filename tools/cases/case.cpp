@@ -1,0 +1,249 @@
+#include "cases/case.h"
+
+#include <cmath>
+#include <cstring>
+#include <regex>
+
+namespace tokenmix::cases {
+
+bool CaseResult::pass() const {
+  for (const auto& c : comparisons)
+    if (!c.pass) return false;
+  return true;
+}
+
+const CaseFamily& family_for(const std::string& module) {
+  std::string supported;
+  for (const auto& f : families())
+    for (const auto& m : f.modules) {
+      if (m == module) return f;
+      supported += "\n  " + m + " (" + f.family + ")";
+    }
+  fail("unknown module '", module, "'; supported modules:", supported);
+}
+
+Case parse_case(const SafetensorsFile& file) {
+  const auto& meta = file.metadata();
+  for (const char* key : {"module", "config", "call"})
+    check(meta.count(key) != 0, file.path(), ": not a reference case: __metadata__ has no '", key, "'");
+  Case c{file, meta.at("module"), {}, {}};
+  try {
+    c.config = nlohmann::json::parse(meta.at("config"));
+    c.call = nlohmann::json::parse(meta.at("call"));
+  } catch (const nlohmann::json::exception& e) {
+    fail(file.path(), ": __metadata__ config/call is not valid JSON: ", e.what());
+  }
+  check(c.config.is_object(), file.path(), ": __metadata__ config must be a JSON object");
+  return c;
+}
+
+StateDict params(const Case& c) { return StateDict::from_file(c.file, "param."); }
+
+namespace {
+
+Comparison compare(const std::string& name, const Tensor& got, const SafetensorsFile& file, Tolerance tol) {
+  Comparison cmp;
+  cmp.name = name;
+  if (!file.contains(name)) return cmp;
+  const Tensor want = file.tensor_flat(name);
+  if (got.numel() != want.numel()) {
+    cmp.problem = "produced " + std::to_string(got.numel()) + " elements " + got.shape().str() +
+                  ", expected " + std::to_string(want.numel());
+    return cmp;
+  }
+  cmp.pass = true;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const double a = got.data()[i], e = want.data()[i], d = std::fabs(a - e);
+    if (std::isnan(d)) {
+      if (std::isnan(a) && std::isnan(e)) continue;  // NaN where the reference has NaN
+      cmp.max_abs = cmp.max_rel = NAN;
+      cmp.pass = false;
+      continue;
+    }
+    if (!std::isnan(cmp.max_abs)) {
+      cmp.max_abs = std::max(cmp.max_abs, d);
+      cmp.max_rel = std::max(cmp.max_rel, d / std::max(std::fabs(e), 1e-6));
+    }
+    if (d > tol.atol + tol.rtol * std::fabs(e)) cmp.pass = false;
+  }
+  return cmp;
+}
+
+}  // namespace
+
+CaseResult run_case(const SafetensorsFile& file, double atol, double rtol) {
+  const Case c = parse_case(file);
+  const CaseFamily& fam = family_for(c.module);
+  CaseResult r{file.path(), c.module, fam.family, fam.run(c), {}};
+  for (const auto& name : file.names()) {
+    if (name.rfind("out.", 0) != 0) continue;
+    auto it = r.outputs.find(name);
+    if (it == r.outputs.end()) {
+      Comparison cmp;
+      cmp.name = name;
+      cmp.problem = "not produced";
+      r.comparisons.push_back(cmp);
+      continue;
+    }
+    Tolerance tol = fam.tolerance(name, c);
+    if (atol >= 0) tol.atol = atol;
+    if (rtol >= 0) tol.rtol = rtol;
+    r.comparisons.push_back(compare(name, it->second, file, tol));
+  }
+  return r;
+}
+
+void write_outputs(const CaseResult& result, const SafetensorsFile& file, const std::string& path) {
+  SafetensorsWriter w;
+  for (const auto& [name, t] : result.outputs) {
+    std::vector<int64_t> dims;
+    if (file.contains(name) && file.info(name).numel == t.numel()) dims = file.info(name).dims;
+    w.add(name, t, dims);
+  }
+  w.set_metadata("module", result.module);
+  w.set_metadata("source_case", file.path());
+  w.write(path);
+}
+
+Tensor slice(const Tensor& t, int axis, int64_t start, int64_t stop) {
+  check(axis >= 0 && axis < t.ndim(), "slice: axis ", axis, " out of range for shape ", t.shape().str());
+  check(0 <= start && start <= stop && stop <= t.dim(axis), "slice: [", start, ", ", stop,
+        ") out of range for axis ", axis, " of shape ", t.shape().str());
+  std::vector<int64_t> d = t.shape().dims();
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < axis; ++i) outer *= d[i];
+  for (int i = axis + 1; i < t.ndim(); ++i) inner *= d[i];
+  const int64_t n = d[axis];
+  d[axis] = stop - start;
+  Tensor out{Shape(d)};
+  for (int64_t o = 0; o < outer; ++o)
+    std::memcpy(out.data() + o * (stop - start) * inner, t.data() + (o * n + start) * inner,
+                sizeof(float) * (stop - start) * inner);
+  return out;
+}
+
+Tensor select(const Tensor& t, int axis, int64_t index) {
+  Tensor s = slice(t, axis, index, index + 1);
+  std::vector<int64_t> d = s.shape().dims();
+  d.erase(d.begin() + axis);
+  return s.reshape(Shape(d));
+}
+
+Tensor stack(const std::vector<Tensor>& parts) {
+  check(!parts.empty(), "stack: no tensors");
+  std::vector<int64_t> d = parts[0].shape().dims();
+  d.insert(d.begin(), static_cast<int64_t>(parts.size()));
+  if (d.size() > 4) {  // keep at most 4 axes: merge the two leading ones (compared flat)
+    d[1] *= d[0];
+    d.erase(d.begin());
+  }
+  Tensor out{Shape(d)};
+  float* dst = out.data();
+  for (const auto& p : parts) {
+    check(p.shape() == parts[0].shape(), "stack: shapes differ: ", p.shape().str(), " vs ",
+          parts[0].shape().str());
+    std::memcpy(dst, p.data(), sizeof(float) * p.numel());
+    dst += p.numel();
+  }
+  return out;
+}
+
+namespace {
+
+// "in.x[:, 3, :]" / "in.x[:, :4, :]" / "in.x[:, 1:4]" -> tensor name and per-axis selections.
+struct SliceSpec {
+  std::string name;
+  std::vector<std::string> axes;
+};
+
+SliceSpec parse_slice(const std::string& s) {
+  SliceSpec spec;
+  const auto lb = s.find('[');
+  spec.name = s.substr(0, lb);
+  if (lb == std::string::npos) return spec;
+  check(s.back() == ']', "case call: malformed slice '", s, "'");
+  std::string inner = s.substr(lb + 1, s.size() - lb - 2);
+  size_t pos = 0;
+  while (true) {
+    const auto comma = inner.find(',', pos);
+    std::string part = inner.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    part.erase(std::remove(part.begin(), part.end(), ' '), part.end());
+    spec.axes.push_back(part);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return spec;
+}
+
+int64_t parse_bound(const std::string& s, int64_t fallback, int64_t n) {
+  if (s.empty()) return fallback;
+  int64_t v = 0;
+  try {
+    size_t used = 0;
+    v = std::stoll(s, &used);
+    check(used == s.size(), "case call: bad index '", s, "'");
+  } catch (const std::logic_error&) {
+    fail("case call: bad index '", s, "'");
+  }
+  return v < 0 ? v + n : v;
+}
+
+}  // namespace
+
+Tensor resolve_tensor(const Case& c, const nlohmann::json& arg) {
+  if (arg.is_null()) return {};
+  check(arg.is_string(), c.file.path(), ": case call: expected a tensor name, got ", arg.dump());
+  const SliceSpec spec = parse_slice(arg.get<std::string>());
+  Tensor t = c.file.tensor(spec.name);
+  // Apply from the last axis so earlier axis numbers stay valid when an index drops an axis.
+  for (int axis = static_cast<int>(spec.axes.size()) - 1; axis >= 0; --axis) {
+    const std::string& a = spec.axes[axis];
+    if (a == ":" || a.empty()) continue;
+    const int64_t n = t.dim(axis);
+    const auto colon = a.find(':');
+    if (colon == std::string::npos) {
+      t = select(t, axis, parse_bound(a, 0, n));
+    } else {
+      t = slice(t, axis, parse_bound(a.substr(0, colon), 0, n), parse_bound(a.substr(colon + 1), n, n));
+    }
+  }
+  return t;
+}
+
+Mask resolve_mask(const Case& c, const nlohmann::json& arg) {
+  if (arg.is_null()) return {};
+  check(arg.is_string(), c.file.path(), ": case call: expected a mask name, got ", arg.dump());
+  const std::string s = arg.get<std::string>();
+  check(s.find('[') == std::string::npos, c.file.path(), ": case call: sliced masks are not supported: ", s);
+  return c.file.mask(s);
+}
+
+namespace {
+const nlohmann::json* config_value(const Case& c, const std::string& key) {
+  auto it = c.config.find(key);
+  return it == c.config.end() || it->is_null() ? nullptr : &*it;
+}
+}  // namespace
+
+int64_t config_int(const Case& c, const std::string& key, int64_t fallback) {
+  const auto* v = config_value(c, key);
+  if (!v) return fallback;
+  check(v->is_number_integer(), c.file.path(), ": config '", key, "': expected an integer, got ", v->dump());
+  return v->get<int64_t>();
+}
+
+bool config_bool(const Case& c, const std::string& key, bool fallback) {
+  const auto* v = config_value(c, key);
+  if (!v) return fallback;
+  check(v->is_boolean(), c.file.path(), ": config '", key, "': expected a boolean, got ", v->dump());
+  return v->get<bool>();
+}
+
+double config_double(const Case& c, const std::string& key, double fallback) {
+  const auto* v = config_value(c, key);
+  if (!v) return fallback;
+  check(v->is_number(), c.file.path(), ": config '", key, "': expected a number, got ", v->dump());
+  return v->get<double>();
+}
+
+}  // namespace tokenmix::cases

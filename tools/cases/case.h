@@ -1,0 +1,96 @@
+// tools/cases/case.h: replaying reference cases (tests/data/reference/README.md describes the format).
+//
+// A case file holds param.* (a state_dict), in.* (inputs), out.* (expected outputs) and metadata
+// module / config / call. Each layer family registers a CaseFamily that builds the layer from
+// module + config + params and replays call, producing every out.* tensor the case defines. The CLI
+// (`tokenmix run`) and the parity tests both go through run_case().
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "tokenmix/io/safetensors.h"
+#include "tokenmix/io/state_dict.h"
+#include "tokenmix/streaming/stream.h"
+
+namespace tokenmix::cases {
+
+// Outputs by their out.* name. Tensors are compared by element order (a 5-D reference tensor is
+// produced flattened to 4-D); the stored dims are used when writing.
+using Outputs = std::map<std::string, Tensor>;
+
+struct Tolerance {
+  double atol = 1e-5, rtol = 1e-5;
+};
+
+// Everything a family needs from a case file, with the metadata parsed.
+struct Case {
+  const SafetensorsFile& file;
+  std::string module;
+  nlohmann::json config;  // constructor kwargs
+  nlohmann::json call;    // object or list of calls
+};
+
+struct CaseFamily {
+  std::string family;                // "espnet_mha"
+  std::vector<std::string> modules;  // metadata module values it handles
+  // Parity tolerance for an out.* name (the family SPEC's suggested tolerance).
+  std::function<Tolerance(const std::string& out_name, const Case&)> tolerance;
+  // Replays the case; returns every out.* tensor it defines. Throws Error on bad input.
+  std::function<Outputs(const Case&)> run;
+  // Builds the layer behind the unified Layer/Stream API (null when the module is not a sequence
+  // layer, e.g. a stand-alone convolution).
+  std::function<std::unique_ptr<Layer>(const Case&)> build_layer;
+};
+
+// Every registered family (registry.cpp).
+const std::vector<CaseFamily>& families();
+// The family handling module; throws Error "unknown module '<m>'; supported: ..." when none does.
+const CaseFamily& family_for(const std::string& module);
+
+// One output's comparison against the stored expectation.
+struct Comparison {
+  std::string name;
+  double max_abs = 0, max_rel = 0;  // rel = |a - e| / max(|e|, 1e-6); NaN when either has NaN
+  bool pass = false;                // every element within atol + rtol * |e| (and no shape mismatch)
+  std::string problem;              // non-empty when the output is missing or mis-sized
+};
+
+struct CaseResult {
+  std::string path, module, family;
+  Outputs outputs;
+  std::vector<Comparison> comparisons;  // empty when the case holds no out.* tensors
+  bool pass() const;
+};
+
+// Parses metadata (module, config, call); throws Error naming the file when absent or not JSON.
+Case parse_case(const SafetensorsFile& file);
+// Runs the case and compares against its out.* tensors, with the family's tolerance or, where
+// atol / rtol are >= 0, with those instead. Throws Error on bad input.
+CaseResult run_case(const SafetensorsFile& file, double atol = -1, double rtol = -1);
+// Writes the outputs under their out.* names, with the stored dims of the case's own tensors.
+void write_outputs(const CaseResult& result, const SafetensorsFile& file, const std::string& path);
+
+// Helpers for family runners.
+// Resolves an argument value of call: null -> empty tensor; "in.x" -> tensor; "in.x[:, i, :]" or
+// "in.x[:, :i+1, :]" style slices on one axis; {"axis", "index"} / {"axis", "start", "stop"} objects.
+Tensor resolve_tensor(const Case& c, const nlohmann::json& arg);
+Mask resolve_mask(const Case& c, const nlohmann::json& arg);
+// Tensor along axis `axis` of t, indices [start, stop) (or a single index, dropping the axis).
+Tensor slice(const Tensor& t, int axis, int64_t start, int64_t stop);
+Tensor select(const Tensor& t, int axis, int64_t index);
+// Stacks equally shaped tensors along a new leading axis.
+Tensor stack(const std::vector<Tensor>& parts);
+// config[key] as an integer/bool/double with a default when absent; throws Error on a wrong type.
+int64_t config_int(const Case& c, const std::string& key, int64_t fallback);
+bool config_bool(const Case& c, const std::string& key, bool fallback);
+double config_double(const Case& c, const std::string& key, double fallback);
+// The case's param.* tensors as a state_dict (keys without the prefix).
+StateDict params(const Case& c);
+
+}  // namespace tokenmix::cases

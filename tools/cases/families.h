@@ -1,0 +1,10 @@
+// tools/cases/families.h: one factory per layer family; registry.cpp lists them.
+#pragma once
+
+#include "cases/case.h"
+
+namespace tokenmix::cases {
+
+CaseFamily espnet_mha_family();
+
+}  // namespace tokenmix::cases

@@ -1,0 +1,12 @@
+#include "cases/families.h"
+
+namespace tokenmix::cases {
+
+const std::vector<CaseFamily>& families() {
+  static const std::vector<CaseFamily> all = {
+      espnet_mha_family(),
+  };
+  return all;
+}
+
+}  // namespace tokenmix::cases
