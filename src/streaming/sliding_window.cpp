@@ -60,6 +60,8 @@ void SlidingWindow::restore(const SafetensorsFile& f, const std::string& prefix)
   check(shape == std::vector<int64_t>{batch(), length_, width_}, fn, ": ", f.path(), ": '", prefix,
         "shape' (batch, L, W) does not match this window (", batch(), ", ", length_, ", ", width_, ")");
   const auto seen = f.int64s(prefix + "seen");
+  check(static_cast<int64_t>(seen.size()) == batch(), fn, ": ", f.path(), ": '", prefix, "seen': expected ",
+        batch(), " rows, got ", seen.size());
   for (int64_t b = 0; b < batch(); ++b) {
     reset_row(b);
     const int64_t n = std::min(seen[b], length_);
