@@ -6,12 +6,13 @@
 
 namespace tokenmix {
 
-Shape::Shape(std::initializer_list<int64_t> dims) : Shape(std::vector<int64_t>(dims)) {}
+Shape::Shape(std::initializer_list<int64_t> dims) : Shape(dims.begin(), dims.size()) {}
 
-Shape::Shape(const std::vector<int64_t>& dims) {
-  check(dims.size() <= static_cast<size_t>(kMaxAxes), "Shape: expected at most ", kMaxAxes,
-        " axes, got ", dims.size());
-  ndim_ = static_cast<int>(dims.size());
+Shape::Shape(const std::vector<int64_t>& dims) : Shape(dims.data(), dims.size()) {}
+
+Shape::Shape(const int64_t* dims, size_t n) {
+  check(n <= static_cast<size_t>(kMaxAxes), "Shape: expected at most ", kMaxAxes, " axes, got ", n);
+  ndim_ = static_cast<int>(n);
   for (int i = 0; i < ndim_; ++i) {
     check(dims[i] >= 0, "Shape: axis ", i, ": expected a size >= 0, got ", dims[i]);
     dims_[i] = dims[i];
@@ -102,29 +103,31 @@ void check_ndim(const BasicTensor<T>& t, int ndim, const char* fn, const char* a
 }
 
 template <typename T>
-void check_shape(const BasicTensor<T>& t, const std::vector<int64_t>& want, const char* fn,
-                 const char* arg, const std::vector<std::string>& axis_names) {
-  bool ok = t.ndim() == static_cast<int>(want.size());
-  for (size_t i = 0; ok && i < want.size(); ++i) ok = want[i] < 0 || want[i] == t.dim(static_cast<int>(i));
+void check_shape(const BasicTensor<T>& t, std::initializer_list<int64_t> want_list, const char* fn,
+                 const char* arg, std::initializer_list<const char*> axis_names) {
+  const int64_t* want = want_list.begin();
+  const size_t n = want_list.size();
+  bool ok = t.ndim() == static_cast<int>(n);
+  for (size_t i = 0; ok && i < n; ++i) ok = want[i] < 0 || want[i] == t.dim(static_cast<int>(i));
   if (ok) return;
   std::string w = "(";
-  for (size_t i = 0; i < want.size(); ++i) {
+  for (size_t i = 0; i < n; ++i) {
     w += i ? ", " : "";
     if (want[i] >= 0)
       w += std::to_string(want[i]);
     else
-      w += i < axis_names.size() ? axis_names[i] : std::string("*");
+      w += i < axis_names.size() ? axis_names.begin()[i] : "*";
   }
-  w += want.size() == 1 ? ",)" : ")";
+  w += n == 1 ? ",)" : ")";
   fail(fn, ": ", arg, ": expected shape ", w, ", got ", t.shape().str());
 }
 
 template void check_ndim(const BasicTensor<float>&, int, const char*, const char*);
 template void check_ndim(const BasicTensor<uint8_t>&, int, const char*, const char*);
-template void check_shape(const BasicTensor<float>&, const std::vector<int64_t>&, const char*,
-                          const char*, const std::vector<std::string>&);
-template void check_shape(const BasicTensor<uint8_t>&, const std::vector<int64_t>&, const char*,
-                          const char*, const std::vector<std::string>&);
+template void check_shape(const BasicTensor<float>&, std::initializer_list<int64_t>, const char*,
+                          const char*, std::initializer_list<const char*>);
+template void check_shape(const BasicTensor<uint8_t>&, std::initializer_list<int64_t>, const char*,
+                          const char*, std::initializer_list<const char*>);
 
 float max_abs_diff(const Tensor& a, const Tensor& b) {
   check(a.shape() == b.shape(), "max_abs_diff: shapes differ: ", a.shape().str(), " vs ",

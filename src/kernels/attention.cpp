@@ -36,7 +36,22 @@ inline void key_range(const AttentionShape& s, int64_t i0, int64_t i1, int64_t* 
   if (s.left_context > 0) *lo = std::clamp<int64_t>(i0 + s.query_offset - s.left_context + 1, 0, s.k_len);
 }
 
+// Per-thread score tile, grown only (attention_reserve() pre-grows it for streams).
+std::vector<float>& score_scratch() {
+  thread_local std::vector<float> scores;
+  return scores;
+}
+
 }  // namespace
+
+void attention_reserve(int64_t q_len, int64_t k_len) {
+  const size_t need = static_cast<size_t>(std::min(q_len, kQueryTile) * std::max<int64_t>(k_len, 1));
+#pragma omp parallel
+  {
+    auto& s = score_scratch();
+    if (s.size() < need) s.resize(need);
+  }
+}
 
 void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
                const AttentionMask* mask, HeadsOut ctx, float* probs) {
@@ -45,7 +60,7 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
   const int64_t work = s.batch * s.heads * tiles;
 #pragma omp parallel
   {
-    thread_local std::vector<float> scores;
+    std::vector<float>& scores = score_scratch();
 #pragma omp for schedule(dynamic)
     for (int64_t w = 0; w < work; ++w) {
       const int64_t b = w / (s.heads * tiles), h = (w / tiles) % s.heads, tile = w % tiles;

@@ -8,7 +8,7 @@ namespace tokenmix {
 
 CausalAttentionStream::CausalAttentionStream(std::string name, const CausalAttentionCore& core,
                                              int64_t batch, const StreamOptions& options)
-    : name_(std::move(name)), batch_(batch), width_(core.attention_width()), core_(core),
+    : name_(std::move(name)), push_fn_(name_ + "::push"), batch_(batch), width_(core.attention_width()), core_(core),
       heads_(core.attention_heads()), left_context_(options.left_context),
       cache_(std::max<int64_t>(batch, 1), core.attention_width(), std::max<int64_t>(options.left_context, 0)) {
   check(batch >= 1, name_, "::open_stream: batch: expected >= 1, got ", batch);
@@ -17,12 +17,16 @@ CausalAttentionStream::CausalAttentionStream(std::string name, const CausalAtten
 }
 
 Tensor CausalAttentionStream::push(const Tensor& chunk) {
-  const std::string fn = name_ + "::push";
-  check_shape(chunk, {batch_, -1, width_}, fn.c_str(), "chunk", {"B", "C", "E"});
+  const char* fn = push_fn_.c_str();
+  check_shape(chunk, {batch_, -1, width_}, fn, "chunk", {"B", "C", "E"});
   const int64_t C = chunk.dim(1), E = width_, n = batch_ * C * E;
   check(C >= 1, fn, ": chunk: expected at least 1 token, got shape ", chunk.shape().str());
   if (static_cast<int64_t>(q_.size()) < n) {
     for (auto* buf : {&q_, &k_, &v_, &ctx_, &out_}) buf->resize(n);
+  }
+  if (C > reserved_chunk_) {  // with a left-context limit no chunk of this size allocates again
+    if (left_context_ > 0) attention_reserve(C, left_context_ - 1 + C);
+    reserved_chunk_ = C;
   }
   core_.project_qkv(chunk.data(), batch_ * C, q_.data(), k_.data(), v_.data());
   const int64_t D = E / heads_;

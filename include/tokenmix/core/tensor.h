@@ -41,6 +41,7 @@ class Shape {
   std::string str() const;
 
  private:
+  Shape(const int64_t* dims, size_t n);
   int ndim_ = 0;
   std::array<int64_t, kMaxAxes> dims_{};
 };
@@ -107,9 +108,10 @@ void check_ndim(const BasicTensor<T>& t, int ndim, const char* fn, const char* a
 
 // Throws Error "<fn>: <arg>: expected shape <want>, got <actual>" unless every axis matches; an axis
 // given as -1 in want matches any size (printed by its name in axis_names when given, e.g. "B").
+// Allocates nothing unless it throws (streams call it on every push).
 template <typename T>
-void check_shape(const BasicTensor<T>& t, const std::vector<int64_t>& want, const char* fn,
-                 const char* arg, const std::vector<std::string>& axis_names = {});
+void check_shape(const BasicTensor<T>& t, std::initializer_list<int64_t> want, const char* fn,
+                 const char* arg, std::initializer_list<const char*> axis_names = {});
 
 // Largest |a - b| over all elements; throws Error when the shapes differ.
 float max_abs_diff(const Tensor& a, const Tensor& b);

@@ -57,6 +57,10 @@ struct AttentionShape {
 void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
                const AttentionMask* mask, HeadsOut ctx, float* probs = nullptr);
 
+// Pre-grows every OpenMP thread's scratch so later attention() calls with at most q_len queries and
+// k_len keys allocate nothing (the KV-cache streams call it when a new chunk size appears).
+void attention_reserve(int64_t q_len, int64_t k_len);
+
 // The obviously-correct reference: plain loops, double accumulation. Same contract as attention().
 void attention_reference(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
                          const AttentionMask* mask, HeadsOut ctx, float* probs = nullptr);

@@ -50,7 +50,7 @@ class CausalAttentionStream : public Stream {
   virtual void save_extra(SafetensorsWriter& w) const { (void)w; }
   virtual void restore_extra(const SafetensorsFile& f) { (void)f; }
 
-  const std::string name_;
+  const std::string name_, push_fn_;
   const int64_t batch_, width_;
 
  private:
@@ -58,6 +58,7 @@ class CausalAttentionStream : public Stream {
   const int64_t heads_, left_context_;
   KvCache cache_;
   std::vector<float> q_, k_, v_, ctx_, out_;  // (B, C, E) scratch, grown only
+  int64_t reserved_chunk_ = 0;                // largest chunk size seen so far
 };
 
 }  // namespace tokenmix

@@ -1,0 +1,11 @@
+// tokenmix/tokenmix.h: umbrella header (core, I/O, kernels, streaming, every layer family).
+#pragma once
+
+#include "tokenmix/core/error.h"
+#include "tokenmix/core/tensor.h"
+#include "tokenmix/io/safetensors.h"
+#include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/attention.h"
+#include "tokenmix/kernels/linear.h"
+#include "tokenmix/layers/espnet_mha.h"
+#include "tokenmix/streaming/stream.h"

@@ -1,0 +1,129 @@
+// tests/stream_checks.h: property checks every Layer's Stream must pass (used by the per-family tests
+// and by stream_property_test.cpp over every reference-case layer).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "alloc_counter.h"
+#include "tokenmix/streaming/stream.h"
+
+namespace tokenmix::test {
+
+// Pushes x (B, T, E) through a fresh stream in chunks of the given sizes (cycled) and returns the
+// concatenated outputs (B, T_out, E).
+inline Tensor stream_all(const Layer& layer, const Tensor& x, const StreamOptions& opts,
+                         const std::vector<int64_t>& chunks, Stream* stream = nullptr) {
+  std::unique_ptr<Stream> own;
+  if (!stream) {
+    own = layer.open_stream(x.dim(0), opts);
+    stream = own.get();
+  }
+  const int64_t B = x.dim(0), T = x.dim(1), E = x.dim(2);
+  std::vector<std::vector<float>> rows(B);
+  int64_t t = 0, k = 0, produced = 0;
+  while (t < T) {
+    const int64_t C = std::min(chunks[k++ % chunks.size()], T - t);
+    Tensor chunk{Shape{B, C, E}};
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(&x.at(b, t, 0), &x.at(b, t, 0) + C * E, &chunk.at(b, 0, 0));
+    const Tensor y = stream->push(chunk);
+    EXPECT_EQ(y.ndim(), 3);
+    EXPECT_EQ(y.dim(0), B);
+    EXPECT_EQ(y.dim(2), E);
+    for (int64_t b = 0; b < B; ++b) rows[b].insert(rows[b].end(), &y.at(b, 0, 0), &y.at(b, 0, 0) + y.dim(1) * E);
+    produced += y.dim(1);
+    t += C;
+  }
+  Tensor out{Shape{B, produced, E}};
+  for (int64_t b = 0; b < B; ++b) std::copy(rows[b].begin(), rows[b].end(), &out.at(b, 0, 0));
+  return out;
+}
+
+// Streamed outputs equal layer.stream_reference(x) within tol for each chunking.
+inline void expect_stream_matches_reference(const Layer& layer, const Tensor& x, const StreamOptions& opts,
+                                            float tol = 1e-5f) {
+  const Tensor want = layer.stream_reference(x, opts);
+  for (const std::vector<int64_t>& chunks :
+       std::vector<std::vector<int64_t>>{{1}, {3}, {x.dim(1)}, {2, 1, 5, 3}}) {
+    const Tensor got = stream_all(layer, x, opts, chunks);
+    ASSERT_EQ(got.shape(), want.shape()) << "chunks " << chunks[0];
+    EXPECT_LE(max_abs_diff(got, want), tol) << layer.name() << " chunks starting " << chunks[0];
+  }
+}
+
+// Saving mid-stream and restoring into a fresh stream continues bit-for-bit.
+inline void expect_restore_continues_identically(const Layer& layer, const Tensor& x, const StreamOptions& opts,
+                                                 const std::string& path) {
+  const int64_t B = x.dim(0), T = x.dim(1), half = T / 2;
+  auto a = layer.open_stream(B, opts);
+  auto first = [&](int64_t t0, int64_t t1) {
+    Tensor c{Shape{B, t1 - t0, x.dim(2)}};
+    for (int64_t b = 0; b < B; ++b) std::copy(&x.at(b, t0, 0), &x.at(b, t1, 0), &c.at(b, 0, 0));
+    return c;
+  };
+  a->push(first(0, half));
+  a->save(path);
+  auto b = layer.open_stream(B, opts);
+  b->restore(path);
+  std::remove(path.c_str());
+  const Tensor rest = first(half, T);
+  const Tensor ya = a->push(rest).clone();
+  const Tensor yb = b->push(rest).clone();
+  ASSERT_EQ(ya.shape(), yb.shape());
+  EXPECT_EQ(max_abs_diff(ya, yb), 0.f) << layer.name() << ": restored stream diverged";
+}
+
+// Resetting row 0 midway and replaying its sequence from the start leaves row 1 untouched and makes
+// row 0 behave like a fresh stream.
+inline void expect_reset_row_isolated(const Layer& layer, const Tensor& x, const StreamOptions& opts) {
+  ASSERT_GE(x.dim(0), 2);
+  const int64_t B = x.dim(0), T = x.dim(1), E = x.dim(2);
+  auto s = layer.open_stream(B, opts);
+  const Tensor all = stream_all(layer, x, opts, {1});
+  // Feed everything once, reset row 0, feed everything again: row 0 must repeat its outputs, the other
+  // rows continue their (now longer) sequences exactly like a stream fed x twice.
+  Tensor twice{Shape{B, 2 * T, E}};
+  for (int64_t b = 0; b < B; ++b) {
+    std::copy(&x.at(b, 0, 0), &x.at(b, 0, 0) + T * E, &twice.at(b, 0, 0));
+    std::copy(&x.at(b, 0, 0), &x.at(b, 0, 0) + T * E, &twice.at(b, T, 0));
+  }
+  const Tensor cont = stream_all(layer, twice, opts, {1});
+  stream_all(layer, x, opts, {1}, s.get());
+  s->reset_row(0);
+  const Tensor second = stream_all(layer, x, opts, {1}, s.get());
+  const int64_t n = second.dim(1), n_all = all.dim(1);
+  ASSERT_EQ(n, n_all);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t e = 0; e < E; ++e) {
+      ASSERT_EQ(second.at(0, t, e), all.at(0, t, e)) << "row 0 after reset, t=" << t;
+      for (int64_t b = 1; b < B; ++b)
+        ASSERT_NEAR(second.at(b, t, e), cont.at(b, cont.dim(1) - n + t, e), 1e-5f) << "row " << b << " disturbed";
+    }
+  EXPECT_THROW(s->reset_row(B), Error);
+  EXPECT_THROW(s->reset_row(-1), Error);
+}
+
+// After a warm-up push of chunk size C, further pushes of size C allocate nothing.
+inline void expect_no_allocations_per_push(const Layer& layer, const Tensor& x, const StreamOptions& opts,
+                                           int64_t C) {
+  const int64_t B = x.dim(0), E = x.dim(2);
+  auto s = layer.open_stream(B, opts);
+  std::vector<Tensor> chunks;
+  for (int64_t t = 0; t + C <= x.dim(1); t += C) {
+    Tensor c{Shape{B, C, E}};
+    for (int64_t b = 0; b < B; ++b) std::copy(&x.at(b, t, 0), &x.at(b, t, 0) + C * E, &c.at(b, 0, 0));
+    chunks.push_back(c);
+  }
+  ASSERT_GE(chunks.size(), 3u);
+  s->push(chunks[0]);
+  s->push(chunks[1]);
+  const int64_t before = allocation_count();
+  for (size_t i = 2; i < chunks.size(); ++i) s->push(chunks[i]);
+  EXPECT_EQ(allocation_count() - before, 0) << layer.name() << ": heap allocations during push (chunk " << C << ")";
+}
+
+}  // namespace tokenmix::test
