@@ -1,0 +1,170 @@
+// safetensors reading and writing: round trips, dtype conversion, and every way an untrusted file
+// can be malformed (each must raise an Error naming the file and, where there is one, the tensor).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "test_util.h"
+#include "tokenmix/io/safetensors.h"
+#include "tokenmix/io/state_dict.h"
+
+namespace tokenmix {
+namespace {
+
+std::string temp_path(const std::string& name) { return ::testing::TempDir() + "tokenmix_" + name; }
+
+// Writes an 8-byte length, the header text verbatim and the data bytes.
+std::string write_raw(const std::string& name, const std::string& header, const std::vector<uint8_t>& data,
+                      int64_t length_override = -1) {
+  const std::string path = temp_path(name);
+  std::ofstream out(path, std::ios::binary);
+  const uint64_t n = length_override >= 0 ? static_cast<uint64_t>(length_override) : header.size();
+  for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xff));
+  out << header;
+  out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+  return path;
+}
+
+void expect_open_error(const std::string& path, const std::vector<std::string>& needles) {
+  try {
+    SafetensorsFile f(path);
+    ADD_FAILURE() << "opened a malformed file: " << path;
+  } catch (const Error& e) {
+    for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+  }
+}
+
+TEST(Safetensors, RoundTripFloatBoolInt64AndMetadata) {
+  SafetensorsWriter w;
+  const Tensor a = test::random_tensor(Shape{2, 3, 4}, 1);
+  Mask m{Shape{2, 5}};
+  m.at(1, 3) = 1;
+  const Tensor five = test::random_tensor(Shape{2 * 3, 1, 2, 2}, 2);
+  w.add("a", a);
+  w.add("m", m);
+  w.add("five", five, {2, 3, 1, 2, 2});
+  w.add_int64s("pos", {7, -1, 1ll << 40});
+  w.set_metadata("module", "x.y");
+  const std::string path = temp_path("roundtrip.safetensors");
+  w.write(path);
+  SafetensorsFile f(path);
+  EXPECT_EQ(f.names(), (std::vector<std::string>{"a", "five", "m", "pos"}));
+  EXPECT_EQ(max_abs_diff(f.tensor("a"), a), 0.f);
+  EXPECT_EQ(f.mask("m").at(1, 3), 1);
+  EXPECT_EQ(f.mask("m").at(0, 0), 0);
+  EXPECT_EQ(f.info("five").dims, (std::vector<int64_t>{2, 3, 1, 2, 2}));
+  EXPECT_EQ(f.tensor_flat("five").shape(), (Shape{6, 1, 2, 2}));
+  EXPECT_THROW(f.tensor("five"), Error);  // more than 4 axes
+  EXPECT_EQ(f.int64s("pos"), (std::vector<int64_t>{7, -1, 1ll << 40}));
+  EXPECT_EQ(f.metadata().at("module"), "x.y");
+  EXPECT_THROW(f.tensor("m"), Error);  // BOOL is not float
+  EXPECT_THROW(f.mask("a"), Error);
+  EXPECT_THROW(f.tensor("nope"), Error);
+}
+
+TEST(Safetensors, HalfAndBfloat16AreConvertedToFloat) {
+  // F16: 1.0 = 0x3c00, -2.5 = 0xc100, 65504 = 0x7bff, smallest subnormal 2^-24 = 0x0001.
+  // BF16: 1.0 = 0x3f80, -0.15625 = 0xbe20.
+  const std::vector<uint8_t> data = {0x00, 0x3c, 0x00, 0xc1, 0xff, 0x7b, 0x01, 0x00, 0x80, 0x3f, 0x20, 0xbe};
+  const std::string header =
+      R"({"h":{"dtype":"F16","shape":[4],"data_offsets":[0,8]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]}})";
+  SafetensorsFile f(write_raw("half.safetensors", header, data));
+  const Tensor h = f.tensor("h"), b = f.tensor("b");
+  EXPECT_EQ(h.at(0), 1.f);
+  EXPECT_EQ(h.at(1), -2.5f);
+  EXPECT_EQ(h.at(2), 65504.f);
+  EXPECT_EQ(h.at(3), std::ldexp(1.f, -24));
+  EXPECT_EQ(b.at(0), 1.f);
+  EXPECT_EQ(b.at(1), -0.15625f);
+}
+
+TEST(Safetensors, MalformedFilesRaiseErrorsNamingFileAndTensor) {
+  const std::vector<uint8_t> d16(16, 0);
+  {
+    const std::string p = temp_path("short.safetensors");
+    std::ofstream(p, std::ios::binary) << "abc";
+    expect_open_error(p, {p, "truncated file"});
+  }
+  expect_open_error(write_raw("absurd.safetensors", "{}", {}, 1ll << 40), {"absurd"});
+  expect_open_error(write_raw("pastend.safetensors", "{}", {}, 100), {"truncated file"});
+  expect_open_error(write_raw("notjson.safetensors", "{not json", {}), {"not valid JSON"});
+  expect_open_error(write_raw("array.safetensors", "[1,2]", {}), {"must be a JSON object"});
+  expect_open_error(write_raw("dtype.safetensors", R"({"t":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})", d16),
+                    {"tensor 't'", "unknown dtype 'F64'"});
+  expect_open_error(write_raw("size.safetensors", R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", d16),
+                    {"tensor 't'", "byte size 16 does not match"});
+  expect_open_error(write_raw("range.safetensors", R"({"t":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})", d16),
+                    {"tensor 't'", "out of range"});
+  expect_open_error(write_raw("reversed.safetensors", R"({"t":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})", d16),
+                    {"reversed"});
+  expect_open_error(
+      write_raw("overlap.safetensors",
+                R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
+                d16),
+      {"'a' and 'b' overlap"});
+  expect_open_error(write_raw("negshape.safetensors", R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", d16),
+                    {"non-negative integers"});
+  expect_open_error(
+      write_raw("overflow.safetensors",
+                R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,4],"data_offsets":[0,16]}})", d16),
+      {"overflows"});
+  expect_open_error(write_raw("fields.safetensors", R"({"t":{"dtype":"F32","shape":[4]}})", d16),
+                    {"dtype, shape and data_offsets"});
+  expect_open_error(write_raw("offsets.safetensors", R"({"t":{"dtype":"F32","shape":[4],"data_offsets":[0]}})", d16),
+                    {"two non-negative integers"});
+  expect_open_error(write_raw("meta.safetensors", R"({"__metadata__":{"k":1}})", {}), {"__metadata__['k']"});
+  expect_open_error(temp_path("does_not_exist.safetensors"), {"cannot open"});
+}
+
+TEST(Safetensors, UnalignedFloatDataIsCopied) {
+  // Header of 3 bytes puts the data section at offset 11: not 4-byte aligned.
+  const std::string header = R"({})";
+  std::vector<uint8_t> data(4);
+  const float one = 1.f;
+  std::memcpy(data.data(), &one, 4);
+  const std::string h = R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}} )";
+  SafetensorsFile f(write_raw("unaligned.safetensors", h.substr(0, h.size() - 1), data));
+  EXPECT_EQ(f.tensor("t").at(0), 1.f);
+}
+
+TEST(StateDict, WeightReaderReportsEveryProblemAtOnce) {
+  StateDict sd;
+  sd.set("w", Tensor{Shape{2, 3}});
+  sd.set("extra", Tensor{Shape{1}});
+  WeightReader r(sd, "Layer");
+  EXPECT_TRUE(r.take("w", Shape{3, 2}).empty());
+  EXPECT_TRUE(r.take("b", Shape{3}).empty());
+  EXPECT_TRUE(r.take_optional("pe", Shape{3}).empty());
+  try {
+    r.finish();
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("Layer: state_dict: missing keys [b]"), std::string::npos) << m;
+    EXPECT_NE(m.find("unexpected keys [extra]"), std::string::npos) << m;
+    EXPECT_NE(m.find("w: expected (3, 2), got (2, 3)"), std::string::npos) << m;
+  }
+}
+
+TEST(Tensor, ShapeChecksAndViews) {
+  Tensor t{Shape{2, 3}};
+  EXPECT_THROW(t.reshape(Shape{4}), Error);
+  EXPECT_THROW(t[2], Error);
+  EXPECT_THROW(Shape({1, 2, 3, 4, 5}), Error);
+  EXPECT_THROW(Shape({-1}), Error);
+  t.at(1, 2) = 5.f;
+  EXPECT_EQ(t[1].at(2), 5.f);
+  const Tensor c = t.clone();
+  t.at(1, 2) = 6.f;
+  EXPECT_EQ(c.at(1, 2), 5.f);
+  try {
+    check_shape(t, {-1, 4}, "f", "x", {"B"});
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "f: x: expected shape (B, 4), got (2, 3)");
+  }
+}
+
+}  // namespace
+}  // namespace tokenmix
