@@ -271,6 +271,7 @@ TEST(FastformerTest, StreamWarmUpEmitsNothingUntilTheWindowIsFull) {
   EXPECT_EQ(s->push(slice_time(x, 0, 3)).dim(1), 0);
   EXPECT_EQ(s->push(slice_time(x, 3, 1)).dim(1), 0);
   EXPECT_EQ(s->push(slice_time(x, 4, 2)).dim(1), 2);
+  EXPECT_EQ(layer.stream_reference(slice_time(x, 0, 4), StreamOptions{0, 5, -1}).shape(), (Shape{2, 0, 4}));
 }
 
 TEST(FastformerTest, StreamBuffersAreReusedForRepeatedChunkSizes) {
