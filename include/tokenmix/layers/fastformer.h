@@ -1,0 +1,160 @@
+// tokenmix/layers/fastformer.h: Fastformer additive attention, exactly as ESPnet's
+// espnet2.asr.layers.fastformer.FastSelfAttention, plus a sliding-window stream.
+//
+// Source: Wu et al., "Fastformer: Additive Attention Can Be All You Need" (arXiv 2108.09084); upstream
+// module espnet2/asr/layers/fastformer.py @ 2291166f (ESPnet), used as the "fast_selfattn" branch of the
+// Branchformer / E-Branchformer encoders. Spec: tests/data/reference/fastformer/SPEC.md.
+//
+// Math (B batch, T time, E = size, H = attention_heads, d = E / H; head h owns features [h·d, (h+1)·d)):
+//   q = x·W_queryᵀ + b_query, k = x·W_keyᵀ + b_key                         (B, T, E)
+//   a[h, t] = (q_t·W_query_att[h]ᵀ + b_query_att[h]) / sqrt(d)              (all E features of q_t)
+//   α = pool(a) over t;   gq[h-slice] = Σ_t α[h, t] · q_t[h-slice]          (pooled query, E)
+//   p_t = k_t ⊙ gq
+//   c[h, t] = (p_t·W_key_att[h]ᵀ + b_key_att[h]) / sqrt(d);  β = pool(c)
+//   gk[h-slice] = Σ_t β[h, t] · p_t[h-slice]                                (pooled key, E)
+//   y_t = (gk ⊙ q_t)·W_transformᵀ + b_transform + q_t                       (B, T, E)
+// The value is the query projection and the residual adds q (not x). pool = softmax over t; with a
+// mask, padded logits are filled with the float32 minimum before the softmax and the padded weights
+// are set to exactly 0 after it (ESPnet's rule). Padded positions still get an output and do not
+// influence the others; a fully padded sequence gives α = β = 0, so y_t = q_t + b_transform (no NaN).
+// Cost: O(B·T·E²) for the three E×E projections plus O(B·T·E·H) for the two score projections; linear in T.
+//
+// Dropout (dropout_rate) is applied upstream to gq, gk and the transform output only, never to
+// weights; this inference library treats it as identity (eval mode).
+//
+// Training initialisation (not needed for inference): upstream constructs the Linears with PyTorch's
+// default init, then ESPnet's global initialiser calls the module's espnet_initialization_fn, which
+// draws every Linear weight (query, query_att, key, key_att, transform) from N(0, 0.02²) and sets
+// every bias to 0. Use that distribution when creating a state_dict to train from scratch.
+//
+// Streaming: the pooling is global over the sequence, so the layer cannot stream causally. The
+// stream (open_stream) is a sliding window instead: with options.window = L and options.position = P,
+// once a batch row has seen L tokens every new token t emits the offline forward over the L tokens
+// (t-L, t] at window position P (0 = oldest, -1 = last / newest). See FastSelfAttentionStream.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "tokenmix/core/tensor.h"
+#include "tokenmix/io/state_dict.h"
+#include "tokenmix/streaming/sliding_window.h"
+#include "tokenmix/streaming/stream.h"
+
+namespace tokenmix {
+
+class FastSelfAttention : public Layer {
+ public:
+  // size = E >= 1, attention_heads = H >= 1 with E % H == 0, 0 <= dropout_rate <= 1 (kept for the
+  // record; identity at inference). Throws Error otherwise. Loads the upstream state_dict keys
+  //   query.{weight (E, E), bias (E)}, query_att.{weight (H, E), bias (H)},
+  //   key.{weight (E, E), bias (E)}, key_att.{weight (H, E), bias (H)}, transform.{weight (E, E), bias (E)};
+  // throws Error listing missing, unexpected and mis-shaped keys.
+  FastSelfAttention(int64_t size, int64_t attention_heads, double dropout_rate, const StateDict& state_dict);
+
+  std::string name() const override { return "fastformer"; }
+  int64_t d_model() const override { return size_; }
+  int64_t heads() const { return heads_; }
+  int64_t head_dim() const { return head_dim_; }
+  double dropout_rate() const { return dropout_rate_; }
+
+  // Upstream forward(xs_pad, mask), with upstream's mask convention (named apart from the unified
+  // forward below, whose mask means the opposite).
+  //   xs_pad: (B, T, E), T >= 0
+  //   mask:   True / non-zero = keep (non-padding), 0 = padding; (B, 1, T), (1, 1, T) or per head
+  //           (B or 1, H, T); or empty (no mask). 2-D masks are rejected (upstream mis-broadcasts a
+  //           (B, T) mask when B == H).
+  // Returns y (B, T, E). Throws Error "FastSelfAttention::forward_upstream: <arg>: expected ..." on a shape mismatch.
+  Tensor forward_upstream(const Tensor& xs_pad, const Mask& mask) const;
+
+  // Unified API: key_padding_mask (B, T) with True = padded, or empty; converted to the (B, 1, T) keep
+  // mask. Throws Error on a shape mismatch.
+  Tensor forward(const Tensor& x, const Mask& key_padding_mask = {}) const override;
+
+  // Sliding-window reference: x (B, T, E); options.window = L >= 1, options.position = P in [-1, L).
+  // Returns (B, max(0, T - L + 1), E) whose row s is forward_upstream(x[:, s:s+L, :], {})[:, P, :] (P = -1: L - 1).
+  // Throws Error on invalid options or a shape mismatch. Costs O(T·L·E²): it re-runs the forward.
+  Tensor stream_reference(const Tensor& x, const StreamOptions& options) const override;
+
+  // Opens a FastSelfAttentionStream (batch >= 1 rows, options as in stream_reference). Throws Error
+  // on invalid batch or options.
+  std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
+
+  // Shared building blocks of forward and the stream (rows of width cache_width()):
+  // one token's cached row is [q (E) | k (E) | a (H)], a = the scaled query-attention logits.
+  int64_t cache_width() const { return 2 * size_ + heads_; }
+  // x (rows, E) -> out (rows, cache_width()).
+  void project_rows(const float* x, int64_t rows, float* out) const;
+  // Scratch for pooled_key(): sized for windows of up to T tokens; grown only.
+  struct Scratch {
+    std::vector<float> logits;   // (T, H) key-attention logits c
+    std::vector<float> weights;  // (H, T) pooling weights α, then β
+    std::vector<float> scores;   // (H, E) W_key_att ⊙ gq
+    std::vector<float> gq;       // (E)
+    void reserve(int64_t T, int64_t E, int64_t H);
+  };
+  // The pooled key gk (E) of T >= 1 cached rows (stride cache_width(), oldest first). keep, when
+  // non-null, is read as keep[h * keep_head_stride + t] (non-zero = keep). scratch must be reserved for T.
+  void pooled_key(const float* rows, int64_t T, const uint8_t* keep, int64_t keep_head_stride, float* gk,
+                  Scratch& scratch) const;
+
+ private:
+  int64_t size_, heads_, head_dim_;
+  double dropout_rate_;
+  float scale_;                         // sqrt(d): the score logits are divided by it
+  Tensor w_query_, b_query_;            // query: (E, E), (E)
+  Tensor w_query_att_, b_query_att_;    // query_att: (H, E), (H)
+  Tensor w_key_, b_key_;                // key: (E, E), (E)
+  Tensor w_key_att_, b_key_att_;        // key_att: (H, E), (H)
+  Tensor w_transform_, b_transform_;    // transform: (E, E), (E)
+  // Checks options; returns the window position in [0, L). fn names the caller.
+  int64_t window_position(const StreamOptions& options, const char* fn) const;
+  friend class FastSelfAttentionStream;
+};
+
+// Sliding-window Fastformer stream (open_stream). Per batch row it caches, for each of the last L
+// tokens, the row [q_t (E) | k_t (E) | a_t (H)]: the query and key projections and the scaled
+// query-attention logits, in a SlidingWindow of width 2E + H. A pushed token costs
+//   O(E²)      its three projections (q, k: E×E; a: H×E), done once per token for the whole chunk,
+//   O(L·E·H)   the pooling over the window: α from the cached logits, gq (O(L·E)), the key-attention
+//              logits c = k·(W_key_att ⊙ gq)ᵀ (one (L×E)·(E×H) GEMM; they depend on gq, which changes
+//              with every window, so they cannot be cached), β and gk (O(L·E)),
+//   O(E²)      the transform of the emitted token,
+// i.e. O(L·E·H + E²) per token instead of the O(L·E²) of re-running the forward on the window.
+// Memory: B·2L·(2E + H) floats for the windows plus scratch grown to the largest chunk; push
+// allocates nothing once a chunk of that size has been seen.
+//
+// push((B, C, E)) returns (B, C_out, E): the outputs completed by the chunk's tokens, in time order.
+// With every row in step, C_out = the number of chunk tokens at which the row has seen >= L tokens.
+// After reset_row the rows can be out of step: C_out is then the largest count over the rows, the
+// outputs are right-aligned (the last output of every row belongs to the chunk's last token) and a
+// row with fewer outputs has zeros in its leading entries; emitted(b) gives each row's count.
+class FastSelfAttentionStream : public Stream {
+ public:
+  // layer must outlive the stream. Throws Error on batch < 1 or invalid options.
+  FastSelfAttentionStream(const FastSelfAttention& layer, int64_t batch, const StreamOptions& options);
+  // chunk (B, C, E), C >= 1. Throws Error "FastSelfAttentionStream::push: chunk: expected ...".
+  Tensor push(const Tensor& chunk) override;
+  void reset() override;
+  void reset_row(int64_t b) override;
+  // State: metadata stream = "FastSelfAttentionStream", "config" (batch, E, H, L, P), the windows
+  // under "window.". restore throws Error when the file was saved by another kind of stream or
+  // configuration.
+  void save(SafetensorsWriter& writer) const override;
+  void restore(const SafetensorsFile& file) override;
+  using Stream::restore;
+  using Stream::save;
+  // Outputs row b received from the last push (trailing entries of its (C_out) outputs).
+  int64_t emitted(int64_t b) const;
+
+ private:
+  const FastSelfAttention& layer_;
+  const int64_t batch_, length_, position_;
+  SlidingWindow window_;
+  FastSelfAttention::Scratch scratch_;
+  std::vector<float> proj_;     // (B·C, 2E + H) projected chunk
+  std::vector<float> u_, out_;  // (B·C, E) transform input and output
+  std::vector<int64_t> emitted_;
+};
+
+}  // namespace tokenmix

@@ -1,0 +1,280 @@
+#include "tokenmix/layers/fastformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "tokenmix/kernels/linear.h"
+#include "tokenmix/layers/masks.h"
+
+namespace tokenmix {
+
+namespace {
+
+// w[t] (t < T, contiguous) = softmax over the kept t of logits[t * stride]; exactly 0 for padded t
+// (keep non-null and keep[t] == 0) and everywhere when no t is kept. This equals ESPnet's
+// fill-with-float32-min, softmax, zero-the-padded rule.
+void pool_weights(const float* logits, int64_t stride, int64_t T, const uint8_t* keep, float* w) {
+  float mx = -std::numeric_limits<float>::infinity();
+  bool any = false;
+  for (int64_t t = 0; t < T; ++t)
+    if (!keep || keep[t]) {
+      mx = std::max(mx, logits[t * stride]);
+      any = true;
+    }
+  if (!any) {
+    std::fill(w, w + T, 0.f);
+    return;
+  }
+  float sum = 0.f;
+  for (int64_t t = 0; t < T; ++t) {
+    w[t] = (!keep || keep[t]) ? std::exp(logits[t * stride] - mx) : 0.f;
+    sum += w[t];
+  }
+  for (int64_t t = 0; t < T; ++t) w[t] /= sum;
+}
+
+}  // namespace
+
+FastSelfAttention::FastSelfAttention(int64_t size, int64_t attention_heads, double dropout_rate,
+                                     const StateDict& state_dict)
+    : size_(size), heads_(attention_heads), head_dim_(attention_heads > 0 ? size / attention_heads : 0),
+      dropout_rate_(dropout_rate) {
+  const char* fn = "FastSelfAttention";
+  check(size >= 1, fn, ": size: expected >= 1, got ", size);
+  check(attention_heads >= 1, fn, ": attention_heads: expected >= 1, got ", attention_heads);
+  check(size % attention_heads == 0, fn, ": size (", size,
+        ") is not an integer multiple of attention_heads (", attention_heads, ")");
+  check(dropout_rate >= 0.0 && dropout_rate <= 1.0, fn, ": dropout_rate: expected 0 <= p <= 1, got ",
+        dropout_rate);
+  scale_ = std::sqrt(static_cast<float>(head_dim_));
+  WeightReader r(state_dict, fn);
+  const Shape w{size, size}, b{size}, wa{attention_heads, size}, ba{attention_heads};
+  w_query_ = r.take("query.weight", w);
+  b_query_ = r.take("query.bias", b);
+  w_query_att_ = r.take("query_att.weight", wa);
+  b_query_att_ = r.take("query_att.bias", ba);
+  w_key_ = r.take("key.weight", w);
+  b_key_ = r.take("key.bias", b);
+  w_key_att_ = r.take("key_att.weight", wa);
+  b_key_att_ = r.take("key_att.bias", ba);
+  w_transform_ = r.take("transform.weight", w);
+  b_transform_ = r.take("transform.bias", b);
+  r.finish();
+}
+
+void FastSelfAttention::Scratch::reserve(int64_t T, int64_t E, int64_t H) {
+  if (static_cast<int64_t>(logits.size()) < T * H) logits.resize(T * H);
+  if (static_cast<int64_t>(weights.size()) < T * H) weights.resize(T * H);
+  if (static_cast<int64_t>(scores.size()) < H * E) scores.resize(H * E);
+  if (static_cast<int64_t>(gq.size()) < E) gq.resize(E);
+}
+
+void FastSelfAttention::project_rows(const float* x, int64_t rows, float* out) const {
+  if (rows == 0) return;
+  const int64_t E = size_, H = heads_, W = cache_width();
+  linear_raw(x, rows, E, E, w_query_.data(), b_query_.data(), E, out, W);
+  linear_raw(x, rows, E, E, w_key_.data(), b_key_.data(), E, out + E, W);
+  linear_raw(out, rows, E, W, w_query_att_.data(), b_query_att_.data(), H, out + 2 * E, W);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < H; ++h) out[r * W + 2 * E + h] /= scale_;
+}
+
+void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* keep, int64_t keep_head_stride,
+                                   float* gk, Scratch& s) const {
+  const int64_t E = size_, H = heads_, d = head_dim_, W = cache_width();
+  float* alpha = s.weights.data();  // (H, T)
+  float* gq = s.gq.data();
+  // Query pooling: α_h = pool(a[:, h]); gq_h = α_h · q[:, h-slice].
+  for (int64_t h = 0; h < H; ++h) {
+    pool_weights(rows + 2 * E + h, W, T, keep ? keep + h * keep_head_stride : nullptr, alpha + h * T);
+    gemm(alpha + h * T, T, rows + h * d, W, false, gq + h * d, E, 1, d, T);
+  }
+  // Key logits c[t, h] = (k_t ⊙ gq)·W_key_att[h] + b = k_t·(W_key_att[h] ⊙ gq) + b, then / sqrt(d).
+  float* scores = s.scores.data();
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t e = 0; e < E; ++e) scores[h * E + e] = w_key_att_.data()[h * E + e] * gq[e];
+  float* c = s.logits.data();  // (T, H)
+  linear_raw(rows + E, T, E, W, scores, b_key_att_.data(), H, c, H);
+  for (int64_t i = 0; i < T * H; ++i) c[i] /= scale_;
+  // Key pooling: β_h = pool(c[:, h]); gk_h = Σ_t β_h[t] (k_t ⊙ gq)_h = gq_h ⊙ (β_h · k[:, h-slice]).
+  float* beta = s.weights.data();
+  for (int64_t h = 0; h < H; ++h) {
+    pool_weights(c + h, H, T, keep ? keep + h * keep_head_stride : nullptr, beta + h * T);
+    gemm(beta + h * T, T, rows + E + h * d, W, false, gk + h * d, E, 1, d, T);
+  }
+  for (int64_t e = 0; e < E; ++e) gk[e] *= gq[e];
+}
+
+Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mask) const {
+  const char* fn = "FastSelfAttention::forward_upstream";
+  check_shape(xs_pad, {-1, -1, size_}, fn, "xs_pad", {"B", "T"});
+  const int64_t B = xs_pad.dim(0), T = xs_pad.dim(1), E = size_, H = heads_, W = cache_width();
+  int64_t mask_batch_stride = 0, mask_head_stride = 0;
+  if (!mask.empty()) {
+    check(mask.ndim() == 3, fn, ": mask: expected (B, 1, T), (1, 1, T) or (B, H, T) with True = keep, got shape ",
+          mask.shape().str(), " (2-D masks are rejected: upstream mis-broadcasts a (B, T) mask)");
+    check((mask.dim(0) == B || mask.dim(0) == 1) && (mask.dim(1) == 1 || mask.dim(1) == H) && mask.dim(2) == T,
+          fn, ": mask: expected shape (", B, " or 1, 1 or ", H, ", ", T, "), got ", mask.shape().str());
+    mask_batch_stride = mask.dim(0) == 1 ? 0 : mask.dim(1) * T;
+    mask_head_stride = mask.dim(1) == 1 ? 0 : T;
+  }
+  Tensor y{Shape{B, T, E}};
+  if (B * T == 0) return y;
+  std::vector<float> proj(static_cast<size_t>(B * T * W)), gk(static_cast<size_t>(E));
+  project_rows(xs_pad.data(), B * T, proj.data());
+  Scratch scratch;
+  scratch.reserve(T, E, H);
+  Tensor u{Shape{B, T, E}};
+  for (int64_t b = 0; b < B; ++b) {
+    const float* rows = proj.data() + b * T * W;
+    pooled_key(rows, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride, mask_head_stride, gk.data(),
+               scratch);
+    for (int64_t t = 0; t < T; ++t) {
+      const float* q = rows + t * W;
+      float* ut = u.data() + (b * T + t) * E;
+      float* yt = y.data() + (b * T + t) * E;
+      for (int64_t e = 0; e < E; ++e) {
+        ut[e] = gk[e] * q[e];
+        yt[e] = q[e];
+      }
+    }
+  }
+  // y = transform(u) + q (accumulate adds the bias too).
+  linear_raw(u.data(), B * T, E, E, w_transform_.data(), b_transform_.data(), E, y.data(), E, true);
+  return y;
+}
+
+Tensor FastSelfAttention::forward(const Tensor& x, const Mask& key_padding_mask) const {
+  const char* fn = "FastSelfAttention::forward";
+  check_shape(x, {-1, -1, size_}, fn, "x", {"B", "T"});
+  if (key_padding_mask.empty()) return forward_upstream(x, Mask{});
+  return forward_upstream(x, keep_mask_from_padding(key_padding_mask, x.dim(0), x.dim(1), fn));
+}
+
+int64_t FastSelfAttention::window_position(const StreamOptions& o, const char* fn) const {
+  check(o.window >= 1, fn, ": options.window: expected the window length L >= 1, got ", o.window);
+  check(o.position >= -1 && o.position < o.window, fn, ": options.position: expected -1 <= position < window (",
+        o.window, "), got ", o.position);
+  return o.position == -1 ? o.window - 1 : o.position;
+}
+
+Tensor FastSelfAttention::stream_reference(const Tensor& x, const StreamOptions& options) const {
+  const char* fn = "FastSelfAttention::stream_reference";
+  const int64_t P = window_position(options, fn);
+  check_shape(x, {-1, -1, size_}, fn, "x", {"B", "T"});
+  const int64_t B = x.dim(0), T = x.dim(1), L = options.window, E = size_;
+  const int64_t n = std::max<int64_t>(0, T - L + 1);
+  Tensor out{Shape{B, n, E}};
+  Tensor win{Shape{B, L, E}};
+  for (int64_t s = 0; s < n; ++s) {
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(win.data() + b * L * E, x.data() + (b * T + s) * E, sizeof(float) * L * E);
+    const Tensor y = forward_upstream(win, Mask{});
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(out.data() + (b * n + s) * E, y.data() + (b * L + P) * E, sizeof(float) * E);
+  }
+  return out;
+}
+
+std::unique_ptr<Stream> FastSelfAttention::open_stream(int64_t batch, const StreamOptions& options) const {
+  return std::make_unique<FastSelfAttentionStream>(*this, batch, options);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+int64_t checked_batch(int64_t batch) {
+  check(batch >= 1, "FastSelfAttention::open_stream: batch: expected >= 1, got ", batch);
+  return batch;
+}
+}  // namespace
+
+FastSelfAttentionStream::FastSelfAttentionStream(const FastSelfAttention& layer, int64_t batch,
+                                                 const StreamOptions& options)
+    : layer_(layer), batch_(checked_batch(batch)),
+      length_(options.window),
+      position_(layer.window_position(options, "FastSelfAttention::open_stream")),  // checks before window_
+      window_(batch, options.window, layer.cache_width()), emitted_(batch, 0) {
+  scratch_.reserve(length_, layer.size_, layer.heads_);
+}
+
+Tensor FastSelfAttentionStream::push(const Tensor& chunk) {
+  const char* fn = "FastSelfAttentionStream::push";
+  const int64_t E = layer_.size_, W = layer_.cache_width(), L = length_;
+  if (chunk.ndim() != 3 || chunk.dim(0) != batch_ || chunk.dim(2) != E || chunk.dim(1) < 1)
+    fail(fn, ": chunk: expected shape (", batch_, ", C, ", E, ") with C >= 1, got ", chunk.shape().str());
+  const int64_t C = chunk.dim(1);
+  if (static_cast<int64_t>(proj_.size()) < batch_ * C * W) proj_.resize(batch_ * C * W);
+  if (static_cast<int64_t>(u_.size()) < batch_ * C * E) {
+    u_.resize(batch_ * C * E);
+    out_.resize(batch_ * C * E);
+  }
+  layer_.project_rows(chunk.data(), batch_ * C, proj_.data());
+  // Outputs per row: the chunk tokens at which the row's window is full.
+  int64_t c_out = 0;
+  for (int64_t b = 0; b < batch_; ++b) {
+    emitted_[b] = std::clamp<int64_t>(window_.seen(b) + C - L + 1, 0, C);
+    c_out = std::max(c_out, emitted_[b]);
+  }
+  for (int64_t b = 0; b < batch_; ++b) {
+    const int64_t first = c_out - emitted_[b];  // right-aligned output slot of this row's first output
+    for (int64_t j = 0; j < first; ++j) std::fill_n(u_.data() + (b * c_out + j) * E, E, 0.f);
+    for (int64_t c = 0; c < C; ++c) {
+      window_.push(b, proj_.data() + (b * C + c) * W);
+      if (!window_.full(b)) continue;
+      const int64_t slot = first + (c - (C - emitted_[b]));
+      float* u = u_.data() + (b * c_out + slot) * E;
+      float* y = out_.data() + (b * c_out + slot) * E;
+      const float* q = window_.rows(b) + position_ * W;
+      layer_.pooled_key(window_.rows(b), L, nullptr, 0, u, scratch_);
+      for (int64_t e = 0; e < E; ++e) {
+        u[e] *= q[e];
+        y[e] = q[e];
+      }
+    }
+  }
+  if (c_out > 0) {
+    linear_raw(u_.data(), batch_ * c_out, E, E, layer_.w_transform_.data(), layer_.b_transform_.data(), E,
+               out_.data(), E, true);
+    for (int64_t b = 0; b < batch_; ++b)  // rows still warming up: zeros in their leading slots
+      std::fill_n(out_.data() + b * c_out * E, (c_out - emitted_[b]) * E, 0.f);
+  }
+  return Tensor::view(Shape{batch_, c_out, E}, out_.data());
+}
+
+void FastSelfAttentionStream::reset() {
+  window_.reset();
+  std::fill(emitted_.begin(), emitted_.end(), 0);
+}
+
+void FastSelfAttentionStream::reset_row(int64_t b) {
+  check(b >= 0 && b < batch_, "FastSelfAttentionStream::reset_row: b: expected 0 <= b < ", batch_, ", got ", b);
+  window_.reset_row(b);
+  emitted_[b] = 0;
+}
+
+int64_t FastSelfAttentionStream::emitted(int64_t b) const {
+  check(b >= 0 && b < batch_, "FastSelfAttentionStream::emitted: b: expected 0 <= b < ", batch_, ", got ", b);
+  return emitted_[b];
+}
+
+void FastSelfAttentionStream::save(SafetensorsWriter& w) const {
+  w.set_metadata("stream", "FastSelfAttentionStream");
+  w.add_int64s("config", {batch_, layer_.size_, layer_.heads_, length_, position_});
+  window_.save(w, "window.");
+}
+
+void FastSelfAttentionStream::restore(const SafetensorsFile& f) {
+  const char* fn = "FastSelfAttentionStream::restore";
+  check(f.metadata().count("stream") && f.metadata().at("stream") == "FastSelfAttentionStream", fn, ": ", f.path(),
+        ": not a FastSelfAttentionStream state file");
+  const std::vector<int64_t> want{batch_, layer_.size_, layer_.heads_, length_, position_};
+  check(f.contains("config") && f.int64s("config") == want, fn, ": ", f.path(),
+        ": 'config' (batch, E, H, window, position) does not match this stream");
+  window_.restore(f, "window.");
+  std::fill(emitted_.begin(), emitted_.end(), 0);
+}
+
+}  // namespace tokenmix
