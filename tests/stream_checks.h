@@ -95,11 +95,13 @@ inline void expect_reset_row_isolated(const Layer& layer, const Tensor& x, const
   stream_all(layer, x, opts, {1}, s.get());
   s->reset_row(0);
   const Tensor second = stream_all(layer, x, opts, {1}, s.get());
+  // Rows of one stream may complete different numbers of outputs per push (a reset row warms up its
+  // window again); outputs are aligned on the newest token, so row 0's real outputs are the last n_all.
   const int64_t n = second.dim(1), n_all = all.dim(1);
-  ASSERT_EQ(n, n_all);
+  ASSERT_GE(n, n_all);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t e = 0; e < E; ++e) {
-      ASSERT_EQ(second.at(0, t, e), all.at(0, t, e)) << "row 0 after reset, t=" << t;
+      if (t >= n - n_all) ASSERT_EQ(second.at(0, t, e), all.at(0, t - (n - n_all), e)) << "row 0 after reset, t=" << t;
       for (int64_t b = 1; b < B; ++b)
         ASSERT_NEAR(second.at(b, t, e), cont.at(b, cont.dim(1) - n + t, e), 1e-5f) << "row " << b << " disturbed";
     }
