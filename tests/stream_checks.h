@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "alloc_counter.h"
+#include "alloc/alloc_counter.h"
 #include "tokenmix/streaming/stream.h"
 
 namespace tokenmix::test {
@@ -123,9 +123,9 @@ inline void expect_no_allocations_per_push(const Layer& layer, const Tensor& x, 
   ASSERT_GE(chunks.size(), 3u);
   s->push(chunks[0]);
   s->push(chunks[1]);
-  const int64_t before = allocation_count();
+  const int64_t before = alloc::allocation_count();
   for (size_t i = 2; i < chunks.size(); ++i) s->push(chunks[i]);
-  EXPECT_EQ(allocation_count() - before, 0) << layer.name() << ": heap allocations during push (chunk " << C << ")";
+  EXPECT_EQ(alloc::allocation_count() - before, 0) << layer.name() << ": heap allocations during push (chunk " << C << ")";
 }
 
 }  // namespace tokenmix::test

@@ -8,5 +8,7 @@ namespace tokenmix::cli {
 
 // `tokenmix run PATH... [--out FILE_OR_DIR] [--atol X] [--rtol X]`
 void add_run_command(CLI::App& app, int* status);
+// `tokenmix stream CASE --chunk N [--window L] [--position P] [--left-context N]`
+void add_stream_command(CLI::App& app, int* status);
 
 }  // namespace tokenmix::cli

@@ -118,7 +118,7 @@ void add_run_command(CLI::App& app, int* status) {
       "Replay reference cases (.safetensors with param.*, in.*, out.* and module/config/call metadata) "
       "through tokenmix and compare with their expected out.* tensors.\n"
       "Exit status: 0 all pass, 1 a mismatch, 2 bad input.");
-  cmd->add_option("PATH", opts->paths, "Case files or folders (searched recursively for *.safetensors)")
+  cmd->add_option("PATH", opts->paths, "Case files or folders (searched recursively for *.safetensors); required")
       ->required();
   cmd->add_option("--out", opts->out,
                   "Write every produced out.* tensor: to this file for a single case, or under this folder "

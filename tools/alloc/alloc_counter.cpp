@@ -1,4 +1,4 @@
-#include "alloc_counter.h"
+#include "alloc/alloc_counter.h"
 
 #include <atomic>
 #include <cstdlib>
@@ -8,9 +8,9 @@ namespace {
 std::atomic<int64_t> g_allocations{0};
 }
 
-namespace tokenmix::test {
+namespace tokenmix::alloc {
 int64_t allocation_count() { return g_allocations.load(); }
-}  // namespace tokenmix::test
+}  // namespace tokenmix::alloc
 
 void* operator new(std::size_t n) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
