@@ -6,17 +6,22 @@
 
 namespace tokenmix {
 
-Shape::Shape(std::initializer_list<int64_t> dims) : Shape(std::vector<int64_t>(dims)) {}
-
-Shape::Shape(const std::vector<int64_t>& dims) {
-  check(dims.size() <= static_cast<size_t>(kMaxAxes), "Shape: expected at most ", kMaxAxes,
-        " axes, got ", dims.size());
-  ndim_ = static_cast<int>(dims.size());
-  for (int i = 0; i < ndim_; ++i) {
-    check(dims[i] >= 0, "Shape: axis ", i, ": expected a size >= 0, got ", dims[i]);
-    dims_[i] = dims[i];
+namespace {
+// Shared by both constructors; allocates nothing (streams build output shapes on every push).
+template <typename It>
+int init_dims(It first, size_t n, std::array<int64_t, Shape::kMaxAxes>& out) {
+  check(n <= static_cast<size_t>(Shape::kMaxAxes), "Shape: expected at most ", Shape::kMaxAxes, " axes, got ", n);
+  for (size_t i = 0; i < n; ++i, ++first) {
+    check(*first >= 0, "Shape: axis ", i, ": expected a size >= 0, got ", *first);
+    out[i] = *first;
   }
+  return static_cast<int>(n);
 }
+}  // namespace
+
+Shape::Shape(std::initializer_list<int64_t> dims) { ndim_ = init_dims(dims.begin(), dims.size(), dims_); }
+
+Shape::Shape(const std::vector<int64_t>& dims) { ndim_ = init_dims(dims.begin(), dims.size(), dims_); }
 
 int64_t Shape::operator[](int i) const {
   const int j = i < 0 ? i + ndim_ : i;
