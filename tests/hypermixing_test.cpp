@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 
 #include <unistd.h>
@@ -244,6 +245,12 @@ TEST(HyperMixingTest, PaddedTokensGiveLayerNormBiasAndIgnoreTheirValues) {
   // Finite garbage in padded slots changes nothing.
   for (int64_t e = 0; e < 32; ++e) x.at(0, 4, e) = 1e3f * (e + 1);
   EXPECT_TRUE(bit_equal(layer.forward(x, kpm), y));
+  // As upstream (masking multiplies by 0), a NaN in a padded slot turns the whole batch row into NaN.
+  Tensor xn = x.clone();
+  xn.at(0, 4, 0) = std::numeric_limits<float>::quiet_NaN();
+  const Tensor yn = layer.forward(xn, kpm);
+  EXPECT_TRUE(std::isnan(yn.at(0, 1, 0)));
+  EXPECT_TRUE(bit_equal(yn[1], y[1]));
   // Suffix padding: the valid tokens' outputs equal a run on the unpadded prefix.
   Mask suffix{Shape{1, 9}};
   for (int64_t t = 5; t < 9; ++t) suffix.at(0, t) = 1;
