@@ -7,5 +7,6 @@ namespace tokenmix::cases {
 
 CaseFamily espnet_mha_family();
 CaseFamily fastformer_family();
+CaseFamily hypermixing_family();
 
 }  // namespace tokenmix::cases

@@ -6,6 +6,7 @@ const std::vector<CaseFamily>& families() {
   static const std::vector<CaseFamily> all = {
       espnet_mha_family(),
       fastformer_family(),
+      hypermixing_family(),
   };
   return all;
 }

@@ -1,0 +1,171 @@
+// tokenmix/layers/hypermixing.h: SpeechBrain multi-head HyperMixing (HyperConformer token mixing),
+// exactly as speechbrain.nnet.hypermixing.HyperMixing (with its HyperNetwork and ParallelMLPs), plus
+// a sliding-window stream.
+//
+// Sources: Mai et al., "HyperMixer: An MLP-based Low Cost Alternative to Transformers" (ACL 2023,
+// arXiv 2203.03691); Mai et al., "HyperConformer: Multi-head HyperMixer for Efficient Speech
+// Recognition" (Interspeech 2023, arXiv 2305.18281). Upstream module speechbrain/nnet/hypermixing.py @
+// 9c826ef3 (SpeechBrain). Spec: tests/data/reference/hypermixing/SPEC.md.
+//
+// Math (B batch, T tokens, E = input_output_dim, H = num_heads, d = E / H, K = token-mixing width per
+// head = hypernet_size / H, or hypernet_size when fix_tm_hidden_size; head h <-> channels [h·d, (h+1)·d)):
+//   m[b, t]   = 0 where key_padding_mask[b, t] is true (padded), else 1 (all 1 without a mask)
+//   x̃         = x ⊙ m                                      padded tokens are zeroed
+//   z         = x̃ + pe[:T]                                 hypernetwork input only (absolute positions)
+//   Wg[b,h,t] = (C_g,h · GELU(A_g,h · z[b,t,h] + α_g,h) + γ_g,h) · m[b, t]     g = 1, 2 (W2 = W1 if tied)
+//               A (d x d) = fc1_weights[h], α = fc1_biases[h], C (K x d) = fc2_weights[h], γ = fc2_biases[h]
+//   S[b,h]    = x̃[b,:,h]ᵀ · W1[b,h]                       (d x K), a sum over ALL tokens (bidirectional)
+//   o[b,t,h]  = W2[b,h,t] · GELU(S[b,h])ᵀ                  (d), no biases, no scaling
+//   y         = LayerNorm_E(o)                             eps 1e-5, affine; no residual
+// GELU is the exact erf form. Cost: (tied ? 1 : 2)·B·T·E·(d + K) MACs for the hypernetworks and
+// 2·B·T·E·K for the mixing; linear in T.
+// Upstream quirks kept: key/value/attn_mask/pos_embs of the upstream forward are ignored (self-mixing
+// only, always bidirectional); the padded output rows are exactly layer_norm.bias; masking multiplies by
+// 0, so a NaN/Inf in a padded slot turns the whole batch row into NaN, as upstream; T > max_length
+// throws (upstream raises a size-mismatch RuntimeError).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "tokenmix/core/tensor.h"
+#include "tokenmix/io/state_dict.h"
+#include "tokenmix/streaming/sliding_window.h"
+#include "tokenmix/streaming/stream.h"
+
+namespace tokenmix {
+
+// Constructor arguments of the upstream module (same names and defaults).
+struct HyperMixingOptions {
+  int64_t input_output_dim = 0;     // E: even (sinusoidal PE) and divisible by num_heads
+  int64_t hypernet_size = 0;        // token-mixing width H·K in total (divisible by num_heads)
+  bool tied = false;                // W2 = W1 (one hypernetwork)
+  int64_t num_heads = 1;            // H >= 1
+  bool fix_tm_hidden_size = false;  // K = hypernet_size instead of hypernet_size / H
+  int64_t max_length = 3000;        // rows of the positional table; forward needs T <= max_length
+};
+
+class HyperMixing : public Layer {
+ public:
+  // Validates options (throws Error "HyperMixing: <option>: expected ..., got ...") and loads the
+  // upstream state_dict keys:
+  //   hyper.w1_gen.fc1_weights (H, d, d), fc1_biases (H, d), fc2_weights (H, K, d), fc2_biases (H, K)
+  //   hyper.w2_gen.* (same shapes)
+  //   layer_norm.weight (E), layer_norm.bias (E)
+  //   positional_encoding.pe (1, max_length, E)   optional: the float32 sinusoidal table when absent
+  // With tied = true the hyper.w2_gen.* entries are aliases of hyper.w1_gen.* (upstream always lists
+  // them): they may be absent, and when present they must equal hyper.w1_gen.* (Error otherwise).
+  // Throws one Error listing missing, unexpected and mis-shaped keys.
+  HyperMixing(const HyperMixingOptions& options, const StateDict& state_dict);
+
+  std::string name() const override { return "hypermixing"; }
+  int64_t d_model() const override { return E_; }
+  int64_t heads() const { return H_; }
+  int64_t head_dim() const { return d_; }
+  // K: the token-mixing MLP width per head.
+  int64_t mixing_width() const { return K_; }
+  bool tied() const { return tied_; }
+  int64_t max_length() const { return max_length_; }
+  // The positional table (max_length, E) in use (loaded or computed).
+  const Tensor& positional_table() const { return pe_; }
+
+  // Upstream forward(query, key, value, attn_mask, key_padding_mask) with query = x.
+  //   x:                (B, T, E), 1 <= T <= max_length
+  //   key_padding_mask: (B, T), non-zero = padded (ignored), or empty. Other shapes are rejected
+  //                     (upstream silently mis-broadcasts a 1-D (T) mask).
+  //   attn_weights:     when non-null, receives upstream's second output: zeros (B, T, T). It carries
+  //                     no information (HyperMixing has no attention map); pass nullptr to skip it.
+  // Returns (B, T, E). Throws Error on a shape mismatch or T > max_length.
+  Tensor forward(const Tensor& x, const Mask& key_padding_mask, Tensor* attn_weights) const;
+  Tensor forward(const Tensor& x, const Mask& key_padding_mask = {}) const override;
+
+  // Sliding-window definition (HyperMixing pools over the whole sequence, so it cannot be causal):
+  // options.window = L (1 <= L <= max_length), options.position = P (0 <= P < L, -1 = L - 1). For x
+  // (B, T, E) returns (B, max(T - L + 1, 0), E): row i is forward(x[:, i : i + L])[:, P], i.e. the
+  // window positions are window-relative (pe rows 0..L-1). Runs forward on every window.
+  // Throws Error on invalid options or a shape mismatch.
+  Tensor stream_reference(const Tensor& x, const StreamOptions& options) const override;
+  // Opens a HyperMixingStream (below). Throws Error as stream_reference for invalid options and for
+  // batch < 1. The layer must outlive the stream.
+  std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
+
+ private:
+  friend class HyperMixingStream;
+  // One ParallelMLPs hypernetwork (d -> d -> K per head).
+  struct Generator {
+    Tensor fc1_w;  // (H, d, d)  [h, out, in]
+    Tensor fc1_b;  // (H, d)
+    Tensor fc2_w;  // (H, K, d)  [h, out, in]
+    Tensor fc2_b;  // (H, K)
+  };
+  int64_t E_, H_, d_, K_, max_length_;
+  bool tied_;
+  Generator gen1_, gen2_;  // w1_gen, w2_gen (gen2_ shares gen1_'s tensors when tied)
+  Tensor ln_w_, ln_b_;     // layer_norm: (E), (E)
+  Tensor pe_;              // (max_length, E)
+
+  // Hypernetwork g over rows tokens: z (rows, E) -> W (rows, H·K) laid out [t, h·K + k]. hidden is
+  // (rows, E) scratch.
+  void generate(const Generator& g, const float* z, int64_t rows, float* hidden, float* W) const;
+  // y (rows, E) = LayerNorm(o (rows, E)).
+  void layer_norm(const float* o, int64_t rows, float* y) const;
+  void check_stream_options(const StreamOptions& options, const char* fn) const;
+};
+
+// Sliding-window HyperMixing stream (StreamOptions::window = L, position = P).
+//
+// Once a batch row has seen L tokens, every further token completes a window and yields one output:
+// forward(last L tokens)[P] (stream_reference). push((B, C, E)) returns (B, C_out, E), where C_out is
+// the largest number of windows any row completed in this chunk; the outputs are time-aligned to the
+// chunk's last C_out tokens. A row that completed fewer windows (it is still warming up, e.g. after
+// reset_row) gets quiet NaN in the slots before its first output.
+//
+// What is cached, and what cannot be:
+//   * The positional table is window-relative: a token's position changes at every slide, so its
+//     hypernetwork input x + pe[j] and everything downstream (W1 rows, S = x̃ᵀ·W1, GELU(S)) must be
+//     recomputed for the whole window at every step. S in particular is NOT a running sum.
+//   * Layer 1 of the hypernetwork is affine, so its position-independent part is cached per token:
+//     each pushed token stores [x (E) | A1·x (E)] in the SlidingWindow (width 2E), computed once on
+//     arrival; the position part Q[j] = A1·pe[j] + α1 (L, E) is tabulated once per stream. A step then
+//     needs only adds + GELU for layer 1 (the float rounding differs from forward's A1·(x + pe[j]) by
+//     ~1 ulp; stream vs stream_reference agree to ~1e-5, not bit-for-bit).
+//   * Only the output at window position P is emitted, so W2 (layer 1 and 2 of the second
+//     hypernetwork) is computed for that single token only (taken from W1 when tied), and the token
+//     mixing reduces to one (d x K)·(K) product per head.
+// Cost per completed window: 2·L·E·K MACs (W1 layer 2 and S, two BLAS GEMMs per head) + L·E GELUs +
+// E·K GELUs + E·(d + K) + E·K MACs for W2 and the output; compare ~4·L·E·K + 2·L·E·d MACs for a
+// forward over the window. Arrival costs E·d MACs per token. Memory: the window (B, 2L, 2E) floats +
+// the (L, E) table + O(L·K) scratch, all allocated by open_stream; push allocates nothing once a chunk
+// of its size has been seen (the chunk-sized buffers only grow).
+// Not available with a key_padding_mask (every pushed token is a real token).
+class HyperMixingStream : public Stream {
+ public:
+  HyperMixingStream(const HyperMixing& layer, int64_t batch, const StreamOptions& options);
+  // chunk: (B, C, E), C >= 1. Throws Error "HyperMixingStream::push: chunk: expected shape (B, C, E), got ...".
+  Tensor push(const Tensor& chunk) override;
+  void reset() override;
+  void reset_row(int64_t b) override;
+  // State: "config" (batch, E, H, K, tied, L, P), "window.*" (the SlidingWindow), metadata stream.
+  void save(SafetensorsWriter& writer) const override;
+  void restore(const SafetensorsFile& file) override;
+  using Stream::restore;
+  using Stream::save;
+
+  int64_t window() const { return L_; }
+  int64_t position() const { return P_; }  // resolved, 0 <= P < L
+  // Tokens pushed to batch row b since its last reset (its window is full once seen(b) >= L).
+  int64_t seen(int64_t b) const { return window_.seen(b); }
+
+ private:
+  const HyperMixing& layer_;
+  const int64_t B_, E_, H_, d_, K_, L_, P_;
+  SlidingWindow window_;                       // per row, (<= L, 2E): [x | A1·x]
+  std::vector<float> pos_table_;               // (L, E): A1·pe[j] + α1
+  std::vector<float> hidden_, w1_, s_;         // (L, d), (L, K), (d, K) scratch
+  std::vector<float> z_, h2_, w2_, o_;         // (E), (E), (H·K), (E) scratch
+  std::vector<float> staged_, out_;            // (B·C, 2E) [x | A1·x], (B, C_out, E): grown only
+  // Output of row b's current (full) window into y (E).
+  void window_output(int64_t b, float* y);
+};
+
+}  // namespace tokenmix

@@ -1,0 +1,337 @@
+#include "tokenmix/layers/hypermixing.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "tokenmix/kernels/gemm_tn.h"
+#include "tokenmix/kernels/linear.h"
+
+namespace tokenmix {
+
+namespace {
+
+// Exact (erf) GELU, in place.
+void gelu_inplace(float* x, int64_t n) {
+  constexpr float kInvSqrt2 = 0.70710678118654752440f;
+  for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * kInvSqrt2));
+}
+
+// The float32 sinusoidal table of SpeechBrain's PositionalEncoding (max_length, E):
+// pe[p, 2i] = sin(p·den_i), pe[p, 2i+1] = cos(p·den_i), den_i = exp(f32(2i)·f32(-ln(1e4)/E)).
+Tensor sinusoidal_table(int64_t max_length, int64_t E) {
+  Tensor pe{Shape{max_length, E}};
+  const float c = static_cast<float>(-(std::log(10000.0) / static_cast<double>(E)));
+  for (int64_t i = 0; i < E / 2; ++i) {
+    const float den = std::exp(static_cast<float>(2 * i) * c);
+    for (int64_t p = 0; p < max_length; ++p) {
+      const float arg = static_cast<float>(p) * den;
+      pe.at(p, 2 * i) = std::sin(arg);
+      pe.at(p, 2 * i + 1) = std::cos(arg);
+    }
+  }
+  return pe;
+}
+
+}  // namespace
+
+HyperMixing::HyperMixing(const HyperMixingOptions& o, const StateDict& state_dict)
+    : E_(o.input_output_dim), H_(o.num_heads), max_length_(o.max_length), tied_(o.tied) {
+  const char* fn = "HyperMixing";
+  check(o.input_output_dim >= 2, fn, ": input_output_dim: expected >= 2, got ", o.input_output_dim);
+  check(o.input_output_dim % 2 == 0, fn, ": input_output_dim: expected an even size (sinusoidal positional ",
+        "encoding), got ", o.input_output_dim);
+  check(o.num_heads >= 1, fn, ": num_heads: expected >= 1, got ", o.num_heads);
+  check(o.input_output_dim % o.num_heads == 0, fn, ": input_output_dim (", o.input_output_dim,
+        ") must be divisible by num_heads (", o.num_heads, ")");
+  check(o.hypernet_size >= 1, fn, ": hypernet_size: expected >= 1, got ", o.hypernet_size);
+  check(o.hypernet_size % o.num_heads == 0, fn, ": hypernet_size (", o.hypernet_size,
+        ") must be divisible by num_heads (", o.num_heads, ")");
+  check(o.max_length >= 1, fn, ": max_length: expected >= 1, got ", o.max_length);
+  d_ = E_ / H_;
+  K_ = o.fix_tm_hidden_size ? o.hypernet_size : o.hypernet_size / H_;
+
+  WeightReader r(state_dict, fn);
+  const Shape w1{H_, d_, d_}, b1{H_, d_}, w2{H_, K_, d_}, b2{H_, K_};
+  auto take_gen = [&](const std::string& p, bool optional) {
+    Generator g;
+    auto take = [&](const std::string& key, const Shape& s) {
+      return optional ? r.take_optional(p + key, s) : r.take(p + key, s);
+    };
+    g.fc1_w = take("fc1_weights", w1);
+    g.fc1_b = take("fc1_biases", b1);
+    g.fc2_w = take("fc2_weights", w2);
+    g.fc2_b = take("fc2_biases", b2);
+    return g;
+  };
+  gen1_ = take_gen("hyper.w1_gen.", false);
+  const Generator g2 = take_gen("hyper.w2_gen.", tied_);
+  ln_w_ = r.take("layer_norm.weight", Shape{E_});
+  ln_b_ = r.take("layer_norm.bias", Shape{E_});
+  const Tensor pe = r.take_optional("positional_encoding.pe", Shape{1, max_length_, E_});
+  r.finish();
+
+  if (tied_) {
+    // Upstream's w2_gen is the w1_gen module: the aliased entries must hold the same values.
+    const std::pair<const char*, std::pair<const Tensor*, const Tensor*>> pairs[] = {
+        {"fc1_weights", {&gen1_.fc1_w, &g2.fc1_w}},
+        {"fc1_biases", {&gen1_.fc1_b, &g2.fc1_b}},
+        {"fc2_weights", {&gen1_.fc2_w, &g2.fc2_w}},
+        {"fc2_biases", {&gen1_.fc2_b, &g2.fc2_b}}};
+    for (const auto& [key, t] : pairs) {
+      if (t.second->empty()) continue;
+      check(std::equal(t.first->begin(), t.first->end(), t.second->begin()), fn,
+            ": state_dict: tied = true but 'hyper.w2_gen.", key, "' differs from 'hyper.w1_gen.", key,
+            "' (a tied checkpoint stores one hypernetwork under both keys)");
+    }
+    gen2_ = gen1_;
+  } else {
+    gen2_ = g2;
+  }
+  pe_ = pe.empty() ? sinusoidal_table(max_length_, E_) : pe.reshape(Shape{max_length_, E_});
+}
+
+void HyperMixing::generate(const Generator& g, const float* z, int64_t rows, float* hidden, float* W) const {
+  for (int64_t h = 0; h < H_; ++h)
+    linear_raw(z + h * d_, rows, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_,
+               hidden + h * d_, E_);
+  gelu_inplace(hidden, rows * E_);
+  for (int64_t h = 0; h < H_; ++h)
+    linear_raw(hidden + h * d_, rows, d_, E_, g.fc2_w.data() + h * K_ * d_, g.fc2_b.data() + h * K_, K_,
+               W + h * K_, H_ * K_);
+}
+
+void HyperMixing::layer_norm(const float* o, int64_t rows, float* y) const {
+  const float* w = ln_w_.data();
+  const float* bias = ln_b_.data();
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* x = o + t * E_;
+    float* out = y + t * E_;
+    double mean = 0;
+    for (int64_t i = 0; i < E_; ++i) mean += x[i];
+    mean /= static_cast<double>(E_);
+    double var = 0;
+    for (int64_t i = 0; i < E_; ++i) var += (x[i] - mean) * (x[i] - mean);
+    var /= static_cast<double>(E_);
+    const float m = static_cast<float>(mean);
+    const float rstd = static_cast<float>(1.0 / std::sqrt(var + 1e-5));
+    for (int64_t i = 0; i < E_; ++i) out[i] = (x[i] - m) * rstd * w[i] + bias[i];
+  }
+}
+
+Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tensor* attn_weights) const {
+  const char* fn = "HyperMixing::forward";
+  check_shape(x, {-1, -1, E_}, fn, "x", {"B", "T", "E"});
+  const int64_t B = x.dim(0), T = x.dim(1), HK = H_ * K_;
+  check(B >= 1 && T >= 1, fn, ": x: expected B >= 1 and T >= 1, got shape ", x.shape().str());
+  check(T <= max_length_, fn, ": x: expected T <= max_length (", max_length_, "), got T = ", T,
+        " (upstream raises RuntimeError: The size of tensor a (", T, ") must match the size of tensor b (",
+        max_length_, ") at non-singleton dimension 1)");
+  const bool masked = !key_padding_mask.empty();
+  if (masked) check_shape(key_padding_mask, {B, T}, fn, "key_padding_mask", {"B", "T"});
+
+  // x̃ = x ⊙ m and the hypernetwork input z = x̃ + pe[:T].
+  Tensor xt = x.clone();
+  if (masked)
+    for (int64_t i = 0; i < B * T; ++i)
+      if (key_padding_mask.data()[i]) {
+        float* row = xt.data() + i * E_;
+        for (int64_t c = 0; c < E_; ++c) row[c] *= 0.f;  // 0·NaN = NaN, as upstream
+      }
+  std::vector<float> z(static_cast<size_t>(B * T * E_));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < E_; ++c)
+        z[(b * T + t) * E_ + c] = xt.data()[(b * T + t) * E_ + c] + pe_.data()[t * E_ + c];
+
+  // Generated token-mixing weights W1, W2 (B·T, H·K), rows of padded tokens zeroed.
+  std::vector<float> hidden(static_cast<size_t>(B * T * E_)), W1(static_cast<size_t>(B * T * HK)), W2;
+  generate(gen1_, z.data(), B * T, hidden.data(), W1.data());
+  if (!tied_) {
+    W2.resize(W1.size());
+    generate(gen2_, z.data(), B * T, hidden.data(), W2.data());
+  }
+  if (masked)
+    for (int64_t i = 0; i < B * T; ++i)
+      if (key_padding_mask.data()[i])
+        for (auto* W : {&W1, &W2})
+          if (!W->empty())
+            for (int64_t k = 0; k < HK; ++k) (*W)[i * HK + k] *= 0.f;
+  const float* w2 = tied_ ? W1.data() : W2.data();
+
+  // Token mixing per (b, h): S = x̃ᵀ·W1 (d x K), o = W2·GELU(S)ᵀ (T x d).
+  Tensor o{Shape{B, T, E_}};
+  std::vector<float> S(static_cast<size_t>(d_ * K_));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H_; ++h) {
+      gemm_tn(xt.data() + b * T * E_ + h * d_, E_, W1.data() + b * T * HK + h * K_, HK, false, S.data(), K_,
+              d_, K_, T);
+      gelu_inplace(S.data(), d_ * K_);
+      gemm(w2 + b * T * HK + h * K_, HK, S.data(), K_, true, o.data() + b * T * E_ + h * d_, E_, T, d_, K_);
+    }
+  Tensor y{Shape{B, T, E_}};
+  layer_norm(o.data(), B * T, y.data());
+  if (attn_weights) *attn_weights = Tensor{Shape{B, T, T}};
+  return y;
+}
+
+Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask) const {
+  return forward(x, key_padding_mask, nullptr);
+}
+
+void HyperMixing::check_stream_options(const StreamOptions& options, const char* fn) const {
+  check(options.window >= 1 && options.window <= max_length_, fn,
+        ": options.window: expected 1 <= window <= max_length (", max_length_, "), got ", options.window,
+        " (HyperMixing pools over the whole sequence, so it streams over a sliding window of this many tokens)");
+  check(options.position >= -1 && options.position < options.window, fn,
+        ": options.position: expected -1 (last) or 0 <= position < window (", options.window, "), got ",
+        options.position);
+}
+
+Tensor HyperMixing::stream_reference(const Tensor& x, const StreamOptions& options) const {
+  const char* fn = "HyperMixing::stream_reference";
+  check_stream_options(options, fn);
+  check_shape(x, {-1, -1, E_}, fn, "x", {"B", "T", "E"});
+  const int64_t B = x.dim(0), T = x.dim(1), L = options.window;
+  const int64_t P = options.position < 0 ? L - 1 : options.position;
+  const int64_t n = std::max<int64_t>(T - L + 1, 0);
+  Tensor y{Shape{B, n, E_}};
+  Tensor win{Shape{B, L, E_}};
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(win.data() + b * L * E_, x.data() + (b * T + i) * E_, sizeof(float) * L * E_);
+    const Tensor out = forward(win);
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(y.data() + (b * n + i) * E_, out.data() + (b * L + P) * E_, sizeof(float) * E_);
+  }
+  return y;
+}
+
+std::unique_ptr<Stream> HyperMixing::open_stream(int64_t batch, const StreamOptions& options) const {
+  return std::make_unique<HyperMixingStream>(*this, batch, options);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// HyperMixingStream
+
+namespace {
+int64_t checked_batch(int64_t batch) {
+  check(batch >= 1, "HyperMixing::open_stream: batch: expected >= 1, got ", batch);
+  return batch;
+}
+int64_t checked_window(const HyperMixing& layer, const StreamOptions& options) {
+  // Validated again (with the layer's check) in the constructor body; this only keeps the window
+  // allocation below from seeing a bad length first.
+  check(options.window >= 1 && options.window <= layer.max_length(),
+        "HyperMixing::open_stream: options.window: expected 1 <= window <= max_length (", layer.max_length(),
+        "), got ", options.window,
+        " (HyperMixing pools over the whole sequence, so it streams over a sliding window of this many tokens)");
+  return options.window;
+}
+}  // namespace
+
+HyperMixingStream::HyperMixingStream(const HyperMixing& layer, int64_t batch, const StreamOptions& options)
+    : layer_(layer), B_(checked_batch(batch)), E_(layer.E_), H_(layer.H_), d_(layer.d_), K_(layer.K_),
+      L_(checked_window(layer, options)), P_(options.position < 0 ? L_ - 1 : options.position),
+      window_(B_, L_, 2 * E_) {
+  layer.check_stream_options(options, "HyperMixing::open_stream");
+  // Position part of hypernetwork 1's layer 1: Q[j] = A1·pe[j] + α1 for window positions j < L.
+  pos_table_.assign(static_cast<size_t>(L_ * E_), 0.f);
+  const auto& g = layer.gen1_;
+  for (int64_t h = 0; h < H_; ++h)
+    linear_raw(layer.pe_.data() + h * d_, L_, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_,
+               pos_table_.data() + h * d_, E_);
+  hidden_.assign(static_cast<size_t>(L_ * d_), 0.f);
+  w1_.assign(static_cast<size_t>(L_ * K_), 0.f);
+  s_.assign(static_cast<size_t>(d_ * K_), 0.f);
+  z_.assign(static_cast<size_t>(E_), 0.f);
+  h2_.assign(static_cast<size_t>(E_), 0.f);
+  w2_.assign(static_cast<size_t>(H_ * K_), 0.f);
+  o_.assign(static_cast<size_t>(E_), 0.f);
+}
+
+void HyperMixingStream::window_output(int64_t b, float* y) {
+  const int64_t W = 2 * E_;
+  const float* R = window_.rows(b);  // (L, 2E) oldest first: [x | A1·x]
+  const auto& g1 = layer_.gen1_;
+  if (!layer_.tied_) {
+    // W2 only for the emitted token (window position P): z = x_P + pe[P].
+    const float* xp = R + P_ * W;
+    const float* pe = layer_.pe_.data() + P_ * E_;
+    for (int64_t c = 0; c < E_; ++c) z_[c] = xp[c] + pe[c];
+    layer_.generate(layer_.gen2_, z_.data(), 1, h2_.data(), w2_.data());
+  }
+  for (int64_t h = 0; h < H_; ++h) {
+    // Layer 1 of hypernetwork 1 from the cached A1·x and the position table, then GELU.
+    for (int64_t j = 0; j < L_; ++j) {
+      const float* a = R + j * W + E_ + h * d_;
+      const float* q = pos_table_.data() + j * E_ + h * d_;
+      float* out = hidden_.data() + j * d_;
+      for (int64_t i = 0; i < d_; ++i) out[i] = a[i] + q[i];
+    }
+    gelu_inplace(hidden_.data(), L_ * d_);
+    // W1 (L, K) = hidden·C1ᵀ + γ1.
+    linear_raw(hidden_.data(), L_, d_, d_, g1.fc2_w.data() + h * K_ * d_, g1.fc2_b.data() + h * K_, K_,
+               w1_.data(), K_);
+    // S (d, K) = xᵀ·W1 over the window, GELU.
+    gemm_tn(R + h * d_, W, w1_.data(), K_, false, s_.data(), K_, d_, K_, L_);
+    gelu_inplace(s_.data(), d_ * K_);
+    // o_h (d) = GELU(S)·W2[P].
+    const float* w2 = layer_.tied_ ? w1_.data() + P_ * K_ : w2_.data() + h * K_;
+    linear_raw(w2, 1, K_, K_, s_.data(), nullptr, d_, o_.data() + h * d_, d_);
+  }
+  layer_.layer_norm(o_.data(), 1, y);
+}
+
+Tensor HyperMixingStream::push(const Tensor& chunk) {
+  if (chunk.ndim() != 3 || chunk.dim(0) != B_ || chunk.dim(1) < 1 || chunk.dim(2) != E_)
+    fail("HyperMixingStream::push: chunk: expected shape (", B_, ", C, ", E_, ") with C >= 1, got ",
+         chunk.shape().str());
+  const int64_t C = chunk.dim(1), W = 2 * E_;
+  if (static_cast<int64_t>(staged_.size()) < B_ * C * W) staged_.resize(static_cast<size_t>(B_ * C * W));
+  if (static_cast<int64_t>(out_.size()) < B_ * C * E_) out_.resize(static_cast<size_t>(B_ * C * E_));
+  // Stage [x | A1·x] for every new token (one GEMM per head over all B·C tokens).
+  for (int64_t r = 0; r < B_ * C; ++r) std::memcpy(staged_.data() + r * W, chunk.data() + r * E_, sizeof(float) * E_);
+  const auto& g1 = layer_.gen1_;
+  for (int64_t h = 0; h < H_; ++h)
+    linear_raw(chunk.data() + h * d_, B_ * C, d_, E_, g1.fc1_w.data() + h * d_ * d_, nullptr, d_,
+               staged_.data() + E_ + h * d_, W);
+  // C_out: the most windows any row completes in this chunk.
+  int64_t c_out = 0;
+  for (int64_t b = 0; b < B_; ++b)
+    c_out = std::max(c_out, std::min(C, std::max<int64_t>(window_.seen(b) + C - L_ + 1, 0)));
+  std::fill(out_.begin(), out_.begin() + B_ * c_out * E_, std::numeric_limits<float>::quiet_NaN());
+  for (int64_t b = 0; b < B_; ++b)
+    for (int64_t i = 0; i < C; ++i) {
+      window_.push(b, staged_.data() + (b * C + i) * W);
+      if (!window_.full(b)) continue;
+      window_output(b, out_.data() + (b * c_out + (i - (C - c_out))) * E_);
+    }
+  return Tensor::view(Shape{B_, c_out, E_}, out_.data());
+}
+
+void HyperMixingStream::reset() { window_.reset(); }
+
+void HyperMixingStream::reset_row(int64_t b) {
+  check(b >= 0 && b < B_, "HyperMixingStream::reset_row: b: expected 0 <= b < ", B_, ", got ", b);
+  window_.reset_row(b);
+}
+
+void HyperMixingStream::save(SafetensorsWriter& w) const {
+  w.set_metadata("stream", "HyperMixingStream");
+  w.add_int64s("config", {B_, E_, H_, K_, layer_.tied_ ? 1 : 0, L_, P_});
+  window_.save(w, "window.");
+}
+
+void HyperMixingStream::restore(const SafetensorsFile& f) {
+  const char* fn = "HyperMixingStream::restore";
+  check(f.metadata().count("stream") && f.metadata().at("stream") == "HyperMixingStream", fn, ": ", f.path(),
+        ": not a HyperMixingStream state file");
+  const std::vector<int64_t> want{B_, E_, H_, K_, layer_.tied_ ? 1 : 0, L_, P_};
+  check(f.int64s("config") == want, fn, ": ", f.path(),
+        ": 'config' (batch, E, H, K, tied, window, position) does not match this stream");
+  window_.restore(f, "window.");
+}
+
+}  // namespace tokenmix
