@@ -5,6 +5,7 @@ namespace tokenmix::cases {
 const std::vector<CaseFamily>& families() {
   static const std::vector<CaseFamily> all = {
       espnet_mha_family(),
+      primer_ez_family(),
   };
   return all;
 }
