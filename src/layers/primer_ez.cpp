@@ -294,11 +294,13 @@ namespace {
 // The KV-cache stream plus, for the Primer classes, the causal conv history of the projected
 // q, k and v: (3, B, K-1, D), the last K-1 raw projections of each row, oldest first.
 class LabmlAttentionStream final : public CausalAttentionStream {
+  using P = LabmlMultiHeadAttention::Projection;
+
  public:
   LabmlAttentionStream(const LabmlMultiHeadAttention& layer, const CausalAttentionCore& core, int64_t batch,
                        const StreamOptions& options)
       : CausalAttentionStream(kAttn, core, batch, options), layer_(layer),
-        hist_rows_(layer.conv() == QkvConv::kNone ? 0 : layer.qkv_conv(0)->kernel_size() - 1),
+        hist_rows_(layer.conv() == QkvConv::kNone ? 0 : layer.qkv_conv(P::kQuery)->kernel_size() - 1),
         history_(static_cast<size_t>(3 * batch_ * hist_rows_ * width_), 0.f),
         scratch_(static_cast<size_t>(hist_rows_ * width_)) {}
 
@@ -306,7 +308,7 @@ class LabmlAttentionStream final : public CausalAttentionStream {
   void transform_qkv(int64_t b, float* q, float* k, float* v, int64_t C) override {
     if (hist_rows_ == 0) return;
     float* x[3] = {q, k, v};
-    for (int i = 0; i < 3; ++i) layer_.qkv_conv(i)->stream(x[i], C, history(i, b), scratch_.data());
+    for (int i = 0; i < 3; ++i) layer_.qkv_conv(static_cast<P>(i))->stream(x[i], C, history(i, b), scratch_.data());
   }
   void reset_extra(int64_t b) override {
     for (int i = 0; i < 3; ++i) std::fill(history(i, b), history(i, b) + hist_rows_ * width_, 0.f);

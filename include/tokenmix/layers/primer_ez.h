@@ -163,8 +163,8 @@ class LabmlMultiHeadAttention : public Layer, private CausalAttentionCore {
   // stream_reference for any chunking. Throws Error when batch < 1 or left_context < 0.
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
 
-  // The q/k/v convolutions (null for kNone); used by the stream.
-  const CausalDepthwiseConv* qkv_conv(int which) const { return convs_[which].get(); }
+  // The convolution after projection `which` (null for kNone); used by the stream.
+  const CausalDepthwiseConv* qkv_conv(Projection which) const { return convs_[static_cast<int>(which)].get(); }
 
  private:
   QkvConv conv_;
