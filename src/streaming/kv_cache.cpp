@@ -31,8 +31,10 @@ void KvCache::make_room(int64_t b, int64_t C) {
   // Grow: twice what is needed, so compaction stays amortised O(1) per token.
   const int64_t new_cap = 2 * (len_[b] + C);
   std::vector<float> nk(new_cap * width_), nv(new_cap * width_);
-  std::memcpy(nk.data(), k_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
-  std::memcpy(nv.data(), v_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
+  if (len_[b] > 0) {  // k_[b] may still be empty (data() null): memcpy from null is UB even for 0 bytes
+    std::memcpy(nk.data(), k_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
+    std::memcpy(nv.data(), v_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
+  }
   k_[b].swap(nk);
   v_[b].swap(nv);
   start_[b] = 0;
