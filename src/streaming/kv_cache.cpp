@@ -32,8 +32,10 @@ void KvCache::make_room(int64_t b, int64_t C) {
   // limit the size is final at once (it depends only on the limit and the chunk size).
   const int64_t new_cap = 2 * ((left_context_ > 0 ? std::max<int64_t>(left_context_ - 1, len_[b]) : len_[b]) + C);
   std::vector<float> nk(new_cap * width_), nv(new_cap * width_);
-  std::memcpy(nk.data(), k_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
-  std::memcpy(nv.data(), v_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
+  if (len_[b] > 0) {  // k_[b] may still be empty (data() null): memcpy from null is UB even for 0 bytes
+    std::memcpy(nk.data(), k_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
+    std::memcpy(nv.data(), v_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
+  }
   k_[b].swap(nk);
   v_[b].swap(nv);
   start_[b] = 0;

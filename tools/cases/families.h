@@ -8,5 +8,6 @@ namespace tokenmix::cases {
 CaseFamily espnet_mha_family();
 CaseFamily fastformer_family();
 CaseFamily hypermixing_family();
+CaseFamily primer_ez_family();
 
 }  // namespace tokenmix::cases

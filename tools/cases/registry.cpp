@@ -7,6 +7,7 @@ const std::vector<CaseFamily>& families() {
       espnet_mha_family(),
       fastformer_family(),
       hypermixing_family(),
+      primer_ez_family(),
   };
   return all;
 }

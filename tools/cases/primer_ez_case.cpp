@@ -1,0 +1,82 @@
+// Reference-case replay for labml.ai's MultiHeadAttention and the Primer-EZ family
+// (tests/data/reference/primer_ez/SPEC.md).
+#include "cases/families.h"
+#include "tokenmix/layers/primer_ez.h"
+
+namespace tokenmix::cases {
+
+namespace {
+
+const std::string kMha = "labml_nn.transformers.mha.MultiHeadAttention";
+const std::string kPrimer = "labml_nn.transformers.primer_ez.";
+
+// Attention modules and their q/k/v convolution.
+const std::map<std::string, QkvConv>& attention_modules() {
+  static const std::map<std::string, QkvConv> m = {
+      {kMha, QkvConv::kNone},
+      {kPrimer + "MultiDConvHeadAttention", QkvConv::kPerChannel},
+      {kPrimer + "variations.MultiDSharedConvHeadAttention", QkvConv::kShared},
+      {kPrimer + "variations.MultiDPHConvHeadAttention", QkvConv::kPerHead},
+      {kPrimer + "efficient.MultiDConvHeadAttention", QkvConv::kEfficient},
+  };
+  return m;
+}
+
+// Stand-alone convolution modules.
+const std::map<std::string, QkvConv>& conv_modules() {
+  static const std::map<std::string, QkvConv> m = {
+      {kPrimer + "SpatialDepthWiseConvolution", QkvConv::kPerChannel},
+      {kPrimer + "variations.SpatialDepthWiseSharedConvolution", QkvConv::kShared},
+      {kPrimer + "variations.SpatialDepthWisePerHeadConvolution", QkvConv::kPerHead},
+      {kPrimer + "efficient.SpatialDepthWiseConvolution", QkvConv::kEfficient},
+  };
+  return m;
+}
+
+std::unique_ptr<LabmlMultiHeadAttention> build_attention(const Case& c) {
+  return std::make_unique<LabmlMultiHeadAttention>(attention_modules().at(c.module), config_int(c, "heads", 0),
+                                                   config_int(c, "d_model", 0), params(c),
+                                                   config_bool(c, "bias", true));
+}
+
+Outputs run(const Case& c) {
+  check(c.call.is_object(), c.file.path(), ": case call: expected a single forward call");
+  const auto& args = c.call.at("args");
+  const std::string returns = c.call.value("returns", std::string("out.y"));
+  Outputs out;
+  if (attention_modules().count(c.module)) {
+    const auto layer = build_attention(c);
+    const Tensor q = resolve_tensor(c, args.at("query")), k = resolve_tensor(c, args.at("key")),
+                 v = resolve_tensor(c, args.at("value"));
+    Tensor attn;
+    out[returns] = layer->forward(q, k, v, resolve_mask(c, args.value("mask", nlohmann::json())), &attn);
+    out["out.attn"] = attn;
+    using P = LabmlMultiHeadAttention::Projection;
+    out["out.q"] = layer->project(P::kQuery, q);
+    out["out.k"] = layer->project(P::kKey, k);
+    out["out.v"] = layer->project(P::kValue, v);
+  } else if (conv_modules().count(c.module)) {
+    const SpatialDepthWiseConvolution conv(conv_modules().at(c.module), config_int(c, "heads", 0),
+                                           config_int(c, "d_k", 0), config_int(c, "kernel_size", 3), params(c));
+    out[returns] = conv.forward(resolve_tensor(c, args.at("x")));
+  } else {  // SquaredReLU
+    out[returns] = squared_relu(resolve_tensor(c, args.at("x")));
+  }
+  return out;
+}
+
+}  // namespace
+
+CaseFamily primer_ez_family() {
+  std::vector<std::string> modules;
+  for (const auto& [m, _] : attention_modules()) modules.push_back(m);
+  for (const auto& [m, _] : conv_modules()) modules.push_back(m);
+  modules.push_back(kPrimer + "SquaredReLU");
+  return {"primer_ez", modules, [](const std::string&, const Case&) { return Tolerance{1e-5, 1e-5}; }, run,
+          [](const Case& c) -> std::unique_ptr<Layer> {
+            if (!attention_modules().count(c.module)) return nullptr;
+            return build_attention(c);
+          }};
+}
+
+}  // namespace tokenmix::cases
