@@ -301,7 +301,7 @@ Tensor HyperMixingStream::push(const Tensor& chunk) {
   int64_t c_out = 0;
   for (int64_t b = 0; b < B_; ++b)
     c_out = std::max(c_out, std::min(C, std::max<int64_t>(window_.seen(b) + C - L_ + 1, 0)));
-  std::fill(out_.begin(), out_.begin() + B_ * c_out * E_, std::numeric_limits<float>::quiet_NaN());
+  std::fill(out_.begin(), out_.begin() + B_ * c_out * E_, 0.f);
   for (int64_t b = 0; b < B_; ++b)
     for (int64_t i = 0; i < C; ++i) {
       window_.push(b, staged_.data() + (b * C + i) * W);

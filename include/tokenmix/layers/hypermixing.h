@@ -118,7 +118,7 @@ class HyperMixing : public Layer {
 // forward(last L tokens)[P] (stream_reference). push((B, C, E)) returns (B, C_out, E), where C_out is
 // the largest number of windows any row completed in this chunk; the outputs are time-aligned to the
 // chunk's last C_out tokens. A row that completed fewer windows (it is still warming up, e.g. after
-// reset_row) gets quiet NaN in the slots before its first output.
+// reset_row) gets zeros in the slots before its first output (the common Stream convention).
 //
 // What is cached, and what cannot be:
 //   * The positional table is window-relative: a token's position changes at every slide, so its

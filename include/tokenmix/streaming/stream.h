@@ -31,8 +31,10 @@ class Stream {
  public:
   virtual ~Stream() = default;
   // chunk: (B, C, E) with C >= 1. Returns (B, C_out, E), the outputs this chunk completes, in time
-  // order (C_out = C for the causal attention families; fewer while a window is warming up). The
-  // returned tensor views the stream's own buffer and stays valid until the next call on the stream.
+  // order (C_out = C for the causal attention families; fewer while a window is warming up). When
+  // rows are out of step (one was reset_row'ed), C_out is the largest count over the rows, outputs are
+  // aligned on the chunk's newest token, and a row with fewer outputs has zeros in its leading slots.
+  // The returned tensor views the stream's own buffer and stays valid until the next call on the stream.
   // Throws Error "<Layer>Stream::push: chunk: expected shape (B, C, E), got ..." on a bad chunk.
   virtual Tensor push(const Tensor& chunk) = 0;
   // Forget everything: the next push starts a new sequence in every batch row.
