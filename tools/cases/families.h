@@ -6,5 +6,6 @@
 namespace tokenmix::cases {
 
 CaseFamily espnet_mha_family();
+CaseFamily continual_family();
 
 }  // namespace tokenmix::cases

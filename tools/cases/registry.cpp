@@ -5,6 +5,7 @@ namespace tokenmix::cases {
 const std::vector<CaseFamily>& families() {
   static const std::vector<CaseFamily> all = {
       espnet_mha_family(),
+      continual_family(),
   };
   return all;
 }
