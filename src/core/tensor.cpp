@@ -6,7 +6,15 @@
 
 namespace tokenmix {
 
-Shape::Shape(std::initializer_list<int64_t> dims) : Shape(std::vector<int64_t>(dims)) {}
+// Direct (no temporary vector): streams build the shapes of their returned views per push.
+Shape::Shape(std::initializer_list<int64_t> dims) {
+  check(dims.size() <= static_cast<size_t>(kMaxAxes), "Shape: expected at most ", kMaxAxes,
+        " axes, got ", dims.size());
+  for (const int64_t d : dims) {
+    check(d >= 0, "Shape: axis ", ndim_, ": expected a size >= 0, got ", d);
+    dims_[ndim_++] = d;
+  }
+}
 
 Shape::Shape(const std::vector<int64_t>& dims) {
   check(dims.size() <= static_cast<size_t>(kMaxAxes), "Shape: expected at most ", kMaxAxes,
