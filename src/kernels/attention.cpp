@@ -58,7 +58,10 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
   const int64_t D = s.head_dim;
   const int64_t tiles = (s.q_len + kQueryTile - 1) / kQueryTile;
   const int64_t work = s.batch * s.heads * tiles;
-#pragma omp parallel
+  // Small problems (a streamed token's attention) run on the calling thread: entering a parallel
+  // region costs more than the work.
+  const bool parallel = work > 1 && s.batch * s.heads * s.q_len * s.k_len * s.head_dim >= (int64_t{1} << 15);
+#pragma omp parallel if (parallel)
   {
     std::vector<float>& scores = score_scratch();
 #pragma omp for schedule(dynamic)

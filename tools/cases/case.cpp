@@ -79,6 +79,7 @@ CaseResult run_case(const SafetensorsFile& file, double atol, double rtol) {
     if (name.rfind("out.", 0) != 0) continue;
     auto it = r.outputs.find(name);
     if (it == r.outputs.end()) {
+      if (fam.optional && fam.optional(name)) continue;  // informational, not produced
       Comparison cmp;
       cmp.name = name;
       cmp.problem = "not produced";

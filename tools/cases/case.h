@@ -46,6 +46,9 @@ struct CaseFamily {
   // Builds the layer behind the unified Layer/Stream API (null when the module is not a sequence
   // layer, e.g. a stand-alone convolution).
   std::function<std::unique_ptr<Layer>(const Case&)> build_layer;
+  // Optional: out.* names the family's SPEC marks informational (e.g. continual out.final_state.*).
+  // They are compared when the runner produces them and skipped (not a failure) when it does not.
+  std::function<bool(const std::string& out_name)> optional = nullptr;
 };
 
 // Every registered family (registry.cpp).

@@ -9,5 +9,6 @@ CaseFamily espnet_mha_family();
 CaseFamily fastformer_family();
 CaseFamily hypermixing_family();
 CaseFamily primer_ez_family();
+CaseFamily continual_family();
 
 }  // namespace tokenmix::cases

@@ -8,6 +8,7 @@ const std::vector<CaseFamily>& families() {
       fastformer_family(),
       hypermixing_family(),
       primer_ez_family(),
+      continual_family(),
   };
   return all;
 }

@@ -1,0 +1,676 @@
+#include "tokenmix/layers/continual_mha.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "tokenmix/kernels/attention.h"
+#include "tokenmix/kernels/linear.h"
+#include "tokenmix/kernels/permute.h"
+#include "tokenmix/streaming/sliding_window.h"
+
+namespace tokenmix {
+
+namespace detail {
+
+// The stream state shared by forward_step() and open_stream(). step() takes C tokens of B rows as
+// three (B, C, E) blocks (query, key, value inputs) and returns the outputs the chunk completes.
+class ContinualStreamImpl : public Stream {
+ public:
+  ContinualStreamImpl(const ContinualMultiheadAttention& layer, int64_t batch, const char* name)
+      : layer_(layer), name_(name), push_fn_(std::string(name) + "::push"), B_(batch), E_(layer.E_),
+        H_(layer.H_), D_(layer.D_), L_(layer.L_) {}
+  virtual Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) = 0;
+  virtual std::unique_ptr<ContinualStreamImpl> clone() const = 0;
+  int64_t batch() const { return B_; }
+
+  Tensor push(const Tensor& chunk) override {
+    // (checked without building the argument vectors of check_shape: push allocates nothing)
+    if (chunk.ndim() != 3 || chunk.dim(0) != B_ || chunk.dim(2) != E_)
+      check_shape(chunk, {B_, -1, E_}, push_fn_.c_str(), "chunk", {"B", "C", "E"});
+    check(chunk.dim(1) >= 1, push_fn_, ": chunk: expected at least 1 token, got shape ", chunk.shape().str());
+    return step(chunk.data(), chunk.data(), chunk.data(), chunk.dim(1));
+  }
+  using Stream::restore;
+  using Stream::save;
+
+ protected:
+  // Outputs completed by a chunk of C tokens: those whose index since open/reset() is >= L-1.
+  int64_t outputs_for(int64_t C) const { return std::max<int64_t>(0, seen_ + C - std::max(seen_, L_ - 1)); }
+  // Projects the chunk: q (scaled by 1/sqrt(D)), k, v into the scratch buffers.
+  void project_chunk(const float* xq, const float* xk, const float* xv, int64_t rows) {
+    const int64_t n = rows * E_;
+    if (static_cast<int64_t>(pq_.size()) < n)
+      for (auto* buf : {&pq_, &pk_, &pv_}) buf->resize(n);
+    layer_.project(0, xq, rows, pq_.data());
+    layer_.project(1, xk, rows, pk_.data());
+    layer_.project(2, xv, rows, pv_.data());
+    for (int64_t i = 0; i < n; ++i) pq_[i] *= layer_.scale_;
+  }
+  void project_out(const float* ctx, int64_t rows, float* y) const { layer_.project_out(ctx, rows, y); }
+  void project_values(const float* v, int64_t rows, float* u) const { layer_.project_values_per_head(v, rows, u); }
+  const float* out_bias() const { return layer_.b_o_.empty() ? nullptr : layer_.b_o_.data(); }
+  void save_common(SafetensorsWriter& w, const std::vector<int64_t>& config) const {
+    w.set_metadata("stream", name_);
+    w.add_int64s("config", config);
+    w.add_int64s("seen", {seen_});
+  }
+  void restore_common(const SafetensorsFile& f, const std::vector<int64_t>& config) {
+    check(f.metadata().count("stream") && f.metadata().at("stream") == name_, name_, "::restore: ", f.path(),
+          ": not a ", name_, " state file");
+    check(f.int64s("config") == config, name_, "::restore: ", f.path(),
+          ": 'config' (batch, E, H, L, ...) does not match this stream");
+    const auto seen = f.int64s("seen");
+    check(seen.size() == 1 && seen[0] >= 0, name_, "::restore: ", f.path(), ": 'seen': expected one count >= 0");
+    seen_ = seen[0];
+  }
+
+  const ContinualMultiheadAttention& layer_;
+  const char* name_;
+  const std::string push_fn_;
+  const int64_t B_, E_, H_, D_, L_;
+  int64_t seen_ = 0;                  // tokens pushed since open/reset()
+  std::vector<float> pq_, pk_, pv_;  // (B, C, E) projections, grown only
+};
+
+}  // namespace detail
+
+namespace {
+
+using detail::ContinualStreamImpl;
+
+// ---- SingleOutput stream: cached K/V windows, a delay line of Nq + 1 scaled queries. ----
+class SingleOutputStream final : public ContinualStreamImpl {
+ public:
+  SingleOutputStream(const ContinualMultiheadAttention& layer, int64_t batch)
+      : ContinualStreamImpl(layer, batch, "SingleOutputMultiheadAttentionStream"), nq_(layer.delay()),
+        q_(batch, nq_ + 1, E_), k_(batch, L_, E_), v_(batch, L_, E_) {}
+
+  Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) override {
+    project_chunk(xq, xk, xv, B_ * C);
+    const int64_t C_out = outputs_for(C), n_out = B_ * C_out;
+    if (static_cast<int64_t>(ctx_.size()) < B_ * C * E_) {  // sized for C outputs: no growth after warm-up
+      ctx_.resize(B_ * C * E_);
+      out_.resize(B_ * C * E_);
+      ready_.resize(B_ * C);
+      attention_reserve(C, L_);
+    }
+    AttentionShape s;
+    s.batch = 1;
+    s.heads = H_;
+    s.head_dim = D_;
+    s.q_len = 1;
+    s.k_len = L_;
+    s.scale = 1.f;  // queries are cached scaled
+    int64_t o = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t b = 0; b < B_; ++b) {
+        const int64_t row = (b * C + c) * E_;
+        q_.push(b, pq_.data() + row);
+        k_.push(b, pk_.data() + row);
+        v_.push(b, pv_.data() + row);
+      }
+      if (seen_ + c < L_ - 1) continue;
+      for (int64_t b = 0; b < B_; ++b) {
+        const int64_t idx = b * C_out + o;
+        ready_[idx] = k_.full(b);
+        if (!ready_[idx]) continue;
+        // The oldest cached query is the one of window position query_index.
+        attention(s, HeadsView{q_.rows(b), 0, E_}, HeadsView{k_.rows(b), 0, E_}, HeadsView{v_.rows(b), 0, E_},
+                  nullptr, HeadsOut{ctx_.data() + idx * E_, 0, E_});
+      }
+      ++o;
+    }
+    seen_ += C;
+    project_out(ctx_.data(), n_out, out_.data());
+    for (int64_t i = 0; i < n_out; ++i)
+      if (!ready_[i]) std::fill(out_.data() + i * E_, out_.data() + (i + 1) * E_, 0.f);
+    return Tensor::view(Shape{B_, C_out, E_}, out_.data());
+  }
+
+  std::unique_ptr<ContinualStreamImpl> clone() const override {
+    return std::make_unique<SingleOutputStream>(*this);
+  }
+  void reset() override {
+    q_.reset();
+    k_.reset();
+    v_.reset();
+    seen_ = 0;
+  }
+  void reset_row(int64_t b) override {
+    check(b >= 0 && b < B_, name_, "::reset_row: b: expected 0 <= b < ", B_, ", got ", b);
+    q_.reset_row(b);
+    k_.reset_row(b);
+    v_.reset_row(b);
+  }
+  void save(SafetensorsWriter& w) const override {
+    save_common(w, config());
+    q_.save(w, "q.");
+    k_.save(w, "k.");
+    v_.save(w, "v.");
+  }
+  void restore(const SafetensorsFile& f) override {
+    restore_common(f, config());
+    q_.restore(f, "q.");
+    k_.restore(f, "k.");
+    v_.restore(f, "v.");
+  }
+
+ private:
+  std::vector<int64_t> config() const { return {B_, E_, H_, L_, nq_}; }
+  const int64_t nq_;
+  SlidingWindow q_, k_, v_;
+  std::vector<float> ctx_, out_;
+  std::vector<uint8_t> ready_;
+};
+
+// ---- Retroactive stream: windows of scaled queries, keys and per-head projected values
+// u_j[h] = W_o[:, hD:(h+1)D]·v_j[hD:(h+1)D]; per query row and head a running max m, denominator d,
+// its peak p since the last exact evaluation and the numerator A = Σ_j exp(s_j - m)·u_j[h] (E). ----
+class RetroactiveStream final : public ContinualStreamImpl {
+ public:
+  // A row is recomputed exactly once its denominator drops below this fraction of its peak.
+  static constexpr float kRecomputeFraction = 0.25f;
+
+  RetroactiveStream(const ContinualMultiheadAttention& layer, int64_t batch)
+      : ContinualStreamImpl(layer, batch, "RetroactiveMultiheadAttentionStream"), q_(batch, L_, E_),
+        k_(batch, L_, E_), u_(batch, L_, H_ * E_), m_(batch * L_ * H_), d_(m_.size()), p_(m_.size()),
+        a_(m_.size() * E_), s_new_(L_), s_old_(L_), w_(L_), k_old_(E_), u_old_(H_ * E_), redo_(L_ * H_) {}
+
+  Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) override {
+    project_chunk(xq, xk, xv, B_ * C);
+    if (static_cast<int64_t>(pu_.size()) < B_ * C * H_ * E_) pu_.resize(B_ * C * H_ * E_);
+    project_values(pv_.data(), B_ * C, pu_.data());
+    const int64_t C_out = outputs_for(C), n_out = B_ * C_out * L_ * E_;
+    if (static_cast<int64_t>(out_.size()) < B_ * C * L_ * E_) out_.resize(B_ * C * L_ * E_);  // C outputs at most
+    int64_t o = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t b = 0; b < B_; ++b) {
+        const int64_t row = b * C + c;
+        advance(b, pq_.data() + row * E_, pk_.data() + row * E_, pu_.data() + row * H_ * E_);
+      }
+      if (seen_ + c < L_ - 1) continue;
+      for (int64_t b = 0; b < B_; ++b) emit(b, out_.data() + (b * C_out + o) * L_ * E_);
+      ++o;
+    }
+    seen_ += C;
+    return Tensor::view(Shape{B_, C_out, L_, E_}, out_.data());
+  }
+
+  std::unique_ptr<ContinualStreamImpl> clone() const override {
+    return std::make_unique<RetroactiveStream>(*this);
+  }
+  void reset() override {
+    q_.reset();
+    k_.reset();
+    u_.reset();
+    seen_ = 0;
+  }
+  void reset_row(int64_t b) override {
+    check(b >= 0 && b < B_, name_, "::reset_row: b: expected 0 <= b < ", B_, ", got ", b);
+    q_.reset_row(b);
+    k_.reset_row(b);
+    u_.reset_row(b);
+  }
+  void save(SafetensorsWriter& w) const override {
+    save_common(w, config());
+    q_.save(w, "q.");
+    k_.save(w, "k.");
+    u_.save(w, "u.");
+    w.add("acc.m", view(m_));
+    w.add("acc.d", view(d_));
+    w.add("acc.p", view(p_));
+    w.add("acc.a", view(a_));
+  }
+  void restore(const SafetensorsFile& f) override {
+    restore_common(f, config());
+    q_.restore(f, "q.");
+    k_.restore(f, "k.");
+    u_.restore(f, "u.");
+    for (auto [name, buf] : {std::pair<const char*, std::vector<float>*>{"acc.m", &m_}, {"acc.d", &d_},
+                             {"acc.p", &p_}, {"acc.a", &a_}}) {
+      const Tensor t = f.tensor(name);
+      check_shape(t, {static_cast<int64_t>(buf->size())}, (std::string(name_) + "::restore").c_str(), name);
+      std::copy(t.begin(), t.end(), buf->begin());
+    }
+  }
+
+ private:
+  std::vector<int64_t> config() const { return {B_, E_, H_, L_}; }
+  static Tensor view(const std::vector<float>& v) {
+    return Tensor::view(Shape{static_cast<int64_t>(v.size())}, const_cast<float*>(v.data()));
+  }
+  // Accumulator index of the query token `token` of batch row b, head h.
+  int64_t acc(int64_t b, int64_t token, int64_t h) const { return (b * L_ + token % L_) * H_ + h; }
+
+  // Exact evaluation of window row ri (a query token) of batch row b, head h, over the current window.
+  void recompute(int64_t b, int64_t ri, int64_t token, int64_t h) {
+    const int64_t n = k_.count(b);
+    gemm(k_.rows(b) + h * D_, E_, q_.rows(b) + ri * E_ + h * D_, D_, true, s_new_.data(), 1, n, 1, D_);
+    const float mx = *std::max_element(s_new_.begin(), s_new_.begin() + n);
+    float sum = 0.f;
+    for (int64_t j = 0; j < n; ++j) sum += w_[j] = std::exp(s_new_[j] - mx);
+    const int64_t i = acc(b, token, h);
+    gemm(w_.data(), n, u_.rows(b) + h * E_, H_ * E_, false, a_.data() + i * E_, E_, 1, E_, n);
+    m_[i] = mx;
+    d_[i] = p_[i] = sum;
+  }
+
+  // One token (q scaled, k, u per head) of batch row b: remove the leaving key from every row that
+  // stays, add the new key, push, evaluate the new row, recompute rows that lost most of their mass.
+  void advance(int64_t b, const float* q, const float* k, const float* u) {
+    const int64_t n = k_.count(b), seen = k_.seen(b);
+    const bool full = n == L_;
+    const int64_t first = full ? 1 : 0, R = n - first;  // rows that stay: window rows first .. n-1
+    if (full) {
+      std::copy(k_.rows(b), k_.rows(b) + E_, k_old_.begin());
+      std::copy(u_.rows(b), u_.rows(b) + H_ * E_, u_old_.begin());
+    }
+    std::fill(redo_.begin(), redo_.end(), 0);
+    const float* Q = q_.rows(b) + first * E_;
+    for (int64_t h = 0; h < H_ && R > 0; ++h) {
+      gemm(Q + h * D_, E_, k + h * D_, D_, true, s_new_.data(), 1, R, 1, D_);
+      if (full) gemm(Q + h * D_, E_, k_old_.data() + h * D_, D_, true, s_old_.data(), 1, R, 1, D_);
+      const float* un = u + h * E_;
+      const float* uo = u_old_.data() + h * E_;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t i = acc(b, seen - n + first + r, h);
+        float* A = a_.data() + i * E_;
+        float m = m_[i], d = d_[i], p = p_[i];
+        const float sn = s_new_[r];
+        if (sn > m) {  // new running max: rescale
+          const float f = std::exp(m - sn);
+          d *= f;
+          p *= f;
+          for (int64_t e = 0; e < E_; ++e) A[e] *= f;
+          m = sn;
+        }
+        const float wn = std::exp(sn - m);
+        d += wn;
+        p = std::max(p, d);
+        if (full) {
+          const float wo = std::exp(s_old_[r] - m);
+          d -= wo;
+          for (int64_t e = 0; e < E_; ++e) A[e] += wn * un[e] - wo * uo[e];
+          redo_[r * H_ + h] = !(d >= kRecomputeFraction * p);
+        } else {
+          for (int64_t e = 0; e < E_; ++e) A[e] += wn * un[e];
+        }
+        m_[i] = m;
+        d_[i] = d;
+        p_[i] = p;
+      }
+    }
+    q_.push(b, q);
+    k_.push(b, k);
+    u_.push(b, u);
+    // After the push, the staying row r sits at window index r.
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t h = 0; h < H_; ++h)
+        if (redo_[r * H_ + h]) recompute(b, r, seen - n + first + r, h);
+    for (int64_t h = 0; h < H_; ++h) recompute(b, k_.count(b) - 1, seen, h);
+  }
+
+  // The L window rows of batch row b: out = b_o + Σ_h A_h / d_h (zeros while the row warms up).
+  void emit(int64_t b, float* out) const {
+    if (!k_.full(b)) {
+      std::fill(out, out + L_ * E_, 0.f);
+      return;
+    }
+    const float* bias = out_bias();
+    const int64_t first_token = k_.seen(b) - L_;
+    for (int64_t r = 0; r < L_; ++r) {
+      float* y = out + r * E_;
+      if (bias)
+        std::copy(bias, bias + E_, y);
+      else
+        std::fill(y, y + E_, 0.f);
+      for (int64_t h = 0; h < H_; ++h) {
+        const int64_t i = acc(b, first_token + r, h);
+        const float inv = 1.f / d_[i];
+        const float* A = a_.data() + i * E_;
+        for (int64_t e = 0; e < E_; ++e) y[e] += A[e] * inv;
+      }
+    }
+  }
+
+  SlidingWindow q_, k_, u_;
+  std::vector<float> m_, d_, p_, a_;  // (B, L, H) and (B, L, H, E), slot = token % L
+  std::vector<float> s_new_, s_old_, w_, k_old_, u_old_;
+  std::vector<uint8_t> redo_;
+  std::vector<float> pu_, out_;  // (B, C, H, E) projected values, (B, C_out, L, E) outputs
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Layer
+
+ContinualMultiheadAttention::ContinualMultiheadAttention(const char* cls, const ContinualMhaOptions& o,
+                                                         bool batch_first_default, const StateDict& sd)
+    : cls_(cls), opt_(o), batch_first_(o.batch_first.value_or(batch_first_default)), E_(o.embed_dim),
+      H_(o.num_heads), D_(o.num_heads > 0 ? o.embed_dim / o.num_heads : 0), L_(o.sequence_len),
+      kdim_(o.kdim > 0 ? o.kdim : o.embed_dim), vdim_(o.vdim > 0 ? o.vdim : o.embed_dim) {
+  check(E_ >= 1, cls, ": embed_dim: expected >= 1, got ", E_);
+  check(H_ >= 1, cls, ": num_heads: expected >= 1, got ", H_);
+  check(E_ % H_ == 0, cls, ": embed_dim (", E_, ") must be divisible by num_heads (", H_, ")");
+  check(L_ >= 1, cls, ": sequence_len: expected >= 1, got ", L_);
+  check(o.kdim >= 0 && o.vdim >= 0, cls, ": kdim, vdim: expected >= 0 (0 = embed_dim), got ", o.kdim, ", ", o.vdim);
+  check(o.dropout >= 0.0 && o.dropout < 1.0, cls, ": dropout: expected 0 <= p < 1, got ", o.dropout);
+  check(!o.embed_dim_second || batch_first_, cls,
+        ": embed_dim_second: requires batch_first=true (upstream's seq-first + embed_dim_second layouts are "
+        "inconsistent)");
+  scale_ = 1.f / std::sqrt(static_cast<float>(D_));
+  WeightReader r(sd, cls);
+  if (kdim_ == E_ && vdim_ == E_) {
+    const Tensor w = r.take("in_proj_weight", Shape{3 * E_, E_});
+    if (!w.empty()) {
+      w_q_ = w.reshape(Shape{3, E_, E_})[0];
+      w_k_ = w.reshape(Shape{3, E_, E_})[1];
+      w_v_ = w.reshape(Shape{3, E_, E_})[2];
+    }
+  } else {
+    w_q_ = r.take("q_proj_weight", Shape{E_, E_});
+    w_k_ = r.take("k_proj_weight", Shape{E_, kdim_});
+    w_v_ = r.take("v_proj_weight", Shape{E_, vdim_});
+  }
+  if (o.bias) {
+    const Tensor b = r.take("in_proj_bias", Shape{3 * E_});
+    if (!b.empty()) {
+      b_q_ = b.reshape(Shape{3, E_})[0];
+      b_k_ = b.reshape(Shape{3, E_})[1];
+      b_v_ = b.reshape(Shape{3, E_})[2];
+    }
+  }
+  w_o_ = r.take("out_proj.weight", Shape{E_, E_});
+  if (o.bias) b_o_ = r.take("out_proj.bias", Shape{E_});
+  if (o.add_bias_kv) {
+    bias_k_ = r.take("bias_k", Shape{1, 1, E_});
+    bias_v_ = r.take("bias_v", Shape{1, 1, E_});
+  }
+  r.finish();
+}
+
+ContinualMultiheadAttention::~ContinualMultiheadAttention() = default;
+
+void ContinualMultiheadAttention::project(int part, const float* x, int64_t rows, float* y) const {
+  const Tensor& w = part == 0 ? w_q_ : part == 1 ? w_k_ : w_v_;
+  const Tensor& b = part == 0 ? b_q_ : part == 1 ? b_k_ : b_v_;
+  linear_raw(x, rows, w.dim(1), w.dim(1), w.data(), b.empty() ? nullptr : b.data(), E_, y, E_);
+}
+
+void ContinualMultiheadAttention::project_out(const float* ctx, int64_t rows, float* y) const {
+  linear_raw(ctx, rows, E_, E_, w_o_.data(), b_o_.empty() ? nullptr : b_o_.data(), E_, y, E_);
+}
+
+void ContinualMultiheadAttention::project_values_per_head(const float* v, int64_t rows, float* u) const {
+  for (int64_t h = 0; h < H_; ++h)
+    gemm(v + h * D_, E_, w_o_.data() + h * D_, E_, /*b_transposed=*/true, u + h * E_, H_ * E_, rows, E_, D_);
+}
+
+
+Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                               const Mask& kpm, const Mask& attn_mask, Tensor* attn_weights,
+                                               const char* fn) const {
+  const int64_t N = q_in.dim(0), T = q_in.dim(1), S = k_in.dim(1);
+  check_shape(k_in, {N, -1, kdim_}, fn, "key", {"N", "S"});
+  check_shape(v_in, {N, S, vdim_}, fn, "value", {"N", "S"});
+  const Tensor q = linear(q_in, w_q_, b_q_, fn), k0 = linear(k_in, w_k_, b_k_, fn), v0 = linear(v_in, w_v_, b_v_, fn);
+  // Extra key/value rows: bias_k / bias_v, then a zero row (add_zero_attn), as PyTorch appends them.
+  const int64_t extra = (opt_.add_bias_kv ? 1 : 0) + (opt_.add_zero_attn ? 1 : 0), S2 = S + extra;
+  Tensor k = k0, v = v0;
+  if (extra) {
+    k = Tensor{Shape{N, S2, E_}};
+    v = Tensor{Shape{N, S2, E_}};
+    for (int64_t n = 0; n < N; ++n) {
+      std::copy(k0.data() + n * S * E_, k0.data() + (n + 1) * S * E_, k.data() + n * S2 * E_);
+      std::copy(v0.data() + n * S * E_, v0.data() + (n + 1) * S * E_, v.data() + n * S2 * E_);
+      if (opt_.add_bias_kv) {
+        std::copy(bias_k_.begin(), bias_k_.end(), k.data() + (n * S2 + S) * E_);
+        std::copy(bias_v_.begin(), bias_v_.end(), v.data() + (n * S2 + S) * E_);
+      }
+    }
+  }
+  int64_t q0 = 0, Tq = T;
+  if (single_output_ && opt_.single_output_forward) {
+    const int64_t qi = opt_.query_index;
+    check(qi >= -T && qi < T, fn, ": query_index ", qi, " is out of range for a query of ", T, " tokens");
+    q0 = qi < 0 ? qi + T : qi;
+    Tq = 1;
+  }
+  Mask keep;
+  AttentionMask am;
+  if (!kpm.empty() || !attn_mask.empty()) {
+    if (!kpm.empty()) check_shape(kpm, {N, S}, fn, "key_padding_mask", {"N", "S"});
+    if (!attn_mask.empty())
+      check(attn_mask.ndim() == 2 && attn_mask.dim(0) == T && attn_mask.dim(1) == S, fn,
+            ": attn_mask: expected a bool (T, S) = (", T, ", ", S, ") mask (per-head (N*H, T, S) masks are not "
+            "supported), got shape ", attn_mask.shape().str());
+    keep = Mask{Shape{N, Tq, S2}};
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < Tq; ++i)
+        for (int64_t j = 0; j < S2; ++j)
+          keep.at(n, i, j) = j >= S || ((kpm.empty() || !kpm.at(n, j)) &&
+                                        (attn_mask.empty() || !attn_mask.at(q0 + i, j)));
+    am = AttentionMask{keep.data(), Tq * S2, S2, 1, 1};
+  }
+  AttentionShape s;
+  s.batch = N;
+  s.heads = H_;
+  s.head_dim = D_;
+  s.q_len = Tq;
+  s.k_len = S2;
+  s.scale = scale_;
+  Tensor ctx{Shape{N, Tq, E_}};
+  Tensor probs;
+  if (attn_weights) probs = Tensor{Shape{N, H_, Tq, S2}};
+  attention(s, HeadsView{q.data() + q0 * E_, T * E_, E_}, HeadsView{k.data(), S2 * E_, E_},
+            HeadsView{v.data(), S2 * E_, E_}, keep.empty() ? nullptr : &am, HeadsOut{ctx.data(), Tq * E_, E_},
+            attn_weights ? probs.data() : nullptr);
+  if (attn_weights) {
+    Tensor avg{Shape{N, Tq, S2}};
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t h = 0; h < H_; ++h)
+        for (int64_t i = 0; i < Tq * S2; ++i) avg.data()[n * Tq * S2 + i] += probs.data()[(n * H_ + h) * Tq * S2 + i];
+    for (auto& x : avg) x /= static_cast<float>(H_);
+    *attn_weights = avg;
+  }
+  return linear(ctx, w_o_, b_o_, fn);
+}
+
+Tensor ContinualMultiheadAttention::to_batch_first(const Tensor& x, const char* fn, const char* arg,
+                                                   int64_t width) const {
+  if (opt_.embed_dim_second) {
+    check_shape(x, {-1, width, -1}, fn, arg, {"N", "", "T"});
+    return permute(x, {0, 2, 1});
+  }
+  if (!batch_first_) {
+    check_shape(x, {-1, -1, width}, fn, arg, {"T", "N"});
+    return permute(x, {1, 0, 2});
+  }
+  check_shape(x, {-1, -1, width}, fn, arg, {"N", "T"});
+  return x;
+}
+
+Tensor ContinualMultiheadAttention::forward(const Tensor& query, const Tensor& key, const Tensor& value,
+                                            const Mask& key_padding_mask, const Mask& attn_mask,
+                                            Tensor* attn_weights) const {
+  const std::string fn = std::string(cls_) + "::forward";
+  const Tensor q = to_batch_first(query, fn.c_str(), "query", E_);
+  const Tensor k = key.empty() ? q : to_batch_first(key, fn.c_str(), "key", kdim_);
+  const Tensor v = value.empty() ? q : to_batch_first(value, fn.c_str(), "value", vdim_);
+  const Tensor y = forward_bf(q, k, v, key_padding_mask, attn_mask, attn_weights, fn.c_str());
+  if (opt_.embed_dim_second) return permute(y, {0, 2, 1});
+  if (!batch_first_) return permute(y, {1, 0, 2});
+  return y;
+}
+
+Tensor ContinualMultiheadAttention::forward(const Tensor& x, const Mask& key_padding_mask) const {
+  const std::string fn = std::string(cls_) + "::forward";
+  check_shape(x, {-1, -1, E_}, fn.c_str(), "x", {"B", "T"});
+  return forward_bf(x, x, x, key_padding_mask, Mask{}, nullptr, fn.c_str());
+}
+
+void ContinualMultiheadAttention::check_stream_options(const StreamOptions& options, const char* fn) const {
+  check(options.left_context == 0, fn, ": options.left_context: expected 0 (the window is sequence_len = ", L_,
+        "), got ", options.left_context);
+  check(options.window == 0 || options.window == L_, fn, ": options.window: expected 0 or sequence_len = ", L_,
+        ", got ", options.window);
+  check(!opt_.add_bias_kv, fn, ": add_bias_kv=true cannot stream (upstream's step mode crashes); use forward()");
+  check(!opt_.add_zero_attn, fn, ": add_zero_attn=true cannot stream (upstream's step mode asserts); use forward()");
+  check(kdim_ == E_ && vdim_ == E_, fn, ": kdim/vdim != embed_dim (", kdim_, ", ", vdim_, " vs ", E_,
+        ") cannot stream (upstream's step mode crashes); use forward()");
+}
+
+std::unique_ptr<Stream> ContinualMultiheadAttention::open_stream(int64_t batch, const StreamOptions& options) const {
+  const std::string fn = std::string(cls_) + "::open_stream";
+  check_stream_options(options, fn.c_str());
+  check(batch >= 1, fn, ": batch: expected >= 1, got ", batch);
+  return make_stream(batch);
+}
+
+ContinualMultiheadAttention::Projected ContinualMultiheadAttention::project_all(const Tensor& x,
+                                                                                const char* fn) const {
+  check_shape(x, {-1, -1, E_}, fn, "x", {"B", "T"});
+  return {linear(x, w_q_, b_q_, fn), linear(x, w_k_, b_k_, fn), linear(x, w_v_, b_v_, fn)};
+}
+
+void ContinualMultiheadAttention::clean_state() { state_.reset(); }
+
+Tensor ContinualMultiheadAttention::run_steps(const Tensor& q, const Tensor& k, const Tensor& v, bool update_state,
+                                              const char* fn) {
+  const int64_t N = q.dim(0);
+  check_stream_options(StreamOptions{}, fn);
+  check(!state_ || state_->batch() == N, fn, ": query: batch size ", N, " differs from the ", state_ ? state_->batch() : 0,
+        " rows of the step state; call clean_state() first");
+  std::unique_ptr<detail::ContinualStreamImpl> scratch;
+  detail::ContinualStreamImpl* impl = nullptr;
+  if (update_state) {
+    if (!state_) state_ = make_stream(N);
+    impl = state_.get();
+  } else {
+    scratch = state_ ? state_->clone() : make_stream(N);
+    impl = scratch.get();
+  }
+  return impl->step(q.data(), k.data(), v.data(), q.dim(1)).clone();
+}
+
+Tensor ContinualMultiheadAttention::forward_step(const Tensor& query, const Tensor& key, const Tensor& value,
+                                                 bool update_state) {
+  const std::string fn = std::string(cls_) + "::forward_step";
+  check_shape(query, {-1, E_}, fn.c_str(), "query", {"N"});
+  const Tensor& k = key.empty() ? query : key;
+  const Tensor& v = value.empty() ? query : value;
+  check_shape(k, {query.dim(0), E_}, fn.c_str(), "key", {"N"});
+  check_shape(v, {query.dim(0), E_}, fn.c_str(), "value", {"N"});
+  const Shape one{query.dim(0), 1, E_};
+  const Tensor y = run_steps(query.reshape(one), k.reshape(one), v.reshape(one), update_state, fn.c_str());
+  if (y.dim(1) == 0) return {};
+  if (single_output_) return y.reshape(Shape{y.dim(0), E_});
+  const Tensor w = y.reshape(Shape{y.dim(0), L_, E_});  // (N, L, E)
+  if (opt_.embed_dim_second) return permute(w, {0, 2, 1});
+  if (!batch_first_) return permute(w, {1, 0, 2});
+  return w;
+}
+
+Tensor ContinualMultiheadAttention::forward_steps(const Tensor& query, const Tensor& key, const Tensor& value,
+                                                  bool update_state) {
+  const std::string fn = std::string(cls_) + "::forward_steps";
+  const Tensor q = to_batch_first(query, fn.c_str(), "query", E_);
+  const Tensor k = key.empty() ? q : to_batch_first(key, fn.c_str(), "key", E_);
+  const Tensor v = value.empty() ? q : to_batch_first(value, fn.c_str(), "value", E_);
+  check_shape(k, {q.dim(0), q.dim(1), E_}, fn.c_str(), "key", {"N", "T"});
+  check_shape(v, {q.dim(0), q.dim(1), E_}, fn.c_str(), "value", {"N", "T"});
+  check(q.dim(1) >= 1, fn, ": query: expected at least 1 token, got shape ", query.shape().str());
+  const Tensor y = run_steps(q, k, v, update_state, fn.c_str());
+  if (y.dim(1) == 0) return {};
+  if (single_output_) {  // (N, T', E)
+    if (opt_.embed_dim_second) return permute(y, {0, 2, 1});
+    if (!batch_first_) return permute(y, {1, 0, 2});
+    return y;
+  }
+  // (N, T', L, E)
+  if (opt_.embed_dim_second) return permute(y, {0, 3, 1, 2});
+  if (!batch_first_) return permute(y, {1, 2, 0, 3});
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SingleOutput
+
+SingleOutputMultiheadAttention::SingleOutputMultiheadAttention(const ContinualMhaOptions& options,
+                                                               const StateDict& state_dict)
+    : ContinualMultiheadAttention("SingleOutputMultiheadAttention", options, true, state_dict) {
+  single_output_ = true;
+  check(options.query_index >= -L_ && options.query_index < L_, cls_, ": query_index: expected -", L_,
+        " <= query_index < ", L_, " (sequence_len), got ", options.query_index);
+}
+
+int64_t SingleOutputMultiheadAttention::delay() const {
+  const int64_t qi = opt_.query_index;
+  return qi >= 0 ? L_ - qi - 1 : -qi - 1;
+}
+
+Tensor SingleOutputMultiheadAttention::stream_reference(const Tensor& x, const StreamOptions& options) const {
+  const char* fn = "SingleOutputMultiheadAttention::stream_reference";
+  check_stream_options(options, fn);
+  const Projected p = project_all(x, fn);
+  const int64_t B = x.dim(0), T = x.dim(1), T_out = std::max<int64_t>(T - L_ + 1, 0);
+  Tensor ctx{Shape{B, T_out, E_}};
+  if (T_out == 0) return ctx;
+  // Output i (token t = i + L - 1) = query of token t - delay over keys t-L+1 .. t: the causal band
+  // with query offset L - 1 and left context L.
+  AttentionShape s;
+  s.batch = B;
+  s.heads = H_;
+  s.head_dim = D_;
+  s.q_len = T_out;
+  s.k_len = T;
+  s.scale = scale_;
+  s.causal = true;
+  s.query_offset = L_ - 1;
+  s.left_context = L_;
+  attention(s, HeadsView{p.q.data() + (L_ - 1 - delay()) * E_, T * E_, E_}, HeadsView{p.k.data(), T * E_, E_},
+            HeadsView{p.v.data(), T * E_, E_}, nullptr, HeadsOut{ctx.data(), T_out * E_, E_});
+  return linear(ctx, w_o_, b_o_, fn);
+}
+
+std::unique_ptr<detail::ContinualStreamImpl> SingleOutputMultiheadAttention::make_stream(int64_t batch) const {
+  return std::make_unique<SingleOutputStream>(*this, batch);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retroactive
+
+RetroactiveMultiheadAttention::RetroactiveMultiheadAttention(const ContinualMhaOptions& options,
+                                                             const StateDict& state_dict)
+    : ContinualMultiheadAttention("RetroactiveMultiheadAttention", options, false, state_dict) {}
+
+Tensor RetroactiveMultiheadAttention::stream_reference(const Tensor& x, const StreamOptions& options) const {
+  const char* fn = "RetroactiveMultiheadAttention::stream_reference";
+  check_stream_options(options, fn);
+  const Projected p = project_all(x, fn);
+  const int64_t B = x.dim(0), T = x.dim(1), T_out = std::max<int64_t>(T - L_ + 1, 0);
+  Tensor ctx{Shape{B, T_out, L_, E_}};
+  if (T_out == 0) return ctx;
+  AttentionShape s;
+  s.batch = B;
+  s.heads = H_;
+  s.head_dim = D_;
+  s.q_len = L_;
+  s.k_len = L_;
+  s.scale = scale_;
+  for (int64_t i = 0; i < T_out; ++i)  // window i = tokens i .. i + L - 1, every position a query
+    attention(s, HeadsView{p.q.data() + i * E_, T * E_, E_}, HeadsView{p.k.data() + i * E_, T * E_, E_},
+              HeadsView{p.v.data() + i * E_, T * E_, E_}, nullptr,
+              HeadsOut{ctx.data() + i * L_ * E_, T_out * L_ * E_, E_});
+  return linear(ctx, w_o_, b_o_, fn);
+}
+
+std::unique_ptr<detail::ContinualStreamImpl> RetroactiveMultiheadAttention::make_stream(int64_t batch) const {
+  return std::make_unique<RetroactiveStream>(*this, batch);
+}
+
+}  // namespace tokenmix

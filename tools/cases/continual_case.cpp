@@ -1,0 +1,124 @@
+// Reference-case replay for continual-inference's SingleOutputMultiheadAttention and
+// RetroactiveMultiheadAttention (tests/data/reference/continual/SPEC.md section 8): forward cases,
+// and stream cases as a list of forward_steps / forward_step (with update_state) / clean_state calls.
+// out.winfwd.<t> is produced as forward() on the L-token window ending at token t.
+// out.final_state.* is informational (tokenmix keeps a different, numerically stable state) and is
+// not produced.
+#include "cases/families.h"
+#include "tokenmix/layers/continual_mha.h"
+
+namespace tokenmix::cases {
+
+namespace {
+
+const char* kSingleOutput = "continual.multihead_attention.single_output_mha.SingleOutputMultiheadAttention";
+const char* kRetroactive = "continual.multihead_attention.retroactive_mha.RetroactiveMultiheadAttention";
+
+std::unique_ptr<ContinualMultiheadAttention> build(const Case& c) {
+  ContinualMhaOptions o;
+  o.embed_dim = config_int(c, "embed_dim", 0);
+  o.num_heads = config_int(c, "num_heads", 0);
+  o.sequence_len = config_int(c, "sequence_len", 0);
+  o.dropout = config_double(c, "dropout", 0.0);
+  o.bias = config_bool(c, "bias", true);
+  o.add_bias_kv = config_bool(c, "add_bias_kv", false);
+  o.add_zero_attn = config_bool(c, "add_zero_attn", false);
+  o.kdim = config_int(c, "kdim", 0);
+  o.vdim = config_int(c, "vdim", 0);
+  if (c.config.contains("batch_first") && !c.config["batch_first"].is_null())
+    o.batch_first = config_bool(c, "batch_first", true);
+  o.embed_dim_second = config_bool(c, "embed_dim_second", false);
+  o.query_index = config_int(c, "query_index", -1);
+  o.single_output_forward = config_bool(c, "single_output_forward", true);
+  if (c.module == kSingleOutput) return std::make_unique<SingleOutputMultiheadAttention>(o, params(c));
+  return std::make_unique<RetroactiveMultiheadAttention>(o, params(c));
+}
+
+int64_t meta_int(const Case& c, const char* key) {
+  const auto& meta = c.file.metadata();
+  check(meta.count(key) != 0, c.file.path(), ": __metadata__ has no '", key, "'");
+  return std::stoll(meta.at(key));
+}
+
+// Argument `name` of a call entry, sliced by the entry's "slice" ({"axis", "start", "stop"} or
+// {"axis", "index"}); empty when the argument is absent.
+Tensor arg(const Case& c, const nlohmann::json& entry, const char* name) {
+  const auto& args = entry.at("args");
+  if (!args.contains(name) || args.at(name).is_null()) return {};
+  Tensor t = resolve_tensor(c, args.at(name));
+  if (!entry.contains("slice")) return t;
+  const auto& s = entry.at("slice");
+  const int axis = s.at("axis").get<int>();
+  if (s.contains("index")) return select(t, axis, s.at("index").get<int64_t>());
+  return slice(t, axis, s.at("start").get<int64_t>(), s.at("stop").get<int64_t>());
+}
+
+Outputs run(const Case& c) {
+  const auto layer = build(c);
+  check(c.call.is_array(), c.file.path(), ": case call: expected a list of calls");
+  Outputs out;
+  std::string first_input;  // the name of the query stream (for out.winfwd.*)
+  for (const auto& entry : c.call) {
+    const std::string method = entry.at("method").get<std::string>();
+    if (method == "clean_state") {
+      layer->clean_state();
+      continue;
+    }
+    const Tensor q = arg(c, entry, "query"), k = arg(c, entry, "key"), v = arg(c, entry, "value");
+    if (method == "forward") {
+      Tensor attn;
+      const Tensor o = layer->forward(q, k, v, Mask{}, Mask{}, &attn);
+      const auto& ret = entry.at("returns");
+      out[ret.at(0).get<std::string>()] = o;
+      if (ret.size() > 1 && ret.at(1).is_string()) out[ret.at(1).get<std::string>()] = attn;
+      continue;
+    }
+    const bool update = entry.value("kwargs", nlohmann::json::object()).value("update_state", true);
+    Tensor y;
+    if (method == "forward_steps")
+      y = layer->forward_steps(q, k, v, update);
+    else if (method == "forward_step")
+      y = layer->forward_step(q, k, v, update);
+    else
+      fail(c.file.path(), ": case call: unknown method '", method, "'");
+    const auto& ret = entry.at("returns");
+    if (ret.is_string()) {
+      if (!y.empty()) out[ret.get<std::string>()] = y;  // else reported as not produced
+    } else {
+      check(y.empty(), c.file.path(), ": ", method, " returned an output of shape ", y.shape().str(),
+            " where the reference returned None");
+    }
+  }
+  // out.winfwd.<t>: forward() on the window of L tokens ending at t.
+  const int time_axis = static_cast<int>(meta_int(c, "time_axis"));
+  const int64_t L = layer->sequence_len();
+  const bool qkv = c.file.contains("in.q");
+  for (const auto& name : c.file.names()) {
+    if (name.rfind("out.winfwd.", 0) != 0) continue;
+    const int64_t t = std::stoll(name.substr(11));
+    auto window = [&](const char* input) { return slice(c.file.tensor(input), time_axis, t - L + 1, t + 1); };
+    out[name] = qkv ? layer->forward(window("in.q"), window("in.k"), window("in.v"), Mask{}, Mask{}, nullptr)
+                    : layer->forward(window("in.x"), Tensor{}, Tensor{}, Mask{}, Mask{}, nullptr);
+  }
+  return out;
+}
+
+}  // namespace
+
+CaseFamily continual_family() {
+  CaseFamily f{"continual",
+               {kSingleOutput, kRetroactive},
+               [](const std::string& name, const Case& c) {
+                 // SPEC section 8: SingleOutput 1e-5; Retroactive stream outputs (and the window
+                 // forwards they equal) atol 2e-5, rtol 1e-5.
+                 const bool stream_out = name.rfind("out.o", 0) != 0 && name.rfind("out.attn", 0) != 0;
+                 if (c.module == kRetroactive && stream_out) return Tolerance{2e-5, 1e-5};
+                 return Tolerance{1e-5, 1e-5};
+               },
+               run,
+               [](const Case& c) -> std::unique_ptr<Layer> { return build(c); }};
+  f.optional = [](const std::string& name) { return name.rfind("out.final_state.", 0) == 0; };
+  return f;
+}
+
+}  // namespace tokenmix::cases
