@@ -183,7 +183,7 @@ class RetroactiveStream final : public ContinualStreamImpl {
     project_chunk(xq, xk, xv, B_ * C);
     if (static_cast<int64_t>(pu_.size()) < B_ * C * H_ * E_) pu_.resize(B_ * C * H_ * E_);
     project_values(pv_.data(), B_ * C, pu_.data());
-    const int64_t C_out = outputs_for(C), n_out = B_ * C_out * L_ * E_;
+    const int64_t C_out = outputs_for(C);
     if (static_cast<int64_t>(out_.size()) < B_ * C * L_ * E_) out_.resize(B_ * C * L_ * E_);  // C outputs at most
     int64_t o = 0;
     for (int64_t c = 0; c < C; ++c) {
