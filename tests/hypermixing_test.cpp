@@ -14,7 +14,7 @@
 #include "alloc/alloc_counter.h"
 #include "test_util.h"
 #include "tokenmix/io/safetensors.h"
-#include "tokenmix/kernels/gemm_tn.h"
+#include "tokenmix/kernels/linear.h"
 #include "tokenmix/layers/hypermixing.h"
 
 namespace tokenmix {

@@ -6,18 +6,31 @@
 
 namespace tokenmix {
 
-void gemm(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
-          int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+namespace {
+// The one cblas_sgemm call behind gemm() and gemm_tn(); K == 0 gives C = beta * C.
+void sgemm(bool a_transposed, const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed,
+           float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
   if (M == 0 || N == 0) return;
   if (K == 0) {
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
     return;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans,
+  cblas_sgemm(CblasRowMajor, a_transposed ? CblasTrans : CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans,
               static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
               static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
               static_cast<blasint>(ldc));
+}
+}  // namespace
+
+void gemm(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
+          int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+  sgemm(false, A, lda, B, ldb, b_transposed, C, ldc, M, N, K, alpha, beta);
+}
+
+void gemm_tn(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
+             int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+  sgemm(true, A, lda, B, ldb, b_transposed, C, ldc, M, N, K, alpha, beta);
 }
 
 void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, const float* W,

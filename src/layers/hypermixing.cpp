@@ -5,7 +5,7 @@
 #include <cstring>
 #include <limits>
 
-#include "tokenmix/kernels/gemm_tn.h"
+#include "tokenmix/kernels/linear.h"
 #include "tokenmix/kernels/linear.h"
 
 namespace tokenmix {

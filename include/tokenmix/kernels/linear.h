@@ -27,4 +27,10 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn 
 void gemm(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
           int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha = 1.f, float beta = 0.f);
 
+// As gemm(), with the left operand transposed: C = alpha * Aᵀ · op(B) + beta * C, A stored K x M
+// (row stride lda >= M). For contractions over the token axis (C[i, j] = Σ_s A[s, i] · B[s, j], e.g.
+// HyperMixing's S = x̃ᵀ·W1 per head) where both operands are stored token-major.
+void gemm_tn(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
+             int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha = 1.f, float beta = 0.f);
+
 }  // namespace tokenmix
