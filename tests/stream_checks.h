@@ -115,7 +115,9 @@ inline void expect_reset_row_isolated(const Layer& layer, const Tensor& x, const
   ASSERT_GE(n, n_all);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t e = 0; e < E; ++e) {
-      if (t >= n - n_all) ASSERT_EQ(second.at(0, t, e), all.at(0, t - (n - n_all), e)) << "row 0 after reset, t=" << t;
+      if (t >= n - n_all) {
+        ASSERT_EQ(second.at(0, t, e), all.at(0, t - (n - n_all), e)) << "row 0 after reset, t=" << t;
+      }
       for (int64_t b = 1; b < B; ++b)
         ASSERT_NEAR(second.at(b, t, e), cont.at(b, cont.dim(1) - n + t, e), 1e-5f) << "row " << b << " disturbed";
     }
