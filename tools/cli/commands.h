@@ -8,5 +8,7 @@ namespace tokenmix::cli {
 
 // `tokenmix run PATH... [--out FILE_OR_DIR] [--atol X] [--rtol X]`
 void add_run_command(CLI::App& app, int* status);
+// `tokenmix bench [--threads N...] [--json FILE] [--filter REGEX] [--repeats N] [--steps N] [--sweep]`
+void add_bench_command(CLI::App& app, int* status);
 
 }  // namespace tokenmix::cli
