@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -64,7 +65,7 @@ std::vector<BenchShape> standard_shapes(bool sweep) {
   return s;
 }
 
-BlasReference blas_reference(const BenchShape& s) {
+BlasReference blas_reference(const BenchShape& s, int64_t params) {
   BlasReference r;
   if (s.mode == Mode::offline) {
     r.m = s.batch * s.length;
@@ -74,9 +75,10 @@ BlasReference blas_reference(const BenchShape& s) {
     r.m = 1;
     r.n = r.k = s.width;
     r.gemv = true;
-    r.what = "sgemv " + std::to_string(r.n) + "x" + std::to_string(r.k);
+    r.matrices = std::max<int64_t>(1, std::llround(static_cast<double>(params) / static_cast<double>(r.n * r.k)));
+    r.what = std::to_string(r.matrices) + "x sgemv " + std::to_string(r.n) + "x" + std::to_string(r.k);
   }
-  r.flops = 2.0 * r.m * r.n * r.k;
+  r.flops = 2.0 * r.m * r.n * r.k * r.matrices;
   return r;
 }
 
@@ -94,6 +96,10 @@ Runner::Runner(const BenchFamily& family, const BenchShape& shape) : family_(fam
 }
 
 Runner::~Runner() = default;
+
+int64_t Runner::params_of(const BenchFamily& family, const BenchShape& shape) {
+  return param_count(family.params(shape));
+}
 
 void Runner::prepare() {
   if (shape_.mode != Mode::stream) return;
@@ -113,15 +119,17 @@ void Runner::call() {
 
 BlasRunner::BlasRunner(const BlasReference& r) : r_(r) {
   a_ = std::vector<float>(static_cast<size_t>(r.m * r.k), 0.5f);
-  b_ = std::vector<float>(static_cast<size_t>(r.n * r.k), 0.25f);
+  b_ = std::vector<float>(static_cast<size_t>(r.n * r.k * r.matrices), 0.25f);
   c_ = std::vector<float>(static_cast<size_t>(r.m * r.n), 0.f);
 }
 
 void BlasRunner::call() {
   const auto m = static_cast<blasint>(r_.m), n = static_cast<blasint>(r_.n), k = static_cast<blasint>(r_.k);
   if (r_.gemv) {
-    // y (N) = W (N x K) · x (K): one token through an nn.Linear weight.
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.f, b_.data(), k, a_.data(), 1, 0.f, c_.data(), 1);
+    // y (N) = W (N x K) · x (K): one token through each of the nn.Linear weights.
+    for (int64_t w = 0; w < r_.matrices; ++w)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, n, k, 1.f, b_.data() + w * r_.n * r_.k, k, a_.data(), 1, 0.f,
+                  c_.data(), 1);
   } else {
     // C (M x N) = A (M x K) · Wᵀ, W stored (N x K): the nn.Linear layout tokenmix uses.
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.f, a_.data(), k, b_.data(), k, 0.f,

@@ -76,14 +76,18 @@ std::vector<BenchShape> standard_shapes(bool sweep);
 
 // The BLAS reference a measurement is compared with (same run, same threads):
 //   offline: cblas_sgemm at the layer's projection shape, M = B*T, N = K = E (x · Wᵀ);
-//   stream:  cblas_sgemv over an E x E weight (one token's projection, weight-bandwidth bound).
+//   stream:  cblas_sgemv of one token through `matrices` distinct E x E weights, one after the
+//            other, with matrices = round(layer parameters / E²): the time to stream the layer's
+//            weight bytes through the CPU at the rate sgemv reaches (the floor for one token).
 struct BlasReference {
-  std::string what;  // e.g. "sgemm 2048x512x512", "sgemv 512x512"
-  double flops = 0;  // of one call
+  std::string what;  // e.g. "sgemm 2048x512x512", "4x sgemv 512x512"
+  double flops = 0;  // of one call (all matrices)
   int64_t m = 0, n = 0, k = 0;
+  int64_t matrices = 1;
   bool gemv = false;
 };
-BlasReference blas_reference(const BenchShape& s);
+// params: floats in the layer's parameters (stream mode only).
+BlasReference blas_reference(const BenchShape& s, int64_t params = 0);
 
 // One measurement: the constructor builds the layer and the input; prepare() opens the stream (if
 // any) and pushes its context; call() runs the timed operation once. Construction throws Error when
@@ -95,6 +99,8 @@ class Runner {
   void call();
   // Floats in the layer's parameters.
   int64_t params() const { return params_; }
+  // Floats in the parameters of `family` at `shape` (without building the layer).
+  static int64_t params_of(const BenchFamily& family, const BenchShape& shape);
   // (Re-)opens the stream and pushes the context (stream mode; no-op offline). Call before call().
   void prepare();
 
@@ -115,7 +121,7 @@ class BlasRunner {
 
  private:
   BlasReference r_;
-  std::vector<float> a_, b_, c_;
+  std::vector<float> a_, b_, c_;  // x, the weights (matrices of them back to back), y
 };
 
 }  // namespace tokenmix::bench
