@@ -250,13 +250,8 @@ def maxrss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def time_calls(fn, calls):
-    ms = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        ms.append((time.perf_counter() - t0) * 1e3)
-    ms.sort()
+def stats(ms):
+    ms = sorted(ms)
     n = len(ms)
     median = ms[n // 2] if n % 2 else 0.5 * (ms[n // 2 - 1] + ms[n // 2])
     return median, ms[0]
@@ -268,33 +263,45 @@ def child(args):
     torch.set_grad_enabled(False)
     base = {b.name: b for b in BASELINES}[args.layer]
     mode, B, T, E, H = args.mode, args.B, args.T, args.E, args.H
-    # BLAS reference in the same process: torch's linear at the projection shape (sgemm M=B*T,
-    # N=K=E offline; a single row, i.e. gemv, for stream).
-    M = B * T if mode == "offline" else 1
-    a = torch.randn(M, E)
-    w = torch.randn(E, E)
-    ref = lambda: torch.nn.functional.linear(a, w)
-    ref()
-    t0 = time.perf_counter()
-    ref()
-    first = max((time.perf_counter() - t0) * 1e3, 1e-3)
-    ref_med, _ = time_calls(ref, int(min(max(300.0 / first, args.repeats), 2000)))
-    ref_gflops = 2.0 * M * E * E / (ref_med * 1e6)
-    del a, w
     module = base.make(E, H)
     fn = base.offline_fn(module, B, T, E) if mode == "offline" else base.stream_fn(module, B, T, E)
     if fn is None:
         return None
+    # BLAS reference in the same process, as tokenmix bench does: torch's linear at the projection
+    # shape (sgemm M=B*T, N=K=E) offline; for stream one token through as many distinct E x E
+    # weights as the layer has parameters (gemv; the time to stream the weight bytes).
+    params = sum(p.numel() for p in module.parameters())
+    M = B * T if mode == "offline" else 1
+    mats = 1 if mode == "offline" else max(1, round(params / (E * E)))
+    a = torch.randn(M, E)
+    ws = [torch.randn(E, E) for _ in range(mats)]
+
+    def ref():
+        for w in ws:
+            torch.nn.functional.linear(a, w)
+
     rss0 = maxrss_mib()
     fn()  # warm-up; its resident-memory growth is the measurement's peak_mib
     peak = maxrss_mib() - rss0
-    med, mn = time_calls(fn, args.repeats if mode == "offline" else args.steps)
+    ref()
+    # Layer and reference calls alternate so both see the same machine load.
+    layer_ms, ref_ms = [], []
+    for _ in range(args.repeats if mode == "offline" else args.steps):
+        t0 = time.perf_counter()
+        fn()
+        layer_ms.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        ref()
+        ref_ms.append((time.perf_counter() - t0) * 1e3)
+    med, mn = stats(layer_ms)
+    ref_med, _ = stats(ref_ms)
+    ref_gflops = 2.0 * M * E * E * mats / (ref_med * 1e6)
     flops = base.flops(mode, B, T, E, H)
     gflops = flops / (med * 1e6)
     return {"impl": "pytorch", "layer": base.name, "mode": mode, "shape": shape_str(mode, B, T, E, H),
             "dims": {"B": B, "T": T, "E": E, "H": H}, "threads": args.threads, "median_ms": med,
             "min_ms": mn, "flops": flops, "gflops": gflops,
-            "ref": f"torch linear {M}x{E}x{E}" if mode == "offline" else f"torch linear (gemv) {E}x{E}",
+            "ref": f"torch linear {M}x{E}x{E}" if mode == "offline" else f"{mats}x torch linear (gemv) {E}x{E}",
             "ref_gflops": ref_gflops, "peak_fraction": gflops / ref_gflops, "peak_mib": peak,
             "torch": torch.__version__}
 
