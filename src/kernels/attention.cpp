@@ -267,7 +267,11 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
   const int64_t tile = probs ? kQueryTile : rowwise ? 1 : kFlashQ;
   const int64_t tiles = (s.q_len + tile - 1) / tile;
   const int64_t work = s.batch * s.heads * tiles;
-#pragma omp parallel if (work > 1)
+  // Fork only when there is enough to share: a decode step over a short cache (e.g. 8 heads x 257
+  // keys x 64) is a few microseconds, less than waking a second thread on a busy machine.
+  const double macs = static_cast<double>(s.batch) * s.heads * s.q_len * std::max<int64_t>(s.k_len, 1) * s.head_dim;
+  constexpr double kParallelMacs = 1 << 20;
+#pragma omp parallel if (work > 1 && macs >= kParallelMacs)
   {
     thread_local std::vector<float> scores;
 #pragma omp for schedule(dynamic)
