@@ -33,6 +33,27 @@ void gemm_tn(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_tr
   sgemm(true, A, lda, B, ldb, b_transposed, C, ldc, M, N, K, alpha, beta);
 }
 
+void gemv(const float* A, int64_t lda, bool a_transposed, const float* x, float* y, int64_t M, int64_t N,
+          float alpha, float beta) {
+  if (M == 0) return;
+  if (N == 0) {
+    for (int64_t m = 0; m < M; ++m) y[m] = beta == 0.f ? 0.f : beta * y[m];
+    return;
+  }
+  // Row-major storage: A (M x N) NoTrans, or the stored (N x M) matrix transposed. beta = 0 must
+  // overwrite whatever y holds (even NaN), so y is cleared here rather than scaled by BLAS.
+  if (beta == 0.f) {
+    std::fill(y, y + M, 0.f);
+    beta = 1.f;
+  }
+  if (a_transposed)
+    cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<blasint>(N), static_cast<blasint>(M), alpha, A,
+                static_cast<blasint>(lda), x, 1, beta, y, 1);
+  else
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N), alpha, A,
+                static_cast<blasint>(lda), x, 1, beta, y, 1);
+}
+
 void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, const float* W,
                 const float* b, int64_t out_features, float* y, int64_t ldy, bool accumulate) {
   if (rows == 0 || out_features == 0) return;

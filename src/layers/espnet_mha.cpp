@@ -1,6 +1,8 @@
 #include "tokenmix/layers/espnet_mha.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "tokenmix/kernels/attention.h"
 #include "tokenmix/kernels/linear.h"
@@ -17,20 +19,38 @@ EspnetMultiHeadedAttention::EspnetMultiHeadedAttention(int64_t n_feat, int64_t n
   check(n_feat % n_head == 0, fn, ": n_feat (", n_feat, ") must be divisible by n_head (", n_head, ")");
   WeightReader r(state_dict, fn);
   const Shape w{n_feat, n_feat}, b{n_feat};
-  w_q_ = r.take("linear_q.weight", w);
-  b_q_ = r.take("linear_q.bias", b);
-  w_k_ = r.take("linear_k.weight", w);
-  b_k_ = r.take("linear_k.bias", b);
-  w_v_ = r.take("linear_v.weight", w);
-  b_v_ = r.take("linear_v.bias", b);
+  const Tensor wq = r.take("linear_q.weight", w), bq = r.take("linear_q.bias", b);
+  const Tensor wk = r.take("linear_k.weight", w), bk = r.take("linear_k.bias", b);
+  const Tensor wv = r.take("linear_v.weight", w), bv = r.take("linear_v.bias", b);
   w_o_ = r.take("linear_out.weight", w);
   b_o_ = r.take("linear_out.bias", b);
   r.finish();
+  const int64_t E = n_feat;
+  w_qkv_ = Tensor{Shape{3 * E, E}};
+  b_qkv_ = Tensor{Shape{3 * E}};
+  const Tensor* ws[] = {&wq, &wk, &wv};
+  const Tensor* bs[] = {&bq, &bk, &bv};
+  Tensor* wv_[] = {&w_q_, &w_k_, &w_v_};
+  Tensor* bv_[] = {&b_q_, &b_k_, &b_v_};
+  for (int i = 0; i < 3; ++i) {
+    std::copy(ws[i]->begin(), ws[i]->end(), w_qkv_.data() + i * E * E);
+    std::copy(bs[i]->begin(), bs[i]->end(), b_qkv_.data() + i * E);
+    // Views into the stacked storage; w_qkv_ (a member) keeps it alive.
+    *wv_[i] = Tensor::view(w, w_qkv_.data() + i * E * E);
+    *bv_[i] = Tensor::view(b, b_qkv_.data() + i * E);
+  }
 }
 
 Tensor EspnetMultiHeadedAttention::attend(const Tensor& q, const Tensor& k, const Tensor& v,
                                           const Mask& mask, const char* fn, Tensor* attn) const {
-  const int64_t B = q.dim(0), T1 = q.dim(1), T2 = k.dim(1), E = n_feat_;
+  const int64_t T1 = q.dim(1), T2 = k.dim(1), E = n_feat_;
+  return attend(HeadsView{q.data(), T1 * E, E}, HeadsView{k.data(), T2 * E, E}, HeadsView{v.data(), T2 * E, E},
+                q.dim(0), T1, T2, mask, fn, attn);
+}
+
+Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v, int64_t B, int64_t T1,
+                                          int64_t T2, const Mask& mask, const char* fn, Tensor* attn) const {
+  const int64_t E = n_feat_;
   AttentionMask m;
   if (!mask.empty()) {
     check(mask.ndim() == 3, fn, ": mask: expected (B, 1, T2) or (B, T1, T2) with True = keep, got shape ",
@@ -49,9 +69,7 @@ Tensor EspnetMultiHeadedAttention::attend(const Tensor& q, const Tensor& k, cons
   s.scale = 1.f / std::sqrt(static_cast<float>(head_dim_));
   Tensor ctx{Shape{B, T1, E}};
   if (attn) *attn = Tensor{Shape{B, n_head_, T1, T2}};
-  attention(s, HeadsView{q.data(), T1 * E, E}, HeadsView{k.data(), T2 * E, E},
-            HeadsView{v.data(), T2 * E, E}, mask.empty() ? nullptr : &m, HeadsOut{ctx.data(), T1 * E, E},
-            attn ? attn->data() : nullptr);
+  attention(s, q, k, v, mask.empty() ? nullptr : &m, HeadsOut{ctx.data(), T1 * E, E}, attn ? attn->data() : nullptr);
   return linear(ctx, w_o_, b_o_, fn);
 }
 
@@ -59,8 +77,15 @@ Tensor EspnetMultiHeadedAttention::forward(const Tensor& query, const Tensor& me
                                            Tensor* attn) const {
   const char* fn = "EspnetMultiHeadedAttention::forward";
   check_shape(query, {-1, -1, n_feat_}, fn, "query", {"B", "T1"});
-  const Tensor& mem = memory.empty() ? query : memory;
-  if (!memory.empty()) check_shape(memory, {query.dim(0), -1, n_feat_}, fn, "memory", {"B", "T2"});
+  if (memory.empty()) {  // self-attention: q, k, v from one GEMM into (B, T, 3E)
+    const int64_t B = query.dim(0), T = query.dim(1), E = n_feat_;
+    const Tensor qkv = linear(query, w_qkv_, b_qkv_, fn);
+    const float* p = qkv.data();
+    return attend(HeadsView{p, T * 3 * E, 3 * E}, HeadsView{p + E, T * 3 * E, 3 * E},
+                  HeadsView{p + 2 * E, T * 3 * E, 3 * E}, B, T, T, mask, fn, attn);
+  }
+  const Tensor& mem = memory;
+  check_shape(memory, {query.dim(0), -1, n_feat_}, fn, "memory", {"B", "T2"});
   const Tensor q = linear(query, w_q_, b_q_, fn);
   const Tensor k = linear(mem, w_k_, b_k_, fn);
   const Tensor v = linear(mem, w_v_, b_v_, fn);
@@ -124,6 +149,15 @@ std::unique_ptr<Stream> EspnetMultiHeadedAttention::open_stream(int64_t batch,
 void EspnetMultiHeadedAttention::project_qkv(const float* x, int64_t rows, float* q, float* k,
                                              float* v) const {
   const int64_t E = n_feat_;
+  if (rows == 1) {  // one token: a single GEMV over the stacked (3E, E) weight
+    thread_local std::vector<float> qkv;
+    qkv.resize(3 * E);
+    linear_raw(x, 1, E, E, w_qkv_.data(), b_qkv_.data(), 3 * E, qkv.data(), 3 * E);
+    std::copy(qkv.begin(), qkv.begin() + E, q);
+    std::copy(qkv.begin() + E, qkv.begin() + 2 * E, k);
+    std::copy(qkv.begin() + 2 * E, qkv.end(), v);
+    return;
+  }
   linear_raw(x, rows, E, E, w_q_.data(), b_q_.data(), E, q, E);
   linear_raw(x, rows, E, E, w_k_.data(), b_k_.data(), E, k, E);
   linear_raw(x, rows, E, E, w_v_.data(), b_v_.data(), E, v, E);

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   int status = 0;
   tokenmix::cli::add_run_command(app, &status);
   tokenmix::cli::add_stream_command(app, &status);
+  tokenmix::cli::add_bench_command(app, &status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -33,4 +33,10 @@ void gemm(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_trans
 void gemm_tn(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
              int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha = 1.f, float beta = 0.f);
 
+// y (M) = alpha * op(A) · x + beta * y, row-major A (M x N, lda) when !a_transposed; with
+// a_transposed, A is stored (N x M, lda) and y (M) = alpha * Aᵀ · x + beta * y. x has unit stride.
+// Thin wrapper over cblas_sgemv.
+void gemv(const float* A, int64_t lda, bool a_transposed, const float* x, float* y, int64_t M, int64_t N,
+          float alpha = 1.f, float beta = 0.f);
+
 }  // namespace tokenmix

@@ -17,6 +17,7 @@
 
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/attention.h"
 #include "tokenmix/streaming/causal_attention_stream.h"
 
 namespace tokenmix {
@@ -73,6 +74,9 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
 
  private:
   int64_t n_feat_, n_head_, head_dim_;
+  // linear_q, linear_k, linear_v stacked: (3E, E), (3E), so self-attention projects x once with one
+  // GEMM (N = 3E); w_q_/w_k_/w_v_ and their biases view its row blocks (no copies).
+  Tensor w_qkv_, b_qkv_;
   Tensor w_q_, b_q_;  // linear_q: (E, E), (E)
   Tensor w_k_, b_k_;  // linear_k: (E, E), (E)
   Tensor w_v_, b_v_;  // linear_v: (E, E), (E)
@@ -81,6 +85,9 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
   // output projection. fn names the caller in errors.
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Mask& mask, const char* fn,
                 Tensor* attn) const;
+  // The same over strided rows: q rows (B, T1) and k/v rows (B, T2) of E floats at the given views.
+  Tensor attend(HeadsView q, HeadsView k, HeadsView v, int64_t B, int64_t T1, int64_t T2, const Mask& mask,
+                const char* fn, Tensor* attn) const;
   // CausalAttentionCore
   int64_t attention_width() const override { return n_feat_; }
   int64_t attention_heads() const override { return n_head_; }

@@ -1,0 +1,56 @@
+#!/usr/bin/python3
+"""Time against sequence length, tokenmix vs PyTorch, per layer: docs/bench.png.
+
+    ./build/tokenmix bench --sweep --threads 1 --json ours.json
+    /usr/bin/python3 bench/torch_baseline.py --sweep --threads 1 --json torch.json
+    /usr/bin/python3 bench/plot.py ours.json torch.json [-o docs/bench.png]
+
+Uses the offline B=1 measurements (T = 64 .. 8192, E=512, H=8); one panel per layer, one line per
+implementation and thread count, log-log.
+"""
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("json", nargs="+", help="tokenmix bench / torch_baseline.py --json files")
+    p.add_argument("-o", "--out", default=os.path.join(ROOT, "docs", "bench.png"))
+    a = p.parse_args()
+    rows = [r for f in a.json for r in json.load(open(f)) if r["mode"] == "offline" and r["dims"]["B"] == 1]
+    layers = sorted({r["layer"] for r in rows})
+    if not layers:
+        raise SystemExit("plot.py: no offline B=1 measurements (run with --sweep)")
+    fig, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4.2), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        series = {}
+        for r in rows:
+            if r["layer"] == layer:
+                series.setdefault((r.get("impl", "?"), r["threads"]), []).append((r["dims"]["T"], r["median_ms"]))
+        for (impl, threads), pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([t for t, _ in pts], [ms for _, ms in pts], marker="o" if impl == "tokenmix" else "s",
+                    linestyle="-" if impl == "tokenmix" else "--", label=f"{impl}, {threads} thread(s)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("T (tokens), B=1, E=512, H=8")
+        ax.set_ylabel("forward time, median (ms)")
+        ax.set_title(layer)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    fig.savefig(a.out, dpi=110)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
