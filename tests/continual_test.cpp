@@ -298,6 +298,10 @@ struct StreamCase {
   bool retro;
   int64_t E, H, L, qi;
 };
+void PrintTo(const StreamCase& c, std::ostream* os) {
+  *os << (c.retro ? "retroactive" : "single-output") << " E=" << c.E << " H=" << c.H << " L=" << c.L
+      << " query_index=" << c.qi;
+}
 
 class ContinualStream : public ::testing::TestWithParam<StreamCase> {
  protected:
@@ -469,18 +473,24 @@ void check_long_stream(const ContinualMultiheadAttention& layer, const StateDict
                        float scale) {
   const int64_t E = layer.d_model(), H = layer.heads(), L = layer.sequence_len();
   const Tensor x = random_tensor(Shape{1, T, E}, 82);
+  const double logit = max_logit(sd, E, H, x);
   if (scale == 8.f) {
-    EXPECT_GT(max_logit(sd, E, H, x), 88.0) << "upstream's exp() would overflow here";
+    EXPECT_GT(logit, 88.0) << "upstream's exp() would overflow here";
   }
   const auto s = layer.open_stream(1);
   const Tensor y = run_stream(*s, x, {1});
   const Tensor exact = reference_stream(sd, E, H, L, x, retro, layer.options().query_index);
   const Tensor offline = layer.stream_reference(x, {});  // float32 window forward
   const double err_stream = max_scaled_diff(y, exact), err_offline = max_scaled_diff(offline, exact);
-  // Large logits: float32 rounding of the scores alone gives relative errors ~ |s|·2^-24; both stay close.
-  EXPECT_LT(err_offline, 2e-3) << "scale " << scale;
-  EXPECT_LT(err_stream, std::max(2 * err_offline, 2e-5)) << "scale " << scale << " offline " << err_offline;
-  std::printf("[ long stream ] %s x%g: stream %.3g, offline %.3g (relative to exact)\n", retro ? "retro" : "single", scale, err_stream, err_offline);
+  // Float32 rounding of a score s moves its softmax weight by ~|s|·2^-24 relative, so any float32
+  // evaluation (stream or offline, whatever the summation order or CPU) is off by a small multiple of
+  // max|s|·2^-24. The bound allows 64 such units (observed: up to 10); drift over the stream (running sums that are not
+  // renormalised) or an overflowing exp() would exceed it by orders of magnitude.
+  const double bound = std::max(2e-5, 64 * logit * std::ldexp(1.0, -24));
+  EXPECT_LT(err_offline, bound) << "scale " << scale << " max logit " << logit;
+  EXPECT_LT(err_stream, bound) << "scale " << scale << " max logit " << logit;
+  std::printf("[ long stream ] %s x%g: max logit %.1f, bound %.3g; stream %.3g, offline %.3g (relative to exact)\n",
+              retro ? "retro" : "single", scale, logit, bound, err_stream, err_offline);
   ::testing::Test::RecordProperty(std::string(retro ? "retro" : "single") + "_x" + std::to_string(static_cast<int>(scale)),
                  std::to_string(err_stream) + " (offline " + std::to_string(err_offline) + ")");
 }

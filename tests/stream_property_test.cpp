@@ -17,6 +17,7 @@ struct LayerCase {
   std::string path;
   std::string label;
 };
+void PrintTo(const LayerCase& c, std::ostream* os) { *os << c.path; }
 
 // One case per distinct (module, config) among the shipped reference cases.
 std::vector<LayerCase> layer_cases() {
