@@ -21,8 +21,8 @@ constexpr int64_t kQueryTile = 64;
 // block by OpenBLAS); 512-key blocks were no better than 256.
 constexpr int64_t kFlashQ = 256;
 constexpr int64_t kFlashK = 256;
-// Below this many query rows the per-row GEMV path is used (decoding one or a few tokens).
-constexpr int64_t kGemvRows = 4;
+// Below this many query rows the per-row decode path is used (one or a few tokens over a cache).
+constexpr int64_t kDecodeRows = 4;
 
 inline bool allowed(const AttentionShape& s, const AttentionMask* mask, int64_t b, int64_t i,
                     int64_t j) {
@@ -179,10 +179,94 @@ void tile_with_probs(const AttentionShape& s, const HeadsView& q, const HeadsVie
   }
 }
 
-// One query row i of head h in batch b by two GEMVs over its whole key range (decoding).
-void row_gemv(const AttentionShape& s, const HeadsView& q, const HeadsView& k, const HeadsView& v,
-              const AttentionMask* mask, const HeadsOut& ctx, int64_t b, int64_t h, int64_t i,
-              std::vector<float>& scores) {
+// Decode inner loops for one head over n keys at row stride ld (a KV cache: time_stride E):
+//   scores_k(q, K, n, ld, D, scale, out):  out[j] = scale * (q · K_j)
+//   context_v(p, V, n, ld, D, c):          c = Σ_j p[j] V_j            (c overwritten)
+// The vector versions need D % 8 == 0; the plain loops serve every D and are the reference for
+// them (tests/attention_kernel_test.cpp covers both through attention_reference()).
+void scores_k_plain(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    float acc = 0.f;
+    for (int64_t d = 0; d < D; ++d) acc += q[d] * K[j * ld + d];
+    out[j] = scale * acc;
+  }
+}
+
+void context_v_plain(const float* p, const float* V, int64_t n, int64_t ld, int64_t D, float* c) {
+  std::fill(c, c + D, 0.f);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < D; ++d) c[d] += p[j] * V[j * ld + d];
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// Eight keys at a time: eight independent FMA chains over D, then one transposing reduction of the
+// eight partial-sum vectors into the eight scores.
+void scores_k_avx2(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
+  const __m256 vs = _mm256_set1_ps(scale);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const float* k0 = K + j * ld;
+    __m256 a[8];
+    for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d += 8) {
+      const __m256 qd = _mm256_loadu_ps(q + d);
+      for (int r = 0; r < 8; ++r) a[r] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k0 + r * ld + d), a[r]);
+    }
+    const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+    _mm256_storeu_ps(out + j, _mm256_mul_ps(sum, vs));
+  }
+  for (; j < n; ++j) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(K + j * ld + d), a);
+    out[j] = scale * hsum(a);
+  }
+}
+
+// The context of up to 64 features (NV vectors) held in registers over all n keys.
+template <int NV>
+void context_v_slice(const float* p, const float* V, int64_t n, int64_t ld, float* c) {
+  __m256 acc[NV];
+  for (int r = 0; r < NV; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const __m256 pj = _mm256_set1_ps(p[j]);
+    const float* vj = V + j * ld;
+    for (int r = 0; r < NV; ++r) acc[r] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * r), acc[r]);
+  }
+  for (int r = 0; r < NV; ++r) _mm256_storeu_ps(c + 8 * r, acc[r]);
+}
+
+void context_v_avx2(const float* p, const float* V, int64_t n, int64_t ld, int64_t D, float* c) {
+  using Slice = void (*)(const float*, const float*, int64_t, int64_t, float*);
+  static constexpr Slice slices[8] = {context_v_slice<1>, context_v_slice<2>, context_v_slice<3>,
+                                      context_v_slice<4>, context_v_slice<5>, context_v_slice<6>,
+                                      context_v_slice<7>, context_v_slice<8>};
+  for (int64_t d0 = 0; d0 < D; d0 += 64) slices[std::min<int64_t>(D - d0, 64) / 8 - 1](p, V + d0, n, ld, c + d0);
+}
+#endif
+
+void scores_k(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (D % 8 == 0) return scores_k_avx2(q, K, n, ld, D, scale, out);
+#endif
+  scores_k_plain(q, K, n, ld, D, scale, out);
+}
+
+void context_v(const float* p, const float* V, int64_t n, int64_t ld, int64_t D, float* c) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (D % 8 == 0) return context_v_avx2(p, V, n, ld, D, c);
+#endif
+  context_v_plain(p, V, n, ld, D, c);
+}
+
+// Decoding: one query row i of head h in batch b over its whole key range (a KV cache): scores in
+// registers-wide key groups, the exact two-pass softmax, the context accumulated in registers.
+// Reads each key and value of the head once, with no BLAS call overhead (a GEMV per head costs more
+// in call overhead than in arithmetic at these sizes). scores: (hi - lo) scratch.
+void row_decode(const AttentionShape& s, const HeadsView& q, const HeadsView& k, const HeadsView& v,
+                const AttentionMask* mask, const HeadsOut& ctx, int64_t b, int64_t h, int64_t i,
+                std::vector<float>& scores) {
   const int64_t D = s.head_dim;
   int64_t lo, hi;
   key_range(s, i, i + 1, &lo, &hi);
@@ -190,17 +274,16 @@ void row_gemv(const AttentionShape& s, const HeadsView& q, const HeadsView& k, c
   float* ci = ctx.data + b * ctx.batch_stride + i * ctx.time_stride + h * D;
   if (static_cast<int64_t>(scores.size()) < n) scores.resize(n);
   float* sr = scores.data();
-  const float* kb = k.data + b * k.batch_stride + lo * k.time_stride + h * D;
-  const float* vb = v.data + b * v.batch_stride + lo * v.time_stride + h * D;
-  gemv(kb, k.time_stride, false, q.data + b * q.batch_stride + i * q.time_stride + h * D, sr, n, D, s.scale);
+  scores_k(q.data + b * q.batch_stride + i * q.time_stride + h * D, k.data + b * k.batch_stride + lo * k.time_stride + h * D,
+           n, k.time_stride, D, s.scale, sr);
   if (mask || !band_covers(s, i, i + 1, lo, hi)) mask_row(s, mask, b, i, lo, sr, n);
   const float mx = row_max(sr, n);
   if (mx == -INFINITY) {
     std::fill(ci, ci + D, 0.f);
     return;
   }
-  const float sum = exp_sub_sum(sr, n, mx);
-  gemv(vb, v.time_stride, true, sr, ci, D, n, 1.f / sum);
+  scale_row(sr, n, 1.f / exp_sub_sum(sr, n, mx));
+  context_v(sr, v.data + b * v.batch_stride + lo * v.time_stride + h * D, n, v.time_stride, D, ci);
 }
 
 // Queries [i0, i1) of head h in batch b, flash style: key blocks of kFlashK with an online softmax
@@ -266,7 +349,7 @@ std::vector<float>& score_scratch() {
 }  // namespace
 
 void attention_reserve(int64_t q_len, int64_t k_len) {
-  // Large enough for any path: probability tiles, the per-row GEMV path and the flash tiles.
+  // Large enough for any path: probability tiles, the decode path and the flash tiles.
   const size_t need = static_cast<size_t>(std::max(std::min(q_len, kQueryTile) * std::max<int64_t>(k_len, 1),
                                                    kFlashQ * (kFlashK + 2)));
 #pragma omp parallel
@@ -281,16 +364,17 @@ void attention_reserve(int64_t q_len, int64_t k_len) {
 void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
                const AttentionMask* mask, HeadsOut ctx, float* probs) {
   if (s.batch <= 0 || s.heads <= 0 || s.q_len <= 0) return;
-  // Work items: (b, h, query tile), or (b, h, query row) on the GEMV path.
-  const bool rowwise = !probs && s.q_len < kGemvRows;
-  const int64_t tile = probs ? kQueryTile : rowwise ? 1 : kFlashQ;
-  const int64_t tiles = (s.q_len + tile - 1) / tile;
-  const int64_t work = s.batch * s.heads * tiles;
   // Fork only when there is enough to share: a decode step over a short cache (e.g. 8 heads x 257
   // keys x 64) is a few microseconds, less than waking a second thread on a busy machine.
   const double macs = static_cast<double>(s.batch) * s.heads * s.q_len * std::max<int64_t>(s.k_len, 1) * s.head_dim;
   constexpr double kParallelMacs = 1 << 20;
-#pragma omp parallel if (work > 1 && macs >= kParallelMacs)
+  const bool parallel = macs >= kParallelMacs;
+  // Work items: (b, h, query tile), or (b, h, query row) on the decode path.
+  const bool rowwise = !probs && s.q_len < kDecodeRows;
+  const int64_t tile = probs ? kQueryTile : rowwise ? 1 : kFlashQ;
+  const int64_t tiles = (s.q_len + tile - 1) / tile;
+  const int64_t work = s.batch * s.heads * tiles;
+#pragma omp parallel if (work > 1 && parallel)
   {
     std::vector<float>& scores = score_scratch();
 #pragma omp for schedule(dynamic)
@@ -300,7 +384,7 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
       if (probs)
         tile_with_probs(s, q, k, v, mask, ctx, probs, b, h, i0, i1, scores);
       else if (rowwise)
-        row_gemv(s, q, k, v, mask, ctx, b, h, i0, scores);
+        row_decode(s, q, k, v, mask, ctx, b, h, i0, scores);
       else
         tile_flash(s, q, k, v, mask, ctx, b, h, i0, i1, scores);
     }

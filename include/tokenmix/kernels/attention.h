@@ -52,7 +52,8 @@ struct AttentionShape {
 };
 
 // The optimized kernel (blocked GEMM / softmax / GEMM over query tiles, OpenMP over batch x heads
-// x tiles; extra memory O(tile x k_len) per thread, never k_len x q_len). probs, when non-null,
+// x tiles; extra memory O(tile x k_len) per thread, never k_len x q_len). Fewer than 4 queries
+// without probs (decoding over a KV cache) take a register-blocked per-head path instead of GEMMs. probs, when non-null,
 // receives the probabilities as a dense (B, H, q_len, k_len) array. mask may be null.
 void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
                const AttentionMask* mask, HeadsOut ctx, float* probs = nullptr);
