@@ -24,6 +24,14 @@ constexpr int64_t kFlashK = 256;
 // Below this many query rows the per-row decode path is used (one or a few tokens over a cache).
 constexpr int64_t kDecodeRows = 4;
 
+// Row (b, t) of head h of a view (head_dim D).
+inline const float* at(const HeadsView& x, int64_t b, int64_t t, int64_t h, int64_t D) {
+  return x.data + b * x.batch_stride + t * x.time_stride + h * (x.head_stride ? x.head_stride : D);
+}
+inline float* at(const HeadsOut& x, int64_t b, int64_t t, int64_t h, int64_t D) {
+  return x.data + b * x.batch_stride + t * x.time_stride + h * D;
+}
+
 inline bool allowed(const AttentionShape& s, const AttentionMask* mask, int64_t b, int64_t i,
                     int64_t j) {
   if (s.causal) {
@@ -152,10 +160,10 @@ void tile_with_probs(const AttentionShape& s, const HeadsView& q, const HeadsVie
   const int64_t n = std::max<int64_t>(hi - lo, 0);
   if (static_cast<int64_t>(scores.size()) < rows * std::max<int64_t>(n, 1))
     scores.resize(rows * std::max<int64_t>(n, 1));
-  const float* qb = q.data + b * q.batch_stride + i0 * q.time_stride + h * D;
-  const float* kb = k.data + b * k.batch_stride + lo * k.time_stride + h * D;
-  const float* vb = v.data + b * v.batch_stride + lo * v.time_stride + h * D;
-  float* cb = ctx.data + b * ctx.batch_stride + i0 * ctx.time_stride + h * D;
+  const float* qb = at(q, b, i0, h, D);
+  const float* kb = at(k, b, lo, h, D);
+  const float* vb = at(v, b, lo, h, D);
+  float* cb = at(ctx, b, i0, h, D);
   if (n > 0) gemm(qb, q.time_stride, kb, k.time_stride, true, scores.data(), n, rows, n, D, s.scale);
   const bool whole = !mask && band_covers(s, i0, i1, lo, hi);
   for (int64_t r = 0; r < rows; ++r) {
@@ -271,10 +279,10 @@ void row_decode(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
   int64_t lo, hi;
   key_range(s, i, i + 1, &lo, &hi);
   const int64_t n = std::max<int64_t>(hi - lo, 0);
-  float* ci = ctx.data + b * ctx.batch_stride + i * ctx.time_stride + h * D;
+  float* ci = at(ctx, b, i, h, D);
   if (static_cast<int64_t>(scores.size()) < n) scores.resize(n);
   float* sr = scores.data();
-  scores_k(q.data + b * q.batch_stride + i * q.time_stride + h * D, k.data + b * k.batch_stride + lo * k.time_stride + h * D,
+  scores_k(at(q, b, i, h, D), at(k, b, lo, h, D),
            n, k.time_stride, D, s.scale, sr);
   if (mask || !band_covers(s, i, i + 1, lo, hi)) mask_row(s, mask, b, i, lo, sr, n);
   const float mx = row_max(sr, n);
@@ -283,7 +291,7 @@ void row_decode(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
     return;
   }
   scale_row(sr, n, 1.f / exp_sub_sum(sr, n, mx));
-  context_v(sr, v.data + b * v.batch_stride + lo * v.time_stride + h * D, n, v.time_stride, D, ci);
+  context_v(sr, at(v, b, lo, h, D), n, v.time_stride, D, ci);
 }
 
 // Queries [i0, i1) of head h in batch b, flash style: key blocks of kFlashK with an online softmax
@@ -298,8 +306,8 @@ void tile_flash(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
   if (static_cast<int64_t>(scores.size()) < kFlashQ * (kFlashK + 2)) scores.resize(kFlashQ * (kFlashK + 2));
   float* m = scores.data() + kFlashQ * kFlashK;  // running max per row
   float* l = m + kFlashQ;                        // running sum per row
-  const float* qb = q.data + b * q.batch_stride + i0 * q.time_stride + h * D;
-  float* cb = ctx.data + b * ctx.batch_stride + i0 * ctx.time_stride + h * D;
+  const float* qb = at(q, b, i0, h, D);
+  float* cb = at(ctx, b, i0, h, D);
   for (int64_t r = 0; r < rows; ++r) {
     m[r] = -INFINITY;
     l[r] = 0.f;
@@ -309,7 +317,7 @@ void tile_flash(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
     const int64_t j1 = std::min(hi, j0 + kFlashK), n = j1 - j0;
     // Causal band: rows that see no key of this block are skipped below (their scores stay -inf).
     float* S = scores.data();
-    gemm(qb, q.time_stride, k.data + b * k.batch_stride + j0 * k.time_stride + h * D, k.time_stride, true, S, n,
+    gemm(qb, q.time_stride, at(k, b, j0, h, D), k.time_stride, true, S, n,
          rows, n, D, s.scale);
     const bool whole = !mask && band_covers(s, i0, i1, j0, j1);
     bool any = false;
@@ -334,7 +342,7 @@ void tile_flash(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
       l[r] += exp_sub_sum(sr, n, mnew);
     }
     if (any)
-      gemm(S, n, v.data + b * v.batch_stride + j0 * v.time_stride + h * D, v.time_stride, false, cb,
+      gemm(S, n, at(v, b, j0, h, D), v.time_stride, false, cb,
            ctx.time_stride, rows, D, n, 1.f, 1.f);
   }
   for (int64_t r = 0; r < rows; ++r) scale_row(cb + r * ctx.time_stride, D, l[r] > 0.f ? 1.f / l[r] : 0.f);
@@ -398,10 +406,10 @@ void attention_reference(const AttentionShape& s, HeadsView q, HeadsView k, Head
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h)
       for (int64_t i = 0; i < s.q_len; ++i) {
-        const float* qi = q.data + b * q.batch_stride + i * q.time_stride + h * D;
+        const float* qi = at(q, b, i, h, D);
         double mx = -INFINITY;
         for (int64_t j = 0; j < s.k_len; ++j) {
-          const float* kj = k.data + b * k.batch_stride + j * k.time_stride + h * D;
+          const float* kj = at(k, b, j, h, D);
           double dot = 0;
           for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(qi[d]) * kj[d];
           p[j] = allowed(s, mask, b, i, j) ? dot * s.scale : -INFINITY;
@@ -410,11 +418,11 @@ void attention_reference(const AttentionShape& s, HeadsView q, HeadsView k, Head
         double sum = 0;
         for (int64_t j = 0; j < s.k_len; ++j) sum += p[j] = mx == -INFINITY ? 0.0 : std::exp(p[j] - mx);
         for (int64_t j = 0; j < s.k_len; ++j) p[j] = sum > 0 ? p[j] / sum : 0.0;
-        float* ci = ctx.data + b * ctx.batch_stride + i * ctx.time_stride + h * D;
+        float* ci = at(ctx, b, i, h, D);
         for (int64_t d = 0; d < D; ++d) {
           double acc = 0;
           for (int64_t j = 0; j < s.k_len; ++j)
-            acc += p[j] * v.data[b * v.batch_stride + j * v.time_stride + h * D + d];
+            acc += p[j] * at(v, b, j, h, D)[d];
           ci[d] = static_cast<float>(acc);
         }
         if (probs)

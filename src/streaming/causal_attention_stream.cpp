@@ -10,7 +10,8 @@ CausalAttentionStream::CausalAttentionStream(std::string name, const CausalAtten
                                              int64_t batch, const StreamOptions& options)
     : name_(std::move(name)), push_fn_(name_ + "::push"), batch_(batch), width_(core.attention_width()), core_(core),
       heads_(core.attention_heads()), left_context_(options.left_context),
-      cache_(std::max<int64_t>(batch, 1), core.attention_width(), std::max<int64_t>(options.left_context, 0)) {
+      cache_(std::max<int64_t>(batch, 1), core.attention_heads(), core.attention_width() / core.attention_heads(),
+             std::max<int64_t>(options.left_context, 0)) {
   check(batch >= 1, name_, "::open_stream: batch: expected >= 1, got ", batch);
   check(options.left_context >= 0, name_, "::open_stream: left_context: expected >= 0 (0 = unlimited), got ",
         options.left_context);
@@ -44,7 +45,7 @@ Tensor CausalAttentionStream::push(const Tensor& chunk) {
     s.causal = true;
     s.query_offset = s.k_len - C;
     s.left_context = left_context_;
-    attention(s, HeadsView{q, 0, E}, HeadsView{cache_.keys(b), 0, E}, HeadsView{cache_.values(b), 0, E},
+    attention(s, HeadsView{q, 0, E}, cache_.keys(b), cache_.values(b),
               nullptr, HeadsOut{ctx_.data() + b * C * E, 0, E});
   }
   core_.project_out(ctx_.data(), batch_ * C, out_.data());

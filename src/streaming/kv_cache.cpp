@@ -5,49 +5,60 @@
 
 namespace tokenmix {
 
-KvCache::KvCache(int64_t batch, int64_t width, int64_t left_context)
-    : width_(width), left_context_(left_context), k_(batch), v_(batch), start_(batch, 0),
-      len_(batch, 0), pos_(batch, 0) {
+KvCache::KvCache(int64_t batch, int64_t heads, int64_t head_dim, int64_t left_context)
+    : heads_(heads), head_dim_(head_dim), left_context_(left_context), k_(std::max<int64_t>(batch, 0)),
+      v_(std::max<int64_t>(batch, 0)), cap_(k_.size(), 0), start_(k_.size(), 0), len_(k_.size(), 0),
+      pos_(k_.size(), 0) {
   check(batch >= 1, "KvCache: batch: expected >= 1, got ", batch);
-  check(width >= 1, "KvCache: width: expected >= 1, got ", width);
+  check(heads >= 1, "KvCache: heads: expected >= 1, got ", heads);
+  check(head_dim >= 1, "KvCache: head_dim: expected >= 1, got ", head_dim);
   check(left_context >= 0, "KvCache: left_context: expected >= 0, got ", left_context);
 }
 
 void KvCache::make_room(int64_t b, int64_t C) {
+  const int64_t D = head_dim_;
   // Drop tokens no query of the new chunk can see (only with a left-context limit).
   if (left_context_ > 0) {
     const int64_t keep = std::min(len_[b], left_context_ - 1);
     start_[b] += len_[b] - keep;
     len_[b] = keep;
   }
-  const int64_t cap = static_cast<int64_t>(k_[b].size()) / width_;
+  const int64_t cap = cap_[b];
   if (start_[b] + len_[b] + C <= cap) return;
-  if (len_[b] + C <= cap) {  // compact: move the kept tail to the front
-    std::memmove(k_[b].data(), k_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
-    std::memmove(v_[b].data(), v_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
+  if (len_[b] + C <= cap) {  // compact: move each head's kept tail to the front of its block
+    for (auto* buf : {&k_[b], &v_[b]})
+      for (int64_t h = 0; h < heads_; ++h) {
+        float* block = buf->data() + h * cap * D;
+        std::memmove(block, block + start_[b] * D, sizeof(float) * len_[b] * D);
+      }
     start_[b] = 0;
     return;
   }
   // Grow: twice what is needed, so compaction stays amortised O(1) per token. With a left-context
   // limit the size is final at once (it depends only on the limit and the chunk size).
   const int64_t new_cap = 2 * ((left_context_ > 0 ? std::max<int64_t>(left_context_ - 1, len_[b]) : len_[b]) + C);
-  std::vector<float> nk(new_cap * width_), nv(new_cap * width_);
-  if (len_[b] > 0) {  // k_[b] may still be empty (data() null): memcpy from null is UB even for 0 bytes
-    std::memcpy(nk.data(), k_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
-    std::memcpy(nv.data(), v_[b].data() + start_[b] * width_, sizeof(float) * len_[b] * width_);
+  for (auto* buf : {&k_[b], &v_[b]}) {
+    std::vector<float> grown(static_cast<size_t>(heads_ * new_cap * D));
+    if (len_[b] > 0)  // buf may still be empty (data() null): memcpy from null is UB even for 0 bytes
+      for (int64_t h = 0; h < heads_; ++h)
+        std::memcpy(grown.data() + h * new_cap * D, buf->data() + (h * cap + start_[b]) * D,
+                    sizeof(float) * len_[b] * D);
+    buf->swap(grown);
   }
-  k_[b].swap(nk);
-  v_[b].swap(nv);
+  cap_[b] = new_cap;
   start_[b] = 0;
 }
 
 void KvCache::append(int64_t b, const float* k, const float* v, int64_t C, int64_t ld) {
   make_room(b, C);
-  float* kd = k_[b].data() + (start_[b] + len_[b]) * width_;
-  float* vd = v_[b].data() + (start_[b] + len_[b]) * width_;
-  for (int64_t t = 0; t < C; ++t) {
-    std::memcpy(kd + t * width_, k + t * ld, sizeof(float) * width_);
-    std::memcpy(vd + t * width_, v + t * ld, sizeof(float) * width_);
+  const int64_t D = head_dim_, cap = cap_[b], first = start_[b] + len_[b];
+  for (int64_t h = 0; h < heads_; ++h) {
+    float* kd = k_[b].data() + (h * cap + first) * D;
+    float* vd = v_[b].data() + (h * cap + first) * D;
+    for (int64_t t = 0; t < C; ++t) {
+      std::memcpy(kd + t * D, k + t * ld + h * D, sizeof(float) * D);
+      std::memcpy(vd + t * D, v + t * ld + h * D, sizeof(float) * D);
+    }
   }
   len_[b] += C;
   pos_[b] += C;
@@ -62,15 +73,23 @@ void KvCache::reset_row(int64_t b) {
   start_[b] = len_[b] = pos_[b] = 0;
 }
 
+Tensor KvCache::gather(const std::vector<float>& buf, int64_t b) const {
+  const int64_t D = head_dim_, E = width();
+  Tensor out{Shape{len_[b], E}};
+  for (int64_t h = 0; h < heads_; ++h) {
+    const float* block = buf.data() + (h * cap_[b] + start_[b]) * D;
+    for (int64_t t = 0; t < len_[b]; ++t) std::memcpy(out.data() + t * E + h * D, block + t * D, sizeof(float) * D);
+  }
+  return out;
+}
+
 void KvCache::save(SafetensorsWriter& w, const std::string& prefix) const {
   w.add_int64s(prefix + "position", pos_);
   w.add_int64s(prefix + "length", len_);
   for (int64_t b = 0; b < batch(); ++b) {
     if (len_[b] == 0) continue;  // safetensors cases avoid zero-size tensors
-    w.add(prefix + "key." + std::to_string(b),
-          Tensor::view(Shape{len_[b], width_}, const_cast<float*>(keys(b))));
-    w.add(prefix + "value." + std::to_string(b),
-          Tensor::view(Shape{len_[b], width_}, const_cast<float*>(values(b))));
+    w.add(prefix + "key." + std::to_string(b), gather(k_[b], b));
+    w.add(prefix + "value." + std::to_string(b), gather(v_[b], b));
   }
 }
 
@@ -88,9 +107,9 @@ void KvCache::restore(const SafetensorsFile& f, const std::string& prefix) {
     if (len[b] == 0) continue;
     const std::string kn = prefix + "key." + std::to_string(b), vn = prefix + "value." + std::to_string(b);
     const Tensor k = f.tensor(kn), v = f.tensor(vn);
-    check_shape(k, {len[b], width_}, fn, kn.c_str());
-    check_shape(v, {len[b], width_}, fn, vn.c_str());
-    append(b, k.data(), v.data(), len[b], width_);
+    check_shape(k, {len[b], width()}, fn, kn.c_str());
+    check_shape(v, {len[b], width()}, fn, vn.c_str());
+    append(b, k.data(), v.data(), len[b], width());
     pos_[b] = pos[b];
   }
 }

@@ -17,12 +17,17 @@
 
 namespace tokenmix {
 
-// Row (b, t) of head h starts at data + b*batch_stride + t*time_stride + h*head_dim.
+// Row (b, t) of head h starts at data + b*batch_stride + t*time_stride + h*head_stride, where
+// head_stride 0 means head_dim (heads side by side in a row of E = heads*head_dim floats, the
+// (B, T, E) layout of a projection). A per-head layout (H, T, head_dim), as the KV cache keeps, has
+// time_stride head_dim and head_stride T*head_dim.
 struct HeadsView {
   const float* data = nullptr;
   int64_t batch_stride = 0;
   int64_t time_stride = 0;
+  int64_t head_stride = 0;
 };
+// Output rows: (b, t) of head h at data + b*batch_stride + t*time_stride + h*head_dim.
 struct HeadsOut {
   float* data = nullptr;
   int64_t batch_stride = 0;
