@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "tokenmix/kernels/linear.h"
@@ -164,18 +163,8 @@ Tensor FastSelfAttention::stream_reference(const Tensor& x, const StreamOptions&
   const char* fn = "FastSelfAttention::stream_reference";
   const int64_t P = window_position(options, fn);
   check_shape(x, {-1, -1, size_}, fn, "x", {"B", "T"});
-  const int64_t B = x.dim(0), T = x.dim(1), L = options.window, E = size_;
-  const int64_t n = std::max<int64_t>(0, T - L + 1);
-  Tensor out{Shape{B, n, E}};
-  Tensor win{Shape{B, L, E}};
-  for (int64_t s = 0; s < n; ++s) {
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(win.data() + b * L * E, x.data() + (b * T + s) * E, sizeof(float) * L * E);
-    const Tensor y = forward_upstream(win, Mask{});
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(out.data() + (b * n + s) * E, y.data() + (b * L + P) * E, sizeof(float) * E);
-  }
-  return out;
+  return sliding_window_reference(x, options.window, P,
+                                  [this](const Tensor& w) { return forward_upstream(w, Mask{}); });
 }
 
 std::unique_ptr<Stream> FastSelfAttention::open_stream(int64_t batch, const StreamOptions& options) const {

@@ -192,19 +192,8 @@ Tensor HyperMixing::stream_reference(const Tensor& x, const StreamOptions& optio
   const char* fn = "HyperMixing::stream_reference";
   check_stream_options(options, fn);
   check_shape(x, {-1, -1, E_}, fn, "x", {"B", "T", "E"});
-  const int64_t B = x.dim(0), T = x.dim(1), L = options.window;
-  const int64_t P = options.position < 0 ? L - 1 : options.position;
-  const int64_t n = std::max<int64_t>(T - L + 1, 0);
-  Tensor y{Shape{B, n, E_}};
-  Tensor win{Shape{B, L, E_}};
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(win.data() + b * L * E_, x.data() + (b * T + i) * E_, sizeof(float) * L * E_);
-    const Tensor out = forward(win);
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(y.data() + (b * n + i) * E_, out.data() + (b * L + P) * E_, sizeof(float) * E_);
-  }
-  return y;
+  const int64_t P = options.position < 0 ? options.window - 1 : options.position;
+  return sliding_window_reference(x, options.window, P, [this](const Tensor& w) { return forward(w); });
 }
 
 std::unique_ptr<Stream> HyperMixing::open_stream(int64_t batch, const StreamOptions& options) const {

@@ -1,10 +1,27 @@
 #include "tokenmix/streaming/windowed_stream.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "tokenmix/core/error.h"
 
 namespace tokenmix {
+
+Tensor sliding_window_reference(const Tensor& x, int64_t L, int64_t P,
+                                const std::function<Tensor(const Tensor&)>& forward) {
+  const int64_t B = x.dim(0), T = x.dim(1), E = x.dim(2);
+  const int64_t n = std::max<int64_t>(0, T - L + 1);
+  Tensor out{Shape{B, n, E}};
+  Tensor win{Shape{B, L, E}};
+  for (int64_t s = 0; s < n; ++s) {
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(win.data() + b * L * E, x.data() + (b * T + s) * E, sizeof(float) * L * E);
+    const Tensor y = forward(win);
+    for (int64_t b = 0; b < B; ++b)
+      std::memcpy(out.data() + (b * n + s) * E, y.data() + (b * L + P) * E, sizeof(float) * E);
+  }
+  return out;
+}
 
 WindowedStream::WindowedStream(const char* name, int64_t batch, const StreamOptions& options, int64_t d_model,
                                int64_t row_width, const std::vector<int64_t>& family_config,

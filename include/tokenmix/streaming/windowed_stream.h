@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,13 @@
 #include "tokenmix/streaming/stream.h"
 
 namespace tokenmix {
+
+// The offline definition a WindowedStream reproduces (the layers' stream_reference): for x (B, T, E)
+// returns (B, max(T - L + 1, 0), E) whose row s is forward(x[:, s : s + L])[:, P], where forward maps
+// a window (B, L, E) to (B, L, E). Costs one forward per window. L >= 1 and 0 <= P < L must have been
+// validated by the caller; throws what forward throws.
+Tensor sliding_window_reference(const Tensor& x, int64_t L, int64_t P,
+                                const std::function<Tensor(const Tensor&)>& forward);
 
 class WindowedStream : public Stream {
  public:
