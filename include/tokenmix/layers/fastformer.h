@@ -135,8 +135,12 @@ class FastSelfAttentionStream : public WindowedStream {
   FastSelfAttentionStream(const FastSelfAttention& layer, int64_t batch, const StreamOptions& options);
 
  protected:
+  // project_rows: the [q | k | a] row of every new token.
   void stage(const float* x, int64_t n, float* rows) override;
+  // Pooled key of the window; stores the transform input gk ⊙ q_P (q_P: the query at position P) and
+  // the residual y = q_P.
   void window_output(int64_t b, const float* rows, int64_t slot, float* y) override;
+  // y += transform(gk ⊙ q_P) for all outputs of the push in one GEMM.
   void finish(int64_t c_out, float* out) override;
 
  private:
