@@ -18,7 +18,11 @@
 namespace tokenmix {
 namespace {
 
+using test::bit_equal;
+using test::expect_error;
 using test::random_tensor;
+using test::run_stream;
+using test::slice_time;
 
 // ---- weights ----
 StateDict make_weights(int64_t E, bool bias, uint32_t seed, float scale = 1.f, int64_t kdim = 0, int64_t vdim = 0,
@@ -130,14 +134,6 @@ RefOut reference_mha(const StateDict& sd, int64_t E, int64_t H, const Tensor& q_
   return r;
 }
 
-// x[:, t0 : t0 + n] of a (B, T, E) tensor.
-Tensor time_slice(const Tensor& x, int64_t t0, int64_t n) {
-  Tensor y{Shape{x.dim(0), n, x.dim(2)}};
-  for (int64_t b = 0; b < x.dim(0); ++b)
-    std::copy(&x.at(b, t0, 0), &x.at(b, t0, 0) + n * x.dim(2), &y.at(b, 0, 0));
-  return y;
-}
-
 // The offline stream definition from the simple reference: SingleOutput (B, T-L+1, E) with the
 // query at window position pos; Retroactive (B, T-L+1, L, E).
 Tensor reference_stream(const StateDict& sd, int64_t E, int64_t H, int64_t L, const Tensor& x, bool retro,
@@ -150,7 +146,7 @@ Tensor reference_stream(const StateDict& sd, int64_t E, int64_t H, int64_t L, co
   else
     qs.push_back(pos < 0 ? pos + L : pos);
   for (int64_t t = 0; t < T_out; ++t) {
-    const Tensor w = time_slice(x, t, L);
+    const Tensor w = slice_time(x, t, L);
     const Tensor y = reference_mha(sd, E, H, w, w, w, qs).y;  // (B, nq, E)
     for (int64_t b = 0; b < B; ++b)
       std::copy(&y.at(b, 0, 0), &y.at(b, 0, 0) + y.dim(1) * E, out.data() + (b * T_out + t) * y.dim(1) * E);
@@ -167,34 +163,6 @@ double max_scaled_diff(const Tensor& a, const Tensor& b) {
     m = std::isnan(d) ? INFINITY : std::max(m, d);
   }
   return m;
-}
-
-// Pushes x (B, T, E) through a stream in chunks of the given sizes (cycled); concatenates the outputs
-// along axis 1.
-Tensor run_stream(Stream& s, const Tensor& x, const std::vector<int64_t>& chunks) {
-  const int64_t B = x.dim(0), T = x.dim(1);
-  std::vector<std::vector<float>> rows(B);
-  int64_t per_row = 0, t = 0, k = 0;
-  std::vector<int64_t> tail;
-  while (t < T) {
-    const int64_t C = std::min(chunks[k++ % chunks.size()], T - t);
-    const Tensor y = s.push(time_slice(x, t, C));
-    t += C;
-    if (y.dim(1) == 0) continue;
-    tail = y.shape().dims();
-    const int64_t n = y.numel() / B;
-    per_row += y.dim(1);
-    for (int64_t b = 0; b < B; ++b) rows[b].insert(rows[b].end(), y.data() + b * n, y.data() + (b + 1) * n);
-  }
-  if (tail.empty()) return {};
-  tail[1] = per_row;
-  Tensor out{Shape(tail)};
-  for (int64_t b = 0; b < B; ++b) std::copy(rows[b].begin(), rows[b].end(), out.data() + b * rows[b].size());
-  return out;
-}
-
-bool bit_equal(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && std::equal(a.begin(), a.end(), b.begin());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,10 +312,10 @@ TEST_P(ContinualStream, UpstreamStepApi) {
   // Warm-up: no output for the first L-1 tokens, then forward_steps and forward_step agree with ref.
   const int64_t pre = p.L - 1;
   if (pre > 0) {
-    EXPECT_TRUE(layer->forward_steps(bf ? time_slice(x, 0, pre) : permute(time_slice(x, 0, pre), {1, 0, 2})).empty());
+    EXPECT_TRUE(layer->forward_steps(bf ? slice_time(x, 0, pre) : permute(slice_time(x, 0, pre), {1, 0, 2})).empty());
   }
   for (int64_t t = pre; t < T; ++t) {
-    const Tensor xt = permute(time_slice(x, t, 1), {0, 2, 1}).reshape(Shape{B, p.E});
+    const Tensor xt = permute(slice_time(x, t, 1), {0, 2, 1}).reshape(Shape{B, p.E});
     const Tensor peek = layer->forward_step(xt, {}, {}, /*update_state=*/false);
     const Tensor y = layer->forward_step(xt);
     ASSERT_FALSE(y.empty());
@@ -374,7 +342,7 @@ TEST_P(ContinualStream, SaveRestoreContinuesBitForBit) {
   const int64_t B = 2;
   const Tensor x = random_tensor(Shape{B, 3 * p.L + 4, p.E}, 52);
   const auto a = layer->open_stream(B);
-  run_stream(*a, time_slice(x, 0, p.L + 2), {3});
+  run_stream(*a, slice_time(x, 0, p.L + 2), {3});
   const std::string path = (std::filesystem::temp_directory_path() /
                             ("tokenmix_continual_" + std::to_string(::getpid()) + ".safetensors")).string();
   a->save(path);
@@ -382,7 +350,7 @@ TEST_P(ContinualStream, SaveRestoreContinuesBitForBit) {
   run_stream(*b, random_tensor(Shape{B, 5, p.E}, 53), {2});  // different history, overwritten
   b->restore(path);
   std::filesystem::remove(path);
-  const Tensor rest = time_slice(x, p.L + 2, x.dim(1) - p.L - 2);
+  const Tensor rest = slice_time(x, p.L + 2, x.dim(1) - p.L - 2);
   EXPECT_TRUE(bit_equal(run_stream(*a, rest, {1, 4}), run_stream(*b, rest, {1, 4})));
   // A state of another configuration is rejected.
   const auto c = layer->open_stream(B + 1);
@@ -400,17 +368,17 @@ TEST_P(ContinualStream, ResetRowLeavesOtherRowsAlone) {
   const int64_t B = 3, T1 = p.L + 2, T2 = 2 * p.L + 1;
   const Tensor x = random_tensor(Shape{B, T1 + T2, p.E}, 62);
   const auto a = layer->open_stream(B), b = layer->open_stream(B);
-  run_stream(*a, time_slice(x, 0, T1), {2});
-  run_stream(*b, time_slice(x, 0, T1), {2});
+  run_stream(*a, slice_time(x, 0, T1), {2});
+  run_stream(*b, slice_time(x, 0, T1), {2});
   b->reset_row(1);
-  const Tensor rest = time_slice(x, T1, T2);
+  const Tensor rest = slice_time(x, T1, T2);
   const Tensor ya = run_stream(*a, rest, {1}), yb = run_stream(*b, rest, {1});
   ASSERT_EQ(ya.shape(), yb.shape());
   const int64_t per_row = ya.numel() / B, per_out = per_row / ya.dim(1);
   for (int64_t r : {0, 2})
     EXPECT_TRUE(std::equal(ya.data() + r * per_row, ya.data() + (r + 1) * per_row, yb.data() + r * per_row));
   // Row 1 restarted: zeros until it has L tokens, then the window outputs of its new sequence.
-  const Tensor fresh = layer->stream_reference(time_slice(rest, 0, T2), {});  // (B, T2-L+1, ...)
+  const Tensor fresh = layer->stream_reference(slice_time(rest, 0, T2), {});  // (B, T2-L+1, ...)
   for (int64_t o = 0; o < ya.dim(1); ++o) {
     const float* got = yb.data() + per_row + o * per_out;
     if (o < p.L - 1) {
@@ -428,9 +396,9 @@ TEST_P(ContinualStream, OutputBufferIsReusedForEqualChunks) {
   const auto layer = make(make_weights(p.E, true, 71));
   const auto s = layer->open_stream(2);
   const Tensor x = random_tensor(Shape{2, p.L + 6, p.E}, 72);
-  s->push(time_slice(x, 0, p.L));
-  const float* first = s->push(time_slice(x, p.L, 3)).data();
-  EXPECT_EQ(s->push(time_slice(x, p.L + 3, 3)).data(), first);
+  s->push(slice_time(x, 0, p.L));
+  const float* first = s->push(slice_time(x, p.L, 3)).data();
+  EXPECT_EQ(s->push(slice_time(x, p.L + 3, 3)).data(), first);
 }
 
 INSTANTIATE_TEST_SUITE_P(Continual, ContinualStream,
@@ -512,16 +480,6 @@ TEST(ContinualLongStream, SingleOutputStaysExactWithLargeLogits) {
 }
 
 // ---- errors ----
-
-template <typename F>
-void expect_error(F f, const std::string& fragment) {
-  try {
-    f();
-    FAIL() << "expected Error containing '" << fragment << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
 
 TEST(ContinualErrors, ConstructorAndCalls) {
   const StateDict sd = make_weights(8, true, 1);

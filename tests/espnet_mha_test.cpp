@@ -12,6 +12,8 @@
 namespace tokenmix {
 namespace {
 
+using test::random_mask;
+
 StateDict random_weights(int64_t E, uint32_t seed) {
   StateDict sd;
   for (const char* p : {"linear_q", "linear_k", "linear_v", "linear_out"}) {
@@ -63,14 +65,6 @@ Tensor naive_forward(const StateDict& w, int64_t H, const Tensor& query, const T
         }
       }
   return proj(ctx, "linear_out");
-}
-
-Mask random_mask(const Shape& shape, uint32_t seed, float keep = 0.7f) {
-  std::mt19937 gen(seed);
-  std::bernoulli_distribution d(keep);
-  Mask m(shape);
-  for (auto& v : m) v = d(gen);
-  return m;
 }
 
 TEST(EspnetMha, RandomShapesMatchNaiveReference) {

@@ -16,7 +16,11 @@ namespace tokenmix {
 namespace {
 
 using test::add_random;
+using test::all_close;
+using test::expect_error;
 using test::random_tensor;
+using test::run_stream;
+using test::slice_time;
 
 StateDict random_params(int64_t E, int64_t H, uint32_t seed) {
   StateDict sd;
@@ -95,48 +99,6 @@ Tensor reference(const Tensor& x, int64_t H, const StateDict& sd, const std::fun
   return y;
 }
 
-void expect_close(const Tensor& got, const Tensor& want, float tol, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  for (int64_t i = 0; i < got.numel(); ++i)
-    ASSERT_NEAR(got.data()[i], want.data()[i], tol * (1.f + std::fabs(want.data()[i]))) << what << " at " << i;
-}
-
-template <typename F>
-void expect_error(F&& f, const std::string& fragment) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an Error containing '" << fragment << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
-
-Tensor slice_time(const Tensor& x, int64_t start, int64_t len) {
-  const int64_t B = x.dim(0), T = x.dim(1), E = x.dim(2);
-  Tensor out{Shape{B, len, E}};
-  for (int64_t b = 0; b < B; ++b)
-    std::memcpy(out.data() + b * len * E, x.data() + (b * T + start) * E, sizeof(float) * len * E);
-  return out;
-}
-
-// Pushes x through stream in chunks of the given sizes (cycled) and concatenates the outputs.
-Tensor stream_all(Stream& s, const Tensor& x, const std::vector<int64_t>& sizes) {
-  const int64_t B = x.dim(0), T = x.dim(1), E = x.dim(2);
-  std::vector<std::vector<float>> rows(B);
-  int64_t n = 0;
-  for (int64_t t = 0, i = 0; t < T; ++i) {
-    const int64_t C = std::min(sizes[i % sizes.size()], T - t);
-    const Tensor y = s.push(slice_time(x, t, C));
-    for (int64_t b = 0; b < B; ++b)
-      rows[b].insert(rows[b].end(), y.data() + b * y.dim(1) * E, y.data() + (b + 1) * y.dim(1) * E);
-    n += y.dim(1);
-    t += C;
-  }
-  Tensor out{Shape{B, n, E}};
-  for (int64_t b = 0; b < B; ++b) std::copy(rows[b].begin(), rows[b].end(), out.data() + b * n * E);
-  return out;
-}
-
 TEST(FastformerTest, ForwardMatchesReferenceOnRandomShapesAndMasks) {
   std::mt19937 gen(7);
   for (int trial = 0; trial < 24; ++trial) {
@@ -148,9 +110,10 @@ TEST(FastformerTest, ForwardMatchesReferenceOnRandomShapesAndMasks) {
     const Tensor x = random_tensor(Shape{B, T, E}, 1000 + trial);
     const std::string tag = "trial " + std::to_string(trial);
     // No mask.
-    expect_close(layer.forward_upstream(x, Mask{}), reference(x, H, sd, [](int64_t, int64_t, int64_t) { return true; }),
-                 2e-5f, tag + " nomask");
-    expect_close(layer.forward(x), layer.forward_upstream(x, Mask{}), 0.f, tag + " unified nomask");
+    EXPECT_TRUE(all_close(layer.forward_upstream(x, Mask{}),
+                          reference(x, H, sd, [](int64_t, int64_t, int64_t) { return true; }), 2e-5f, 2e-5f))
+        << tag + " nomask";
+    EXPECT_TRUE(all_close(layer.forward(x), layer.forward_upstream(x, Mask{}), 0.f, 0.f)) << tag + " unified nomask";
     // Random (B, 1, T) keep mask, some rows fully padded; the unified API gets the inverse.
     Mask keep{Shape{B, 1, T}}, pad{Shape{B, T}};
     for (int64_t b = 0; b < B; ++b)
@@ -159,18 +122,20 @@ TEST(FastformerTest, ForwardMatchesReferenceOnRandomShapesAndMasks) {
         pad.at(b, t) = !keep.at(b, 0, t);
       }
     const Tensor want = reference(x, H, sd, [&](int64_t b, int64_t, int64_t t) { return keep.at(b, 0, t) != 0; });
-    expect_close(layer.forward_upstream(x, keep), want, 2e-5f, tag + " keep mask");
-    expect_close(layer.forward(x, pad), want, 2e-5f, tag + " key_padding_mask");
+    EXPECT_TRUE(all_close(layer.forward_upstream(x, keep), want, 2e-5f, 2e-5f)) << tag + " keep mask";
+    EXPECT_TRUE(all_close(layer.forward(x, pad), want, 2e-5f, 2e-5f)) << tag + " key_padding_mask";
     // Per-head (B, H, T) mask and a batch-broadcast (1, 1, T) mask.
     Mask per_head{Shape{B, H, T}}, shared{Shape{1, 1, T}};
     for (auto& v : per_head) v = gen() % 4 != 0;
     for (auto& v : shared) v = gen() % 2;
-    expect_close(layer.forward_upstream(x, per_head),
-                 reference(x, H, sd, [&](int64_t b, int64_t h, int64_t t) { return per_head.at(b, h, t) != 0; }), 2e-5f,
-                 tag + " per-head mask");
-    expect_close(layer.forward_upstream(x, shared),
-                 reference(x, H, sd, [&](int64_t, int64_t, int64_t t) { return shared.at(0, 0, t) != 0; }), 2e-5f,
-                 tag + " shared mask");
+    EXPECT_TRUE(all_close(
+        layer.forward_upstream(x, per_head),
+        reference(x, H, sd, [&](int64_t b, int64_t h, int64_t t) { return per_head.at(b, h, t) != 0; }), 2e-5f, 2e-5f))
+        << tag + " per-head mask";
+    EXPECT_TRUE(all_close(layer.forward_upstream(x, shared),
+                          reference(x, H, sd, [&](int64_t, int64_t, int64_t t) { return shared.at(0, 0, t) != 0; }),
+                          2e-5f, 2e-5f))
+        << tag + " shared mask";
   }
 }
 
@@ -229,7 +194,7 @@ TEST(FastformerTest, UnifiedForwardReproducesPaddedReferenceCase) {
     const FastSelfAttention layer(E, H, 0.0, StateDict::from_file(f, "param."));
     Mask pad{Shape{B, T}};
     for (int64_t i = 0; i < B * T; ++i) pad.data()[i] = !keep.data()[i];
-    expect_close(layer.forward(x, pad), f.tensor("out.y"), 1e-5f, test::case_name(path));
+    EXPECT_TRUE(all_close(layer.forward(x, pad), f.tensor("out.y"), 1e-5f, 1e-5f)) << test::case_name(path);
   }
 }
 
@@ -259,7 +224,8 @@ TEST(FastformerTest, StreamMatchesStreamReferenceForEveryChunking) {
       for (int64_t e = 0; e < sc.E; ++e) EXPECT_EQ(want.at(b, 2, e), w2.at(b, P, e));
     for (const auto& sizes : std::vector<std::vector<int64_t>>{{1}, {3}, {sc.L}, {2, 1, 4, 3}, {T}}) {
       auto s = layer.open_stream(sc.B, opts);
-      expect_close(stream_all(*s, x, sizes), want, 1e-5f, "L=" + std::to_string(sc.L) + " chunk " + std::to_string(sizes[0]));
+      EXPECT_TRUE(all_close(run_stream(*s, x, sizes), want, 1e-5f, 1e-5f))
+          << "L=" + std::to_string(sc.L) + " chunk " + std::to_string(sizes[0]);
     }
   }
 }
@@ -294,14 +260,14 @@ TEST(FastformerTest, SaveRestoreContinuesBitForBit) {
   const auto path = (std::filesystem::temp_directory_path() / "tokenmix_fastformer_stream.safetensors").string();
   for (int64_t split : {2, 5, 9}) {  // mid warm-up and mid stream
     auto a = layer.open_stream(B, opts);
-    stream_all(*a, slice_time(x, 0, split), {2});
+    run_stream(*a, slice_time(x, 0, split), {2});
     a->save(path);
     auto b = layer.open_stream(B, opts);
     b->push(slice_time(x, 0, 3));  // state that restore must replace
     b->restore(path);
     const Tensor rest = slice_time(x, split, 15 - split);
-    const Tensor ya = stream_all(*a, rest, {1, 3});
-    const Tensor yb = stream_all(*b, rest, {1, 3});
+    const Tensor ya = run_stream(*a, rest, {1, 3});
+    const Tensor yb = run_stream(*b, rest, {1, 3});
     ASSERT_EQ(ya.shape(), yb.shape());
     EXPECT_EQ(std::memcmp(ya.data(), yb.data(), sizeof(float) * ya.numel()), 0) << "split " << split;
   }
@@ -324,8 +290,8 @@ TEST(FastformerTest, ResetRowRestartsOnlyThatRow) {
   const Tensor x = random_tensor(Shape{B, 12, E}, 32);
   auto s = layer.open_stream(B, opts);
   auto plain = layer.open_stream(B, opts);
-  stream_all(*s, slice_time(x, 0, 5), {2});
-  stream_all(*plain, slice_time(x, 0, 5), {2});
+  run_stream(*s, slice_time(x, 0, 5), {2});
+  run_stream(*plain, slice_time(x, 0, 5), {2});
   s->reset_row(1);
   // Row 1 restarts at token 5: it is a fresh stream over x[:, 5:].
   const Tensor fresh_ref = layer.stream_reference(slice_time(x, 5, 7), opts);  // 5 windows

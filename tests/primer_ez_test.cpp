@@ -16,7 +16,11 @@
 namespace tokenmix {
 namespace {
 
+using test::all_close;
+using test::bit_equal;
+using test::expect_error;
 using test::random_tensor;
+using test::run_stream;
 
 const QkvConv kAllConvs[] = {QkvConv::kNone, QkvConv::kPerChannel, QkvConv::kShared, QkvConv::kPerHead,
                              QkvConv::kEfficient};
@@ -146,10 +150,9 @@ Tensor swap01(const Tensor& x) {
   return y;
 }
 
+// test::random_mask, optionally with query 0 of batch 0 seeing nothing.
 Mask random_mask(const Shape& shape, std::mt19937& gen, bool with_empty_row) {
-  Mask m{shape};
-  std::bernoulli_distribution keep(0.7);
-  for (auto& v : m) v = keep(gen);
+  Mask m = test::random_mask(shape, gen);
   if (with_empty_row)
     for (int64_t j = 0; j < shape[1]; ++j) m.at(0, j, 0) = 0;  // query 0 of batch 0 sees nothing
   return m;
@@ -161,15 +164,6 @@ Mask band_mask(int64_t T, int64_t left_context) {
   for (int64_t i = 0; i < T; ++i)
     for (int64_t j = 0; j <= i; ++j) m.at(i, j, 0) = left_context == 0 || i - j < left_context;
   return m;
-}
-
-void expect_near(const Tensor& got, const Tensor& want, float tol, const std::string& what) {
-  ASSERT_EQ(got.shape(), want.shape()) << what;
-  EXPECT_LE(max_abs_diff(got, want), tol) << what;
-}
-
-bool bit_equal(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(float) * a.numel()) == 0;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -198,8 +192,8 @@ TEST(PrimerEz, RandomShapesMatchReference) {
         Tensor attn, attn_ref;
         const Tensor y = layer.forward(q, k, v, masks[mi], &attn);
         const Tensor y_ref = ref_forward(sd, conv, H, q, k, v, masks[mi], &attn_ref);
-        expect_near(y, y_ref, 1e-4f, what + " y");
-        expect_near(attn, attn_ref, 1e-5f, what + " attn");
+        EXPECT_TRUE(all_close(y, y_ref, 1e-4f)) << what + " y";
+        EXPECT_TRUE(all_close(attn, attn_ref, 1e-5f)) << what + " attn";
         for (float p : attn) ASSERT_FALSE(std::isnan(p)) << what;
       }
       // Sub-module outputs.
@@ -241,14 +235,15 @@ TEST(PrimerEz, UnifiedApiMatchesSequenceFirstForward) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t < T; ++t) keep.at(0, t, b) = !kpm.at(b, t);
     const Tensor xt = swap01(x);
-    expect_near(layer.forward(x, kpm), swap01(layer.forward(xt, xt, xt, keep)), 1e-5f, qkv_conv_name(conv));
-    expect_near(layer.forward(x), swap01(layer.forward(xt, xt, xt, Mask{})), 1e-5f, qkv_conv_name(conv));
+    EXPECT_TRUE(all_close(layer.forward(x, kpm), swap01(layer.forward(xt, xt, xt, keep)), 1e-5f))
+        << qkv_conv_name(conv);
+    EXPECT_TRUE(all_close(layer.forward(x), swap01(layer.forward(xt, xt, xt, Mask{})), 1e-5f)) << qkv_conv_name(conv);
     // stream_reference = causal (banded) forward.
     for (int64_t lc : {0, 1, 3}) {
       Tensor attn_ref;
       const Tensor want = swap01(ref_forward(sd, conv, H, xt, xt, xt, band_mask(T, lc), &attn_ref));
-      expect_near(layer.stream_reference(x, StreamOptions{lc}), want, 1e-4f,
-                  std::string(qkv_conv_name(conv)) + " lc=" + std::to_string(lc));
+      EXPECT_TRUE(all_close(layer.stream_reference(x, StreamOptions{lc}), want, 1e-4f))
+          << std::string(qkv_conv_name(conv)) + " lc=" + std::to_string(lc);
     }
   }
 }
@@ -300,25 +295,6 @@ TEST(PrimerEz, SquaredRelu) {
 // ------------------------------------------------------------------------------------------------
 // Streaming
 
-Tensor run_stream(Stream& s, const Tensor& x, const std::vector<int64_t>& chunks) {
-  std::vector<Tensor> outs;
-  int64_t t = 0;
-  size_t ci = 0;
-  while (t < x.dim(1)) {
-    const int64_t c = std::min(chunks[ci++ % chunks.size()], x.dim(1) - t);
-    outs.push_back(s.push(cases::slice(x, 1, t, t + c)).clone());
-    t += c;
-  }
-  Tensor y{x.shape()};
-  t = 0;
-  for (const auto& o : outs) {
-    for (int64_t b = 0; b < x.dim(0); ++b)
-      std::memcpy(&y.at(b, t, 0), &o.at(b, 0, 0), sizeof(float) * o.dim(1) * x.dim(2));
-    t += o.dim(1);
-  }
-  return y;
-}
-
 TEST(PrimerEz, StreamEqualsCausalOffline) {
   for (QkvConv conv : kAllConvs)
     for (int64_t lc : {0, 4}) {
@@ -330,9 +306,8 @@ TEST(PrimerEz, StreamEqualsCausalOffline) {
       const Tensor want = layer.stream_reference(x, opt);
       for (const auto& chunks : std::vector<std::vector<int64_t>>{{1}, {3}, {T}, {2, 1, 4, 1, 3}}) {
         auto s = layer.open_stream(B, opt);
-        expect_near(run_stream(*s, x, chunks), want, 1e-5f,
-                    std::string(qkv_conv_name(conv)) + " lc=" + std::to_string(lc) + " chunk=" +
-                        std::to_string(chunks[0]));
+        EXPECT_TRUE(all_close(run_stream(*s, x, chunks), want, 1e-5f))
+            << std::string(qkv_conv_name(conv)) + " lc=" + std::to_string(lc) + " chunk=" + std::to_string(chunks[0]);
       }
     }
 }
@@ -404,15 +379,6 @@ TEST(PrimerEz, ResetRowIsolatesRows) {
 
 // ------------------------------------------------------------------------------------------------
 // Errors
-
-void expect_error(const std::function<void()>& f, const std::string& fragment) {
-  try {
-    f();
-    ADD_FAILURE() << "expected Error containing '" << fragment << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
 
 TEST(PrimerEz, ErrorPaths) {
   const StateDict sd = make_attention_sd(QkvConv::kPerChannel, 2, 8, true, 80);

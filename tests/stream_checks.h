@@ -9,13 +9,11 @@
 #include <vector>
 
 #include "alloc/alloc_counter.h"
+#include "test_util.h"
 #include "tokenmix/streaming/stream.h"
 
 namespace tokenmix::test {
 
-// Pushes x (B, T, E) through a fresh stream in chunks of the given sizes (cycled) and returns the
-// concatenated outputs as (B, rows, E) (a 4-D (B, C_out, L, E) push, as the retroactive stream's,
-// contributes C_out * L rows).
 // want with the options this layer accepts: attention families take left_context, windowed ones a
 // window and position; continual attention has its own window (sequence_len) and takes neither.
 inline StreamOptions accepted_options(const Layer& layer, int64_t batch, StreamOptions want) {
@@ -27,6 +25,9 @@ inline StreamOptions accepted_options(const Layer& layer, int64_t batch, StreamO
   }
 }
 
+// Pushes x (B, T, E) through a fresh stream (or `stream`) in chunks of the given sizes (cycled) and
+// returns the concatenated outputs as (B, rows, E) (a 4-D (B, C_out, L, E) push, as the retroactive
+// stream's, contributes C_out * L rows).
 inline Tensor stream_all(const Layer& layer, const Tensor& x, const StreamOptions& opts,
                          const std::vector<int64_t>& chunks, Stream* stream = nullptr) {
   std::unique_ptr<Stream> own;
@@ -34,26 +35,11 @@ inline Tensor stream_all(const Layer& layer, const Tensor& x, const StreamOption
     own = layer.open_stream(x.dim(0), opts);
     stream = own.get();
   }
-  const int64_t B = x.dim(0), T = x.dim(1), E = x.dim(2);
-  std::vector<std::vector<float>> rows(B);
-  int64_t t = 0, k = 0, produced = 0;
-  while (t < T) {
-    const int64_t C = std::min(chunks[k++ % chunks.size()], T - t);
-    Tensor chunk{Shape{B, C, E}};
-    for (int64_t b = 0; b < B; ++b)
-      std::copy(&x.at(b, t, 0), &x.at(b, t, 0) + C * E, &chunk.at(b, 0, 0));
-    const Tensor y = stream->push(chunk);
-    EXPECT_GE(y.ndim(), 3);
-    EXPECT_EQ(y.dim(0), B);
-    EXPECT_EQ(y.dim(-1), E);
-    const int64_t per_row = y.numel() / B;
-    for (int64_t b = 0; b < B; ++b) rows[b].insert(rows[b].end(), y.data() + b * per_row, y.data() + (b + 1) * per_row);
-    produced += per_row / E;
-    t += C;
-  }
-  Tensor out{Shape{B, produced, E}};
-  for (int64_t b = 0; b < B; ++b) std::copy(rows[b].begin(), rows[b].end(), &out.at(b, 0, 0));
-  return out;
+  const int64_t B = x.dim(0), E = x.dim(2);
+  const Tensor y = run_stream(*stream, x, chunks);
+  if (y.empty()) return Tensor{Shape{B, 0, E}};
+  EXPECT_EQ(y.dim(-1), E);
+  return y.reshape(Shape{B, y.numel() / (B * E), E});
 }
 
 // Streamed outputs equal layer.stream_reference(x) within tol for each chunking.

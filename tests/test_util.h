@@ -1,13 +1,20 @@
 // tests/test_util.h: shared helpers for the GoogleTest suite.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "tokenmix/core/error.h"
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/streaming/stream.h"
 
 namespace tokenmix::test {
 
@@ -37,5 +44,83 @@ inline void add_random(StateDict& sd, const std::string& key, const Shape& shape
 
 // Name of a reference case file without folder or extension (for test names).
 inline std::string case_name(const std::string& path) { return std::filesystem::path(path).stem().string(); }
+
+// Mask of Bernoulli(keep) 0/1 values drawn from gen, or from a generator seeded with seed.
+inline Mask random_mask(const Shape& shape, std::mt19937& gen, double keep = 0.7) {
+  std::bernoulli_distribution d(keep);
+  Mask m(shape);
+  for (auto& v : m) v = d(gen);
+  return m;
+}
+inline Mask random_mask(const Shape& shape, uint32_t seed, double keep = 0.7) {
+  std::mt19937 gen(seed);
+  return random_mask(shape, gen, keep);
+}
+
+// Runs f and expects it to throw tokenmix::Error whose message contains fragment.
+template <typename F>
+void expect_error(F&& f, const std::string& fragment) {
+  try {
+    f();
+    ADD_FAILURE() << "expected tokenmix::Error containing '" << fragment << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << "message: " << e.what();
+  }
+}
+
+// Same shape and every element within atol + rtol·|want| (NaN never passes).
+inline ::testing::AssertionResult all_close(const Tensor& got, const Tensor& want, double atol, double rtol = 0) {
+  if (got.shape() != want.shape())
+    return ::testing::AssertionFailure() << "shape " << got.shape().str() << " vs " << want.shape().str();
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const double x = got.data()[i], y = want.data()[i];
+    if (!(std::abs(x - y) <= atol + rtol * std::abs(y)))
+      return ::testing::AssertionFailure() << "element " << i << ": " << x << " vs " << y;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Same shape and the same bits in every element.
+inline bool bit_equal(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(float) * a.numel()) == 0;
+}
+
+// x[:, start : start + len] of a (B, T, E) tensor, as a new (B, len, E) tensor.
+inline Tensor slice_time(const Tensor& x, int64_t start, int64_t len) {
+  const int64_t B = x.dim(0), T = x.dim(1), E = x.dim(2);
+  Tensor out{Shape{B, len, E}};
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(out.data() + b * len * E, x.data() + (b * T + start) * E, sizeof(float) * len * E);
+  return out;
+}
+
+// Pushes x (B, T, E) through stream s in chunks of the given sizes (cycled, the last one cut to fit)
+// and concatenates the outputs (B, C_out, ...) along axis 1: (B, ΣC_out, ...), e.g. (B, n, E), or
+// (B, n, L, E) for the retroactive stream. Empty tensor when T = 0.
+inline Tensor run_stream(Stream& s, const Tensor& x, const std::vector<int64_t>& chunks) {
+  const int64_t B = x.dim(0), T = x.dim(1);
+  std::vector<std::vector<float>> rows(B);
+  std::vector<int64_t> dims;
+  int64_t total = 0;
+  for (int64_t t = 0, k = 0; t < T; ++k) {
+    const int64_t C = std::min(chunks[k % chunks.size()], T - t);
+    const Tensor y = s.push(slice_time(x, t, C));
+    t += C;
+    EXPECT_GE(y.ndim(), 3);
+    EXPECT_EQ(y.dim(0), B);
+    std::vector<int64_t> yd = y.shape().dims();
+    yd[1] = 0;
+    EXPECT_TRUE(dims.empty() || dims == yd) << "push output shapes differ: " << y.shape().str();
+    dims = yd;
+    const int64_t n = y.numel() / B;
+    total += y.dim(1);
+    for (int64_t b = 0; b < B; ++b) rows[b].insert(rows[b].end(), y.data() + b * n, y.data() + (b + 1) * n);
+  }
+  if (dims.empty()) return {};
+  dims[1] = total;
+  Tensor out{Shape(dims)};
+  for (int64_t b = 0; b < B; ++b) std::copy(rows[b].begin(), rows[b].end(), out.data() + b * rows[b].size());
+  return out;
+}
 
 }  // namespace tokenmix::test

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -19,9 +20,23 @@ namespace detail {
 // three (B, C, E) blocks (query, key, value inputs) and returns the outputs the chunk completes.
 class ContinualStreamImpl : public Stream {
  public:
-  ContinualStreamImpl(const ContinualMultiheadAttention& layer, int64_t batch, const char* name)
+  // A per-row window of the stream state (its length and row width) saved under "<prefix>".
+  struct WindowSpec {
+    const char* prefix;
+    int64_t length, width;
+  };
+  // config_extra: values appended to the saved config (batch, E, H, L, ...); windows: the state
+  // windows, in the order they are saved.
+  ContinualStreamImpl(const ContinualMultiheadAttention& layer, int64_t batch, const char* name,
+                      std::vector<int64_t> config_extra, std::initializer_list<WindowSpec> windows)
       : layer_(layer), name_(name), push_fn_(std::string(name) + "::push"), B_(batch), E_(layer.E_),
-        H_(layer.H_), D_(layer.D_), L_(layer.L_) {}
+        H_(layer.H_), D_(layer.D_), L_(layer.L_), config_{B_, E_, H_, L_} {
+    config_.insert(config_.end(), config_extra.begin(), config_extra.end());
+    for (const auto& w : windows) {
+      prefixes_.push_back(w.prefix);
+      windows_.emplace_back(batch, w.length, w.width);
+    }
+  }
   virtual Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) = 0;
   virtual std::unique_ptr<ContinualStreamImpl> clone() const = 0;
   int64_t batch() const { return B_; }
@@ -33,10 +48,44 @@ class ContinualStreamImpl : public Stream {
     check(chunk.dim(1) >= 1, push_fn_, ": chunk: expected at least 1 token, got shape ", chunk.shape().str());
     return step(chunk.data(), chunk.data(), chunk.data(), chunk.dim(1));
   }
+  void reset() override {
+    for (auto& w : windows_) w.reset();
+    seen_ = 0;
+  }
+  void reset_row(int64_t b) override {
+    check(b >= 0 && b < B_, name_, "::reset_row: b: expected 0 <= b < ", B_, ", got ", b);
+    for (auto& w : windows_) w.reset_row(b);
+  }
+  // State: metadata stream = name, "config", "seen", the windows under their prefixes, then
+  // whatever save_extra adds.
+  void save(SafetensorsWriter& w) const override {
+    w.set_metadata("stream", name_);
+    w.add_int64s("config", config_);
+    w.add_int64s("seen", {seen_});
+    for (size_t i = 0; i < windows_.size(); ++i) windows_[i].save(w, prefixes_[i]);
+    save_extra(w);
+  }
+  void restore(const SafetensorsFile& f) override {
+    check(f.metadata().count("stream") && f.metadata().at("stream") == name_, name_, "::restore: ", f.path(),
+          ": not a ", name_, " state file");
+    check(f.int64s("config") == config_, name_, "::restore: ", f.path(),
+          ": 'config' (batch, E, H, L, ...) does not match this stream");
+    const auto seen = f.int64s("seen");
+    check(seen.size() == 1 && seen[0] >= 0, name_, "::restore: ", f.path(), ": 'seen': expected one count >= 0");
+    seen_ = seen[0];
+    for (size_t i = 0; i < windows_.size(); ++i) windows_[i].restore(f, prefixes_[i]);
+    restore_extra(f);
+  }
   using Stream::restore;
   using Stream::save;
 
  protected:
+  // State beyond the windows and the token count (saved after them).
+  virtual void save_extra(SafetensorsWriter&) const {}
+  virtual void restore_extra(const SafetensorsFile&) {}
+  // Window i of the constructor's list.
+  SlidingWindow& window(size_t i) { return windows_[i]; }
+  const SlidingWindow& window(size_t i) const { return windows_[i]; }
   // Outputs completed by a chunk of C tokens: those whose index since open/reset() is >= L-1.
   int64_t outputs_for(int64_t C) const { return std::max<int64_t>(0, seen_ + C - std::max(seen_, L_ - 1)); }
   // Projects the chunk: q (scaled by 1/sqrt(D)), k, v into the scratch buffers.
@@ -52,20 +101,6 @@ class ContinualStreamImpl : public Stream {
   void project_out(const float* ctx, int64_t rows, float* y) const { layer_.project_out(ctx, rows, y); }
   void project_values(const float* v, int64_t rows, float* u) const { layer_.project_values_per_head(v, rows, u); }
   const float* out_bias() const { return layer_.b_o_.empty() ? nullptr : layer_.b_o_.data(); }
-  void save_common(SafetensorsWriter& w, const std::vector<int64_t>& config) const {
-    w.set_metadata("stream", name_);
-    w.add_int64s("config", config);
-    w.add_int64s("seen", {seen_});
-  }
-  void restore_common(const SafetensorsFile& f, const std::vector<int64_t>& config) {
-    check(f.metadata().count("stream") && f.metadata().at("stream") == name_, name_, "::restore: ", f.path(),
-          ": not a ", name_, " state file");
-    check(f.int64s("config") == config, name_, "::restore: ", f.path(),
-          ": 'config' (batch, E, H, L, ...) does not match this stream");
-    const auto seen = f.int64s("seen");
-    check(seen.size() == 1 && seen[0] >= 0, name_, "::restore: ", f.path(), ": 'seen': expected one count >= 0");
-    seen_ = seen[0];
-  }
 
   const ContinualMultiheadAttention& layer_;
   const char* name_;
@@ -73,6 +108,11 @@ class ContinualStreamImpl : public Stream {
   const int64_t B_, E_, H_, D_, L_;
   int64_t seen_ = 0;                  // tokens pushed since open/reset()
   std::vector<float> pq_, pk_, pv_;  // (B, C, E) projections, grown only
+
+ private:
+  std::vector<int64_t> config_;         // (batch, E, H, L, config_extra...)
+  std::vector<const char*> prefixes_;  // state-file prefix of each window
+  std::vector<SlidingWindow> windows_;
 };
 
 }  // namespace detail
@@ -85,8 +125,10 @@ using detail::ContinualStreamImpl;
 class SingleOutputStream final : public ContinualStreamImpl {
  public:
   SingleOutputStream(const ContinualMultiheadAttention& layer, int64_t batch)
-      : ContinualStreamImpl(layer, batch, "SingleOutputMultiheadAttentionStream"), nq_(layer.delay()),
-        q_(batch, nq_ + 1, E_), k_(batch, L_, E_), v_(batch, L_, E_) {}
+      : ContinualStreamImpl(layer, batch, "SingleOutputMultiheadAttentionStream", {layer.delay()},
+                            {{"q.", layer.delay() + 1, layer.d_model()},
+                             {"k.", layer.sequence_len(), layer.d_model()},
+                             {"v.", layer.sequence_len(), layer.d_model()}}) {}
 
   Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) override {
     project_chunk(xq, xk, xv, B_ * C);
@@ -108,18 +150,18 @@ class SingleOutputStream final : public ContinualStreamImpl {
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t b = 0; b < B_; ++b) {
         const int64_t row = (b * C + c) * E_;
-        q_.push(b, pq_.data() + row);
-        k_.push(b, pk_.data() + row);
-        v_.push(b, pv_.data() + row);
+        qwin().push(b, pq_.data() + row);
+        kwin().push(b, pk_.data() + row);
+        vwin().push(b, pv_.data() + row);
       }
       if (seen_ + c < L_ - 1) continue;
       for (int64_t b = 0; b < B_; ++b) {
         const int64_t idx = b * C_out + o;
-        ready_[idx] = k_.full(b);
+        ready_[idx] = kwin().full(b);
         if (!ready_[idx]) continue;
         // The oldest cached query is the one of window position query_index.
-        attention(s, HeadsView{q_.rows(b), 0, E_}, HeadsView{k_.rows(b), 0, E_}, HeadsView{v_.rows(b), 0, E_},
-                  nullptr, HeadsOut{ctx_.data() + idx * E_, 0, E_});
+        attention(s, HeadsView{qwin().rows(b), 0, E_}, HeadsView{kwin().rows(b), 0, E_},
+                  HeadsView{vwin().rows(b), 0, E_}, nullptr, HeadsOut{ctx_.data() + idx * E_, 0, E_});
       }
       ++o;
     }
@@ -133,35 +175,12 @@ class SingleOutputStream final : public ContinualStreamImpl {
   std::unique_ptr<ContinualStreamImpl> clone() const override {
     return std::make_unique<SingleOutputStream>(*this);
   }
-  void reset() override {
-    q_.reset();
-    k_.reset();
-    v_.reset();
-    seen_ = 0;
-  }
-  void reset_row(int64_t b) override {
-    check(b >= 0 && b < B_, name_, "::reset_row: b: expected 0 <= b < ", B_, ", got ", b);
-    q_.reset_row(b);
-    k_.reset_row(b);
-    v_.reset_row(b);
-  }
-  void save(SafetensorsWriter& w) const override {
-    save_common(w, config());
-    q_.save(w, "q.");
-    k_.save(w, "k.");
-    v_.save(w, "v.");
-  }
-  void restore(const SafetensorsFile& f) override {
-    restore_common(f, config());
-    q_.restore(f, "q.");
-    k_.restore(f, "k.");
-    v_.restore(f, "v.");
-  }
 
  private:
-  std::vector<int64_t> config() const { return {B_, E_, H_, L_, nq_}; }
-  const int64_t nq_;
-  SlidingWindow q_, k_, v_;
+  // Windows: a delay line of query_delay + 1 scaled queries, L keys, L values.
+  SlidingWindow& qwin() { return window(0); }
+  SlidingWindow& kwin() { return window(1); }
+  SlidingWindow& vwin() { return window(2); }
   std::vector<float> ctx_, out_;
   std::vector<uint8_t> ready_;
 };
@@ -175,9 +194,12 @@ class RetroactiveStream final : public ContinualStreamImpl {
   static constexpr float kRecomputeFraction = 0.25f;
 
   RetroactiveStream(const ContinualMultiheadAttention& layer, int64_t batch)
-      : ContinualStreamImpl(layer, batch, "RetroactiveMultiheadAttentionStream"), q_(batch, L_, E_),
-        k_(batch, L_, E_), u_(batch, L_, H_ * E_), m_(batch * L_ * H_), d_(m_.size()), p_(m_.size()),
-        a_(m_.size() * E_), s_new_(L_), s_old_(L_), w_(L_), k_old_(E_), u_old_(H_ * E_), redo_(L_ * H_) {}
+      : ContinualStreamImpl(layer, batch, "RetroactiveMultiheadAttentionStream", {},
+                            {{"q.", layer.sequence_len(), layer.d_model()},
+                             {"k.", layer.sequence_len(), layer.d_model()},
+                             {"u.", layer.sequence_len(), layer.heads() * layer.d_model()}}),
+        m_(batch * L_ * H_), d_(m_.size()), p_(m_.size()), a_(m_.size() * E_), s_new_(L_), s_old_(L_), w_(L_),
+        k_old_(E_), u_old_(H_ * E_), redo_(L_ * H_) {}
 
   Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) override {
     project_chunk(xq, xk, xv, B_ * C);
@@ -202,33 +224,15 @@ class RetroactiveStream final : public ContinualStreamImpl {
   std::unique_ptr<ContinualStreamImpl> clone() const override {
     return std::make_unique<RetroactiveStream>(*this);
   }
-  void reset() override {
-    q_.reset();
-    k_.reset();
-    u_.reset();
-    seen_ = 0;
-  }
-  void reset_row(int64_t b) override {
-    check(b >= 0 && b < B_, name_, "::reset_row: b: expected 0 <= b < ", B_, ", got ", b);
-    q_.reset_row(b);
-    k_.reset_row(b);
-    u_.reset_row(b);
-  }
-  void save(SafetensorsWriter& w) const override {
-    save_common(w, config());
-    q_.save(w, "q.");
-    k_.save(w, "k.");
-    u_.save(w, "u.");
+
+ protected:
+  void save_extra(SafetensorsWriter& w) const override {
     w.add("acc.m", view(m_));
     w.add("acc.d", view(d_));
     w.add("acc.p", view(p_));
     w.add("acc.a", view(a_));
   }
-  void restore(const SafetensorsFile& f) override {
-    restore_common(f, config());
-    q_.restore(f, "q.");
-    k_.restore(f, "k.");
-    u_.restore(f, "u.");
+  void restore_extra(const SafetensorsFile& f) override {
     for (auto [name, buf] : {std::pair<const char*, std::vector<float>*>{"acc.m", &m_}, {"acc.d", &d_},
                              {"acc.p", &p_}, {"acc.a", &a_}}) {
       const Tensor t = f.tensor(name);
@@ -238,7 +242,11 @@ class RetroactiveStream final : public ContinualStreamImpl {
   }
 
  private:
-  std::vector<int64_t> config() const { return {B_, E_, H_, L_}; }
+  // Windows: L scaled queries, L keys, L per-head projected values.
+  SlidingWindow& qwin() { return window(0); }
+  SlidingWindow& kwin() { return window(1); }
+  SlidingWindow& uwin() { return window(2); }
+  const SlidingWindow& kwin() const { return window(1); }
   static Tensor view(const std::vector<float>& v) {
     return Tensor::view(Shape{static_cast<int64_t>(v.size())}, const_cast<float*>(v.data()));
   }
@@ -247,13 +255,13 @@ class RetroactiveStream final : public ContinualStreamImpl {
 
   // Exact evaluation of window row ri (a query token) of batch row b, head h, over the current window.
   void recompute(int64_t b, int64_t ri, int64_t token, int64_t h) {
-    const int64_t n = k_.count(b);
-    gemm(k_.rows(b) + h * D_, E_, q_.rows(b) + ri * E_ + h * D_, D_, true, s_new_.data(), 1, n, 1, D_);
+    const int64_t n = kwin().count(b);
+    gemm(kwin().rows(b) + h * D_, E_, qwin().rows(b) + ri * E_ + h * D_, D_, true, s_new_.data(), 1, n, 1, D_);
     const float mx = *std::max_element(s_new_.begin(), s_new_.begin() + n);
     float sum = 0.f;
     for (int64_t j = 0; j < n; ++j) sum += w_[j] = std::exp(s_new_[j] - mx);
     const int64_t i = acc(b, token, h);
-    gemm(w_.data(), n, u_.rows(b) + h * E_, H_ * E_, false, a_.data() + i * E_, E_, 1, E_, n);
+    gemm(w_.data(), n, uwin().rows(b) + h * E_, H_ * E_, false, a_.data() + i * E_, E_, 1, E_, n);
     m_[i] = mx;
     d_[i] = p_[i] = sum;
   }
@@ -261,15 +269,15 @@ class RetroactiveStream final : public ContinualStreamImpl {
   // One token (q scaled, k, u per head) of batch row b: remove the leaving key from every row that
   // stays, add the new key, push, evaluate the new row, recompute rows that lost most of their mass.
   void advance(int64_t b, const float* q, const float* k, const float* u) {
-    const int64_t n = k_.count(b), seen = k_.seen(b);
+    const int64_t n = kwin().count(b), seen = kwin().seen(b);
     const bool full = n == L_;
     const int64_t first = full ? 1 : 0, R = n - first;  // rows that stay: window rows first .. n-1
     if (full) {
-      std::copy(k_.rows(b), k_.rows(b) + E_, k_old_.begin());
-      std::copy(u_.rows(b), u_.rows(b) + H_ * E_, u_old_.begin());
+      std::copy(kwin().rows(b), kwin().rows(b) + E_, k_old_.begin());
+      std::copy(uwin().rows(b), uwin().rows(b) + H_ * E_, u_old_.begin());
     }
     std::fill(redo_.begin(), redo_.end(), 0);
-    const float* Q = q_.rows(b) + first * E_;
+    const float* Q = qwin().rows(b) + first * E_;
     for (int64_t h = 0; h < H_ && R > 0; ++h) {
       gemm(Q + h * D_, E_, k + h * D_, D_, true, s_new_.data(), 1, R, 1, D_);
       if (full) gemm(Q + h * D_, E_, k_old_.data() + h * D_, D_, true, s_old_.data(), 1, R, 1, D_);
@@ -303,24 +311,24 @@ class RetroactiveStream final : public ContinualStreamImpl {
         p_[i] = p;
       }
     }
-    q_.push(b, q);
-    k_.push(b, k);
-    u_.push(b, u);
+    qwin().push(b, q);
+    kwin().push(b, k);
+    uwin().push(b, u);
     // After the push, the staying row r sits at window index r.
     for (int64_t r = 0; r < R; ++r)
       for (int64_t h = 0; h < H_; ++h)
         if (redo_[r * H_ + h]) recompute(b, r, seen - n + first + r, h);
-    for (int64_t h = 0; h < H_; ++h) recompute(b, k_.count(b) - 1, seen, h);
+    for (int64_t h = 0; h < H_; ++h) recompute(b, kwin().count(b) - 1, seen, h);
   }
 
   // The L window rows of batch row b: out = b_o + Σ_h A_h / d_h (zeros while the row warms up).
   void emit(int64_t b, float* out) const {
-    if (!k_.full(b)) {
+    if (!kwin().full(b)) {
       std::fill(out, out + L_ * E_, 0.f);
       return;
     }
     const float* bias = out_bias();
-    const int64_t first_token = k_.seen(b) - L_;
+    const int64_t first_token = kwin().seen(b) - L_;
     for (int64_t r = 0; r < L_; ++r) {
       float* y = out + r * E_;
       if (bias)
@@ -336,7 +344,6 @@ class RetroactiveStream final : public ContinualStreamImpl {
     }
   }
 
-  SlidingWindow q_, k_, u_;
   std::vector<float> m_, d_, p_, a_;  // (B, L, H) and (B, L, H, E), slot = token % L
   std::vector<float> s_new_, s_old_, w_, k_old_, u_old_;
   std::vector<uint8_t> redo_;

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "tokenmix/kernels/linear.h"
@@ -164,18 +163,8 @@ Tensor FastSelfAttention::stream_reference(const Tensor& x, const StreamOptions&
   const char* fn = "FastSelfAttention::stream_reference";
   const int64_t P = window_position(options, fn);
   check_shape(x, {-1, -1, size_}, fn, "x", {"B", "T"});
-  const int64_t B = x.dim(0), T = x.dim(1), L = options.window, E = size_;
-  const int64_t n = std::max<int64_t>(0, T - L + 1);
-  Tensor out{Shape{B, n, E}};
-  Tensor win{Shape{B, L, E}};
-  for (int64_t s = 0; s < n; ++s) {
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(win.data() + b * L * E, x.data() + (b * T + s) * E, sizeof(float) * L * E);
-    const Tensor y = forward_upstream(win, Mask{});
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(out.data() + (b * n + s) * E, y.data() + (b * L + P) * E, sizeof(float) * E);
-  }
-  return out;
+  return sliding_window_reference(x, options.window, P,
+                                  [this](const Tensor& w) { return forward_upstream(w, Mask{}); });
 }
 
 std::unique_ptr<Stream> FastSelfAttention::open_stream(int64_t batch, const StreamOptions& options) const {
@@ -184,97 +173,46 @@ std::unique_ptr<Stream> FastSelfAttention::open_stream(int64_t batch, const Stre
 
 // ---------------------------------------------------------------------------------------------
 
-namespace {
-int64_t checked_batch(int64_t batch) {
+const StreamOptions& FastSelfAttentionStream::checked(const FastSelfAttention& layer, int64_t batch,
+                                                    const StreamOptions& options) {
   check(batch >= 1, "FastSelfAttention::open_stream: batch: expected >= 1, got ", batch);
-  return batch;
+  layer.window_position(options, "FastSelfAttention::open_stream");
+  return options;
 }
-}  // namespace
 
 FastSelfAttentionStream::FastSelfAttentionStream(const FastSelfAttention& layer, int64_t batch,
                                                  const StreamOptions& options)
-    : layer_(layer), batch_(checked_batch(batch)),
-      length_(options.window),
-      position_(layer.window_position(options, "FastSelfAttention::open_stream")),  // checks before window_
-      window_(batch, options.window, layer.cache_width()), emitted_(batch, 0) {
+    : WindowedStream("FastSelfAttentionStream", batch, checked(layer, batch, options), layer.size_,
+                     layer.cache_width(), {layer.heads_}, "batch, E, H, window, position"),
+      layer_(layer) {
   scratch_.reserve(length_, layer.size_, layer.heads_);
 }
 
-Tensor FastSelfAttentionStream::push(const Tensor& chunk) {
-  const char* fn = "FastSelfAttentionStream::push";
-  const int64_t E = layer_.size_, W = layer_.cache_width(), L = length_;
-  if (chunk.ndim() != 3 || chunk.dim(0) != batch_ || chunk.dim(2) != E || chunk.dim(1) < 1)
-    fail(fn, ": chunk: expected shape (", batch_, ", C, ", E, ") with C >= 1, got ", chunk.shape().str());
-  const int64_t C = chunk.dim(1);
-  if (static_cast<int64_t>(proj_.size()) < batch_ * C * W) proj_.resize(batch_ * C * W);
-  if (static_cast<int64_t>(u_.size()) < batch_ * C * E) {
-    u_.resize(batch_ * C * E);
-    out_.resize(batch_ * C * E);
+void FastSelfAttentionStream::stage(const float* x, int64_t n, float* rows) {
+  if (static_cast<int64_t>(u_.size()) < n * d_model_) u_.resize(static_cast<size_t>(n * d_model_));
+  layer_.project_rows(x, n, rows);
+}
+
+void FastSelfAttentionStream::window_output(int64_t, const float* rows, int64_t slot, float* y) {
+  const int64_t E = d_model_;
+  float* u = u_.data() + slot * E;
+  const float* q = rows + position_ * layer_.cache_width();
+  layer_.pooled_key(rows, length_, nullptr, 0, u, scratch_);
+  for (int64_t e = 0; e < E; ++e) {
+    u[e] *= q[e];
+    y[e] = q[e];
   }
-  layer_.project_rows(chunk.data(), batch_ * C, proj_.data());
-  // Outputs per row: the chunk tokens at which the row's window is full.
-  int64_t c_out = 0;
-  for (int64_t b = 0; b < batch_; ++b) {
-    emitted_[b] = std::clamp<int64_t>(window_.seen(b) + C - L + 1, 0, C);
-    c_out = std::max(c_out, emitted_[b]);
-  }
-  for (int64_t b = 0; b < batch_; ++b) {
-    const int64_t first = c_out - emitted_[b];  // right-aligned output slot of this row's first output
-    for (int64_t j = 0; j < first; ++j) std::fill_n(u_.data() + (b * c_out + j) * E, E, 0.f);
-    for (int64_t c = 0; c < C; ++c) {
-      window_.push(b, proj_.data() + (b * C + c) * W);
-      if (!window_.full(b)) continue;
-      const int64_t slot = first + (c - (C - emitted_[b]));
-      float* u = u_.data() + (b * c_out + slot) * E;
-      float* y = out_.data() + (b * c_out + slot) * E;
-      const float* q = window_.rows(b) + position_ * W;
-      layer_.pooled_key(window_.rows(b), L, nullptr, 0, u, scratch_);
-      for (int64_t e = 0; e < E; ++e) {
-        u[e] *= q[e];
-        y[e] = q[e];
-      }
-    }
-  }
-  if (c_out > 0) {
-    linear_raw(u_.data(), batch_ * c_out, E, E, layer_.w_transform_.data(), layer_.b_transform_.data(), E,
-               out_.data(), E, true);
-    for (int64_t b = 0; b < batch_; ++b)  // rows still warming up: zeros in their leading slots
-      std::fill_n(out_.data() + b * c_out * E, (c_out - emitted_[b]) * E, 0.f);
-  }
-  return Tensor::view(Shape{batch_, c_out, E}, out_.data());
 }
 
-void FastSelfAttentionStream::reset() {
-  window_.reset();
-  std::fill(emitted_.begin(), emitted_.end(), 0);
-}
-
-void FastSelfAttentionStream::reset_row(int64_t b) {
-  check(b >= 0 && b < batch_, "FastSelfAttentionStream::reset_row: b: expected 0 <= b < ", batch_, ", got ", b);
-  window_.reset_row(b);
-  emitted_[b] = 0;
-}
-
-int64_t FastSelfAttentionStream::emitted(int64_t b) const {
-  check(b >= 0 && b < batch_, "FastSelfAttentionStream::emitted: b: expected 0 <= b < ", batch_, ", got ", b);
-  return emitted_[b];
-}
-
-void FastSelfAttentionStream::save(SafetensorsWriter& w) const {
-  w.set_metadata("stream", "FastSelfAttentionStream");
-  w.add_int64s("config", {batch_, layer_.size_, layer_.heads_, length_, position_});
-  window_.save(w, "window.");
-}
-
-void FastSelfAttentionStream::restore(const SafetensorsFile& f) {
-  const char* fn = "FastSelfAttentionStream::restore";
-  check(f.metadata().count("stream") && f.metadata().at("stream") == "FastSelfAttentionStream", fn, ": ", f.path(),
-        ": not a FastSelfAttentionStream state file");
-  const std::vector<int64_t> want{batch_, layer_.size_, layer_.heads_, length_, position_};
-  check(f.contains("config") && f.int64s("config") == want, fn, ": ", f.path(),
-        ": 'config' (batch, E, H, window, position) does not match this stream");
-  window_.restore(f, "window.");
-  std::fill(emitted_.begin(), emitted_.end(), 0);
+void FastSelfAttentionStream::finish(int64_t c_out, float* out) {
+  const int64_t E = d_model_;
+  for (int64_t b = 0; b < batch_; ++b)  // rows still warming up: zeros in their leading slots
+    std::fill_n(u_.data() + b * c_out * E, (c_out - emitted(b)) * E, 0.f);
+  // y = transform(u) + q (accumulate adds the bias too).
+  linear_raw(u_.data(), batch_ * c_out, E, E, layer_.w_transform_.data(), layer_.b_transform_.data(), E, out, E,
+             true);
+  for (int64_t b = 0; b < batch_; ++b)
+    std::fill_n(out + b * c_out * E, (c_out - emitted(b)) * E, 0.f);
 }
 
 }  // namespace tokenmix

@@ -6,7 +6,6 @@
 #include <limits>
 
 #include "tokenmix/kernels/linear.h"
-#include "tokenmix/kernels/linear.h"
 
 namespace tokenmix {
 
@@ -193,19 +192,8 @@ Tensor HyperMixing::stream_reference(const Tensor& x, const StreamOptions& optio
   const char* fn = "HyperMixing::stream_reference";
   check_stream_options(options, fn);
   check_shape(x, {-1, -1, E_}, fn, "x", {"B", "T", "E"});
-  const int64_t B = x.dim(0), T = x.dim(1), L = options.window;
-  const int64_t P = options.position < 0 ? L - 1 : options.position;
-  const int64_t n = std::max<int64_t>(T - L + 1, 0);
-  Tensor y{Shape{B, n, E_}};
-  Tensor win{Shape{B, L, E_}};
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(win.data() + b * L * E_, x.data() + (b * T + i) * E_, sizeof(float) * L * E_);
-    const Tensor out = forward(win);
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(y.data() + (b * n + i) * E_, out.data() + (b * L + P) * E_, sizeof(float) * E_);
-  }
-  return y;
+  const int64_t P = options.position < 0 ? options.window - 1 : options.position;
+  return sliding_window_reference(x, options.window, P, [this](const Tensor& w) { return forward(w); });
 }
 
 std::unique_ptr<Stream> HyperMixing::open_stream(int64_t batch, const StreamOptions& options) const {
@@ -215,35 +203,26 @@ std::unique_ptr<Stream> HyperMixing::open_stream(int64_t batch, const StreamOpti
 // ---------------------------------------------------------------------------------------------------
 // HyperMixingStream
 
-namespace {
-int64_t checked_batch(int64_t batch) {
+const StreamOptions& HyperMixingStream::checked(const HyperMixing& layer, int64_t batch,
+                                              const StreamOptions& options) {
   check(batch >= 1, "HyperMixing::open_stream: batch: expected >= 1, got ", batch);
-  return batch;
+  layer.check_stream_options(options, "HyperMixing::open_stream");
+  return options;
 }
-int64_t checked_window(const HyperMixing& layer, const StreamOptions& options) {
-  // Validated again (with the layer's check) in the constructor body; this only keeps the window
-  // allocation below from seeing a bad length first.
-  check(options.window >= 1 && options.window <= layer.max_length(),
-        "HyperMixing::open_stream: options.window: expected 1 <= window <= max_length (", layer.max_length(),
-        "), got ", options.window,
-        " (HyperMixing pools over the whole sequence, so it streams over a sliding window of this many tokens)");
-  return options.window;
-}
-}  // namespace
 
 HyperMixingStream::HyperMixingStream(const HyperMixing& layer, int64_t batch, const StreamOptions& options)
-    : layer_(layer), B_(checked_batch(batch)), E_(layer.E_), H_(layer.H_), d_(layer.d_), K_(layer.K_),
-      L_(checked_window(layer, options)), P_(options.position < 0 ? L_ - 1 : options.position),
-      window_(B_, L_, 2 * E_) {
-  layer.check_stream_options(options, "HyperMixing::open_stream");
+    : WindowedStream("HyperMixingStream", batch, checked(layer, batch, options), layer.E_, 2 * layer.E_,
+                     {layer.H_, layer.K_, layer.tied_ ? 1 : 0}, "batch, E, H, K, tied, window, position"),
+      layer_(layer), E_(layer.E_), H_(layer.H_), d_(layer.d_), K_(layer.K_) {
+  const int64_t L = length_;
   // Position part of hypernetwork 1's layer 1: Q[j] = A1·pe[j] + α1 for window positions j < L.
-  pos_table_.assign(static_cast<size_t>(L_ * E_), 0.f);
+  pos_table_.assign(static_cast<size_t>(L * E_), 0.f);
   const auto& g = layer.gen1_;
   for (int64_t h = 0; h < H_; ++h)
-    linear_raw(layer.pe_.data() + h * d_, L_, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_,
+    linear_raw(layer.pe_.data() + h * d_, L, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_,
                pos_table_.data() + h * d_, E_);
-  hidden_.assign(static_cast<size_t>(L_ * d_), 0.f);
-  w1_.assign(static_cast<size_t>(L_ * K_), 0.f);
+  hidden_.assign(static_cast<size_t>(L * d_), 0.f);
+  w1_.assign(static_cast<size_t>(L * K_), 0.f);
   s_.assign(static_cast<size_t>(d_ * K_), 0.f);
   z_.assign(static_cast<size_t>(E_), 0.f);
   h2_.assign(static_cast<size_t>(E_), 0.f);
@@ -251,87 +230,45 @@ HyperMixingStream::HyperMixingStream(const HyperMixing& layer, int64_t batch, co
   o_.assign(static_cast<size_t>(E_), 0.f);
 }
 
-void HyperMixingStream::window_output(int64_t b, float* y) {
+void HyperMixingStream::stage(const float* x, int64_t n, float* rows) {
   const int64_t W = 2 * E_;
-  const float* R = window_.rows(b);  // (L, 2E) oldest first: [x | A1·x]
+  for (int64_t r = 0; r < n; ++r) std::memcpy(rows + r * W, x + r * E_, sizeof(float) * E_);
+  const auto& g1 = layer_.gen1_;
+  for (int64_t h = 0; h < H_; ++h)
+    linear_raw(x + h * d_, n, d_, E_, g1.fc1_w.data() + h * d_ * d_, nullptr, d_, rows + E_ + h * d_, W);
+}
+
+void HyperMixingStream::window_output(int64_t, const float* R, int64_t, float* y) {
+  // R: (L, 2E) oldest first, [x | A1·x].
+  const int64_t W = 2 * E_, L = length_, P = position_;
   const auto& g1 = layer_.gen1_;
   if (!layer_.tied_) {
     // W2 only for the emitted token (window position P): z = x_P + pe[P].
-    const float* xp = R + P_ * W;
-    const float* pe = layer_.pe_.data() + P_ * E_;
+    const float* xp = R + P * W;
+    const float* pe = layer_.pe_.data() + P * E_;
     for (int64_t c = 0; c < E_; ++c) z_[c] = xp[c] + pe[c];
     layer_.generate(layer_.gen2_, z_.data(), 1, h2_.data(), w2_.data());
   }
   for (int64_t h = 0; h < H_; ++h) {
     // Layer 1 of hypernetwork 1 from the cached A1·x and the position table, then GELU.
-    for (int64_t j = 0; j < L_; ++j) {
+    for (int64_t j = 0; j < L; ++j) {
       const float* a = R + j * W + E_ + h * d_;
       const float* q = pos_table_.data() + j * E_ + h * d_;
       float* out = hidden_.data() + j * d_;
       for (int64_t i = 0; i < d_; ++i) out[i] = a[i] + q[i];
     }
-    gelu_inplace(hidden_.data(), L_ * d_);
+    gelu_inplace(hidden_.data(), L * d_);
     // W1 (L, K) = hidden·C1ᵀ + γ1.
-    linear_raw(hidden_.data(), L_, d_, d_, g1.fc2_w.data() + h * K_ * d_, g1.fc2_b.data() + h * K_, K_,
+    linear_raw(hidden_.data(), L, d_, d_, g1.fc2_w.data() + h * K_ * d_, g1.fc2_b.data() + h * K_, K_,
                w1_.data(), K_);
     // S (d, K) = xᵀ·W1 over the window, GELU.
-    gemm_tn(R + h * d_, W, w1_.data(), K_, false, s_.data(), K_, d_, K_, L_);
+    gemm_tn(R + h * d_, W, w1_.data(), K_, false, s_.data(), K_, d_, K_, L);
     gelu_inplace(s_.data(), d_ * K_);
     // o_h (d) = GELU(S)·W2[P].
-    const float* w2 = layer_.tied_ ? w1_.data() + P_ * K_ : w2_.data() + h * K_;
+    const float* w2 = layer_.tied_ ? w1_.data() + P * K_ : w2_.data() + h * K_;
     linear_raw(w2, 1, K_, K_, s_.data(), nullptr, d_, o_.data() + h * d_, d_);
   }
   layer_.layer_norm(o_.data(), 1, y);
-}
-
-Tensor HyperMixingStream::push(const Tensor& chunk) {
-  if (chunk.ndim() != 3 || chunk.dim(0) != B_ || chunk.dim(1) < 1 || chunk.dim(2) != E_)
-    fail("HyperMixingStream::push: chunk: expected shape (", B_, ", C, ", E_, ") with C >= 1, got ",
-         chunk.shape().str());
-  const int64_t C = chunk.dim(1), W = 2 * E_;
-  if (static_cast<int64_t>(staged_.size()) < B_ * C * W) staged_.resize(static_cast<size_t>(B_ * C * W));
-  if (static_cast<int64_t>(out_.size()) < B_ * C * E_) out_.resize(static_cast<size_t>(B_ * C * E_));
-  // Stage [x | A1·x] for every new token (one GEMM per head over all B·C tokens).
-  for (int64_t r = 0; r < B_ * C; ++r) std::memcpy(staged_.data() + r * W, chunk.data() + r * E_, sizeof(float) * E_);
-  const auto& g1 = layer_.gen1_;
-  for (int64_t h = 0; h < H_; ++h)
-    linear_raw(chunk.data() + h * d_, B_ * C, d_, E_, g1.fc1_w.data() + h * d_ * d_, nullptr, d_,
-               staged_.data() + E_ + h * d_, W);
-  // C_out: the most windows any row completes in this chunk.
-  int64_t c_out = 0;
-  for (int64_t b = 0; b < B_; ++b)
-    c_out = std::max(c_out, std::min(C, std::max<int64_t>(window_.seen(b) + C - L_ + 1, 0)));
-  std::fill(out_.begin(), out_.begin() + B_ * c_out * E_, 0.f);
-  for (int64_t b = 0; b < B_; ++b)
-    for (int64_t i = 0; i < C; ++i) {
-      window_.push(b, staged_.data() + (b * C + i) * W);
-      if (!window_.full(b)) continue;
-      window_output(b, out_.data() + (b * c_out + (i - (C - c_out))) * E_);
-    }
-  return Tensor::view(Shape{B_, c_out, E_}, out_.data());
-}
-
-void HyperMixingStream::reset() { window_.reset(); }
-
-void HyperMixingStream::reset_row(int64_t b) {
-  check(b >= 0 && b < B_, "HyperMixingStream::reset_row: b: expected 0 <= b < ", B_, ", got ", b);
-  window_.reset_row(b);
-}
-
-void HyperMixingStream::save(SafetensorsWriter& w) const {
-  w.set_metadata("stream", "HyperMixingStream");
-  w.add_int64s("config", {B_, E_, H_, K_, layer_.tied_ ? 1 : 0, L_, P_});
-  window_.save(w, "window.");
-}
-
-void HyperMixingStream::restore(const SafetensorsFile& f) {
-  const char* fn = "HyperMixingStream::restore";
-  check(f.metadata().count("stream") && f.metadata().at("stream") == "HyperMixingStream", fn, ": ", f.path(),
-        ": not a HyperMixingStream state file");
-  const std::vector<int64_t> want{B_, E_, H_, K_, layer_.tied_ ? 1 : 0, L_, P_};
-  check(f.int64s("config") == want, fn, ": ", f.path(),
-        ": 'config' (batch, E, H, K, tied, window, position) does not match this stream");
-  window_.restore(f, "window.");
 }
 
 }  // namespace tokenmix

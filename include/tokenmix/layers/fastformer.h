@@ -38,8 +38,8 @@
 
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
-#include "tokenmix/streaming/sliding_window.h"
 #include "tokenmix/streaming/stream.h"
+#include "tokenmix/streaming/windowed_stream.h"
 
 namespace tokenmix {
 
@@ -124,37 +124,31 @@ class FastSelfAttention : public Layer {
 // Memory: B·2L·(2E + H) floats for the windows plus scratch grown to the largest chunk; push
 // allocates nothing once a chunk of that size has been seen.
 //
-// push((B, C, E)) returns (B, C_out, E): the outputs completed by the chunk's tokens, in time order.
-// With every row in step, C_out = the number of chunk tokens at which the row has seen >= L tokens.
-// After reset_row the rows can be out of step: C_out is then the largest count over the rows, the
-// outputs are right-aligned (the last output of every row belongs to the chunk's last token) and a
-// row with fewer outputs has zeros in its leading entries; emitted(b) gives each row's count.
-class FastSelfAttentionStream : public Stream {
+// push, reset, reset_row, save, restore, emitted(b), seen(b): see WindowedStream (outputs
+// right-aligned on the chunk's last token, zeros in the leading slots of rows still warming up).
+class FastSelfAttentionStream : public WindowedStream {
  public:
-  // layer must outlive the stream. Throws Error on batch < 1 or invalid options.
+  // layer must outlive the stream. Throws Error "FastSelfAttention::open_stream: ..." on batch < 1 or
+  // invalid options.
+  // State file: metadata stream = "FastSelfAttentionStream", "config" (batch, E, H, L, P), the windows
+  // under "window.".
   FastSelfAttentionStream(const FastSelfAttention& layer, int64_t batch, const StreamOptions& options);
-  // chunk (B, C, E), C >= 1. Throws Error "FastSelfAttentionStream::push: chunk: expected ...".
-  Tensor push(const Tensor& chunk) override;
-  void reset() override;
-  void reset_row(int64_t b) override;
-  // State: metadata stream = "FastSelfAttentionStream", "config" (batch, E, H, L, P), the windows
-  // under "window.". restore throws Error when the file was saved by another kind of stream or
-  // configuration.
-  void save(SafetensorsWriter& writer) const override;
-  void restore(const SafetensorsFile& file) override;
-  using Stream::restore;
-  using Stream::save;
-  // Outputs row b received from the last push (trailing entries of its (C_out) outputs).
-  int64_t emitted(int64_t b) const;
+
+ protected:
+  // project_rows: the [q | k | a] row of every new token.
+  void stage(const float* x, int64_t n, float* rows) override;
+  // Pooled key of the window; stores the transform input gk ⊙ q_P (q_P: the query at position P) and
+  // the residual y = q_P.
+  void window_output(int64_t b, const float* rows, int64_t slot, float* y) override;
+  // y += transform(gk ⊙ q_P) for all outputs of the push in one GEMM.
+  void finish(int64_t c_out, float* out) override;
 
  private:
+  // Checks batch and options (in that order) with open_stream's messages; returns options.
+  static const StreamOptions& checked(const FastSelfAttention& layer, int64_t batch, const StreamOptions& options);
   const FastSelfAttention& layer_;
-  const int64_t batch_, length_, position_;
-  SlidingWindow window_;
   FastSelfAttention::Scratch scratch_;
-  std::vector<float> proj_;     // (B·C, 2E + H) projected chunk
-  std::vector<float> u_, out_;  // (B·C, E) transform input and output
-  std::vector<int64_t> emitted_;
+  std::vector<float> u_;  // (B·C, E) transform input: grown only
 };
 
 }  // namespace tokenmix

@@ -30,8 +30,8 @@
 
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
-#include "tokenmix/streaming/sliding_window.h"
 #include "tokenmix/streaming/stream.h"
+#include "tokenmix/streaming/windowed_stream.h"
 
 namespace tokenmix {
 
@@ -115,10 +115,9 @@ class HyperMixing : public Layer {
 // Sliding-window HyperMixing stream (StreamOptions::window = L, position = P).
 //
 // Once a batch row has seen L tokens, every further token completes a window and yields one output:
-// forward(last L tokens)[P] (stream_reference). push((B, C, E)) returns (B, C_out, E), where C_out is
-// the largest number of windows any row completed in this chunk; the outputs are time-aligned to the
-// chunk's last C_out tokens. A row that completed fewer windows (it is still warming up, e.g. after
-// reset_row) gets zeros in the slots before its first output (the common Stream convention).
+// forward(last L tokens)[P] (stream_reference). push, reset, reset_row, save, restore, seen(b),
+// emitted(b): see WindowedStream (outputs right-aligned on the chunk's last token, zeros in the
+// leading slots of rows still warming up).
 //
 // What is cached, and what cannot be:
 //   * The positional table is window-relative: a token's position changes at every slide, so its
@@ -138,34 +137,27 @@ class HyperMixing : public Layer {
 // the (L, E) table + O(L·K) scratch, all allocated by open_stream; push allocates nothing once a chunk
 // of its size has been seen (the chunk-sized buffers only grow).
 // Not available with a key_padding_mask (every pushed token is a real token).
-class HyperMixingStream : public Stream {
+class HyperMixingStream : public WindowedStream {
  public:
+  // Throws Error "HyperMixing::open_stream: ..." on batch < 1 or invalid options. The layer must
+  // outlive the stream. State file: metadata stream = "HyperMixingStream", "config" (batch, E, H, K,
+  // tied, L, P), "window.*" (the SlidingWindow).
   HyperMixingStream(const HyperMixing& layer, int64_t batch, const StreamOptions& options);
-  // chunk: (B, C, E), C >= 1. Throws Error "HyperMixingStream::push: chunk: expected shape (B, C, E), got ...".
-  Tensor push(const Tensor& chunk) override;
-  void reset() override;
-  void reset_row(int64_t b) override;
-  // State: "config" (batch, E, H, K, tied, L, P), "window.*" (the SlidingWindow), metadata stream.
-  void save(SafetensorsWriter& writer) const override;
-  void restore(const SafetensorsFile& file) override;
-  using Stream::restore;
-  using Stream::save;
 
-  int64_t window() const { return L_; }
-  int64_t position() const { return P_; }  // resolved, 0 <= P < L
-  // Tokens pushed to batch row b since its last reset (its window is full once seen(b) >= L).
-  int64_t seen(int64_t b) const { return window_.seen(b); }
+ protected:
+  // [x | A1·x] of every new token (one GEMM per head over all B·C tokens).
+  void stage(const float* x, int64_t n, float* rows) override;
+  // Output of a full window R (L, 2E) into y (E).
+  void window_output(int64_t b, const float* R, int64_t slot, float* y) override;
 
  private:
+  // Checks batch and options (in that order) with open_stream's messages; returns options.
+  static const StreamOptions& checked(const HyperMixing& layer, int64_t batch, const StreamOptions& options);
   const HyperMixing& layer_;
-  const int64_t B_, E_, H_, d_, K_, L_, P_;
-  SlidingWindow window_;                       // per row, (<= L, 2E): [x | A1·x]
-  std::vector<float> pos_table_;               // (L, E): A1·pe[j] + α1
-  std::vector<float> hidden_, w1_, s_;         // (L, d), (L, K), (d, K) scratch
-  std::vector<float> z_, h2_, w2_, o_;         // (E), (E), (H·K), (E) scratch
-  std::vector<float> staged_, out_;            // (B·C, 2E) [x | A1·x], (B, C_out, E): grown only
-  // Output of row b's current (full) window into y (E).
-  void window_output(int64_t b, float* y);
+  const int64_t E_, H_, d_, K_;
+  std::vector<float> pos_table_;        // (L, E): A1·pe[j] + α1
+  std::vector<float> hidden_, w1_, s_;  // (L, d), (L, K), (d, K) scratch
+  std::vector<float> z_, h2_, w2_, o_;  // (E), (E), (H·K), (E) scratch
 };
 
 }  // namespace tokenmix
