@@ -76,6 +76,7 @@ int run(const BenchOptions& o) {
         const std::string id = fam.name + "/" + bench::mode_name(shape.mode) + "/" + shape.str();
         if (!std::regex_search(id, filter)) continue;
         if (shape.mode == Mode::stream && !fam.stream_options) continue;
+        if (shape.mode == Mode::offline && !fam.offline) continue;
         const bench::BlasReference ref = bench::blas_reference(shape, bench::Runner::params_of(fam, shape));
         bench::BlasRunner blas_runner(ref);
 
