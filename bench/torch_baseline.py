@@ -984,7 +984,7 @@ def main():
             n, err = b.check()
             print(f"check {b.name}: {n} reference cases pass (max abs err {err:.2e})", flush=True)
     results = []
-    print(f"{'layer':12} {'mode':7} {'shape':18} {'thr':>3} {'median_ms':>10} {'min_ms':>10} {'GFLOP/s':>8}  "
+    print(f"{'layer':15} {'mode':7} {'shape':18} {'thr':>3} {'median_ms':>10} {'min_ms':>10} {'GFLOP/s':>8}  "
           f"{'reference':26} {'GFLOP/s':>8} {'peak%':>6} {'peak_MiB':>9}", flush=True)
     for threads in args.threads:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
@@ -1001,7 +1001,7 @@ def main():
                 if r is None:
                     continue
                 results.append(r)
-                print(f"{r['layer']:12} {r['mode']:7} {r['shape']:18} {threads:3d} {r['median_ms']:10.3f} "
+                print(f"{r['layer']:15} {r['mode']:7} {r['shape']:18} {threads:3d} {r['median_ms']:10.3f} "
                       f"{r['min_ms']:10.3f} {r['gflops']:8.1f}  {r['ref']:26} {r['ref_gflops']:8.1f} "
                       f"{100 * r['peak_fraction']:5.0f}% {r['peak_mib']:9.1f}", flush=True)
     if args.json:
