@@ -6,7 +6,7 @@
     /usr/bin/python3 bench/plot.py ours.json torch.json [-o docs/bench.png]
 
 Uses the offline B=1 measurements (T = 64 .. 8192, E=512, H=8); one panel per layer, one line per
-implementation and thread count, log-log.
+implementation and thread count, log-log (a grid of at most 3 panels per row).
 """
 import argparse
 import json
@@ -29,8 +29,13 @@ def main():
     layers = sorted({r["layer"] for r in rows})
     if not layers:
         raise SystemExit("plot.py: no offline B=1 measurements (run with --sweep)")
-    fig, axes = plt.subplots(1, len(layers), figsize=(5.5 * len(layers), 4.2), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
+    # One panel per layer, at most 3 per row; unused panels of the last row are hidden.
+    ncols = min(3, len(layers))
+    nrows = (len(layers) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(layers):]:
+        ax.set_visible(False)
+    for ax, layer in zip(axes.flat, layers):
         series = {}
         for r in rows:
             if r["layer"] == layer:

@@ -39,6 +39,7 @@ void register_all() {
   for (const BenchFamily& fam : families()) {
     for (const BenchShape& shape : standard_shapes(false)) {
       if (shape.mode == Mode::stream && !fam.stream_options) continue;
+      if (shape.mode == Mode::offline && !fam.offline) continue;
       const std::string name = fam.name + "/" + mode_name(shape.mode) + "/" + shape.str();
       benchmark::RegisterBenchmark(name.c_str(), [&fam, shape](benchmark::State& st) {
         Runner r(fam, shape);

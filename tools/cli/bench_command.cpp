@@ -66,7 +66,7 @@ int run(const BenchOptions& o) {
   for (int t : o.threads) check(t >= 1, "tokenmix bench: --threads: expected >= 1, got ", t);
 
   nlohmann::json out = nlohmann::json::array();
-  std::printf("%-12s %-7s %-18s %3s %10s %10s %8s  %-22s %8s %6s %9s %s\n", "layer", "mode", "shape", "thr",
+  std::printf("%-15s %-7s %-18s %3s %10s %10s %8s  %-22s %8s %6s %9s %s\n", "layer", "mode", "shape", "thr",
               "median_ms", "min_ms", "GFLOP/s", "BLAS reference", "GFLOP/s", "peak%", "extra_MiB",
               "stream: x weight-bound");
   for (int threads : o.threads) {
@@ -76,6 +76,7 @@ int run(const BenchOptions& o) {
         const std::string id = fam.name + "/" + bench::mode_name(shape.mode) + "/" + shape.str();
         if (!std::regex_search(id, filter)) continue;
         if (shape.mode == Mode::stream && !fam.stream_options) continue;
+        if (shape.mode == Mode::offline && !fam.offline) continue;
         const bench::BlasReference ref = bench::blas_reference(shape, bench::Runner::params_of(fam, shape));
         bench::BlasRunner blas_runner(ref);
 
@@ -131,7 +132,7 @@ int run(const BenchOptions& o) {
           std::snprintf(buf, sizeof buf, "%.2fx of %.3f ms", st.median_ms / bound_ms, bound_ms);
           extra = buf;
         }
-        std::printf("%-12s %-7s %-18s %3d %10.3f %10.3f %8.1f  %-22s %8.1f %5.0f%% %9.1f %s\n", fam.name.c_str(),
+        std::printf("%-15s %-7s %-18s %3d %10.3f %10.3f %8.1f  %-22s %8.1f %5.0f%% %9.1f %s\n", fam.name.c_str(),
                     bench::mode_name(shape.mode), shape.str().c_str(), threads, st.median_ms, st.min_ms, gflops,
                     ref.what.c_str(), blas_gflops, 100 * fraction, extra_mib, extra.c_str());
         std::fflush(stdout);

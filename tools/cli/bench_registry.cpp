@@ -83,6 +83,7 @@ BlasReference blas_reference(const BenchShape& s, int64_t params) {
 }
 
 Runner::Runner(const BenchFamily& family, const BenchShape& shape) : family_(family), shape_(shape) {
+  check(shape.mode == Mode::stream || family.offline, "tokenmix bench: ", family.name, " has no offline mode");
   const auto specs = family.params(shape);
   params_ = param_count(specs);
   layer_ = family.make(shape, random_state_dict(specs));

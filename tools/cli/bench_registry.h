@@ -1,10 +1,14 @@
 // tools/cli/bench_registry.h: the layers `tokenmix bench` and the Google Benchmark targets measure.
 //
-// One BenchFamily entry per layer family (tools/cli/bench_families.cpp): the state_dict keys and
-// shapes to fill with random weights, the constructor, the FLOP count of one call per mode, and the
-// stream options that hold a given history. Everything else (random weights, inputs, timing, the
-// BLAS peak reference, memory accounting, JSON) is generic and lives in bench_registry.cpp /
-// bench_command.cpp, so a new family adds itself with one table entry.
+// One BenchFamily entry per measured layer (tools/cli/bench_families.cpp): the state_dict keys and
+// shapes to fill with random weights, the constructor, the FLOP count of one call per mode, the
+// stream options that hold a given history, and whether the offline mode is measured. Everything else
+// (random weights, inputs, timing, the BLAS peak reference, memory accounting, JSON) is generic and
+// lives in bench_registry.cpp / bench_command.cpp, so a new layer adds itself with one table entry.
+//
+// Adding a layer: one BenchFamily entry in bench_families.cpp (FLOP count written from the math next
+// to it) and one Baseline subclass of the same name in bench/torch_baseline.py (same FLOP count, a
+// check() replaying the family's reference cases, the same stream window).
 #pragma once
 
 #include <cstdint>
@@ -40,7 +44,10 @@ struct BenchShape {
 using ParamSpec = std::pair<std::string, Shape>;
 
 struct BenchFamily {
-  std::string name;  // the family name (Layer::name()), e.g. "espnet_mha"
+  // The measurement's name (the JSON "layer"; unique in the table): the family name (Layer::name()),
+  // e.g. "espnet_mha", or a variant of it when a family has several classes ("labml_mha" / "primer_ez",
+  // "continual_so" / "continual_retro").
+  std::string name;
   // state_dict keys and shapes of the layer built for this shape (width E, heads H).
   std::function<std::vector<ParamSpec>(const BenchShape&)> params;
   // Builds the layer from a state_dict holding random values for params(shape).
@@ -50,8 +57,12 @@ struct BenchFamily {
   // math next to the entry; elementwise work (softmax, bias, activations) may be left out, say so.
   std::function<double(const BenchShape&)> flops;
   // Options of a stream that keeps `shape.length` tokens of history (the attention window of the
-  // timed token is then length + 1). Empty: the family is not measured in stream mode.
+  // timed token is then length + 1). Empty: the family is not measured in stream mode. A family whose
+  // window is a constructor argument (continual's sequence_len) builds it in make() and returns {}.
   std::function<StreamOptions(const BenchShape&)> stream_options;
+  // false: the family is not measured in offline mode (its forward() is not a meaningful workload,
+  // e.g. continual single-output attention computes one query).
+  bool offline = true;
 };
 
 // The registered families, in table order (bench_families.cpp).
