@@ -5,6 +5,7 @@
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/safetensors.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/activations.h"
 #include "tokenmix/kernels/attention.h"
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/layers/continual_mha.h"

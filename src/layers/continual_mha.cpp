@@ -206,7 +206,7 @@ class RetroactiveStream final : public ContinualStreamImpl {
     if (static_cast<int64_t>(pu_.size()) < B_ * C * H_ * E_) pu_.resize(B_ * C * H_ * E_);
     project_values(pv_.data(), B_ * C, pu_.data());
     const int64_t C_out = outputs_for(C);
-    if (static_cast<int64_t>(out_.size()) < B_ * C * L_ * E_) out_.resize(B_ * C * L_ * E_);  // C outputs at most
+    if (static_cast<int64_t>(out_.size()) < B_ * C_out * L_ * E_) out_.resize(B_ * C_out * L_ * E_);
     int64_t o = 0;
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t b = 0; b < B_; ++b) {
@@ -256,12 +256,12 @@ class RetroactiveStream final : public ContinualStreamImpl {
   // Exact evaluation of window row ri (a query token) of batch row b, head h, over the current window.
   void recompute(int64_t b, int64_t ri, int64_t token, int64_t h) {
     const int64_t n = kwin().count(b);
-    gemm(kwin().rows(b) + h * D_, E_, qwin().rows(b) + ri * E_ + h * D_, D_, true, s_new_.data(), 1, n, 1, D_);
+    gemv(kwin().rows(b) + h * D_, E_, false, qwin().rows(b) + ri * E_ + h * D_, s_new_.data(), n, D_);
     const float mx = *std::max_element(s_new_.begin(), s_new_.begin() + n);
     float sum = 0.f;
     for (int64_t j = 0; j < n; ++j) sum += w_[j] = std::exp(s_new_[j] - mx);
     const int64_t i = acc(b, token, h);
-    gemm(w_.data(), n, uwin().rows(b) + h * E_, H_ * E_, false, a_.data() + i * E_, E_, 1, E_, n);
+    gemv(uwin().rows(b) + h * E_, H_ * E_, true, w_.data(), a_.data() + i * E_, E_, n);
     m_[i] = mx;
     d_[i] = p_[i] = sum;
   }
@@ -279,8 +279,8 @@ class RetroactiveStream final : public ContinualStreamImpl {
     std::fill(redo_.begin(), redo_.end(), 0);
     const float* Q = qwin().rows(b) + first * E_;
     for (int64_t h = 0; h < H_ && R > 0; ++h) {
-      gemm(Q + h * D_, E_, k + h * D_, D_, true, s_new_.data(), 1, R, 1, D_);
-      if (full) gemm(Q + h * D_, E_, k_old_.data() + h * D_, D_, true, s_old_.data(), 1, R, 1, D_);
+      gemv(Q + h * D_, E_, false, k + h * D_, s_new_.data(), R, D_);
+      if (full) gemv(Q + h * D_, E_, false, k_old_.data() + h * D_, s_old_.data(), R, D_);
       const float* un = u + h * E_;
       const float* uo = u_old_.data() + h * E_;
       for (int64_t r = 0; r < R; ++r) {

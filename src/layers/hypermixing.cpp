@@ -5,17 +5,12 @@
 #include <cstring>
 #include <limits>
 
+#include "tokenmix/kernels/activations.h"
 #include "tokenmix/kernels/linear.h"
 
 namespace tokenmix {
 
 namespace {
-
-// Exact (erf) GELU, in place.
-void gelu_inplace(float* x, int64_t n) {
-  constexpr float kInvSqrt2 = 0.70710678118654752440f;
-  for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * kInvSqrt2));
-}
 
 // The float32 sinusoidal table of SpeechBrain's PositionalEncoding (max_length, E):
 // pe[p, 2i] = sin(p·den_i), pe[p, 2i+1] = cos(p·den_i), den_i = exp(f32(2i)·f32(-ln(1e4)/E)).
@@ -95,7 +90,7 @@ void HyperMixing::generate(const Generator& g, const float* z, int64_t rows, flo
   for (int64_t h = 0; h < H_; ++h)
     linear_raw(z + h * d_, rows, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_,
                hidden + h * d_, E_);
-  gelu_inplace(hidden, rows * E_);
+  gelu_erf(hidden, rows * E_);
   for (int64_t h = 0; h < H_; ++h)
     linear_raw(hidden + h * d_, rows, d_, E_, g.fc2_w.data() + h * K_ * d_, g.fc2_b.data() + h * K_, K_,
                W + h * K_, H_ * K_);
@@ -166,7 +161,7 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
     for (int64_t h = 0; h < H_; ++h) {
       gemm_tn(xt.data() + b * T * E_ + h * d_, E_, W1.data() + b * T * HK + h * K_, HK, false, S.data(), K_,
               d_, K_, T);
-      gelu_inplace(S.data(), d_ * K_);
+      gelu_erf(S.data(), d_ * K_);
       gemm(w2 + b * T * HK + h * K_, HK, S.data(), K_, true, o.data() + b * T * E_ + h * d_, E_, T, d_, K_);
     }
   Tensor y{Shape{B, T, E_}};
@@ -257,13 +252,13 @@ void HyperMixingStream::window_output(int64_t, const float* R, int64_t, float* y
       float* out = hidden_.data() + j * d_;
       for (int64_t i = 0; i < d_; ++i) out[i] = a[i] + q[i];
     }
-    gelu_inplace(hidden_.data(), L * d_);
+    gelu_erf(hidden_.data(), L * d_);
     // W1 (L, K) = hidden·C1ᵀ + γ1.
     linear_raw(hidden_.data(), L, d_, d_, g1.fc2_w.data() + h * K_ * d_, g1.fc2_b.data() + h * K_, K_,
                w1_.data(), K_);
     // S (d, K) = xᵀ·W1 over the window, GELU.
     gemm_tn(R + h * d_, W, w1_.data(), K_, false, s_.data(), K_, d_, K_, L);
-    gelu_inplace(s_.data(), d_ * K_);
+    gelu_erf(s_.data(), d_ * K_);
     // o_h (d) = GELU(S)·W2[P].
     const float* w2 = layer_.tied_ ? w1_.data() + P * K_ : w2_.data() + h * K_;
     linear_raw(w2, 1, K_, K_, s_.data(), nullptr, d_, o_.data() + h * d_, d_);
