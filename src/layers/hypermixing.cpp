@@ -12,6 +12,11 @@ namespace tokenmix {
 
 namespace {
 
+// Grows a workspace buffer to at least n floats (never shrinks).
+void grow(std::vector<float>& buf, int64_t n) {
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+}
+
 // The float32 sinusoidal table of SpeechBrain's PositionalEncoding (max_length, E):
 // pe[p, 2i] = sin(p·den_i), pe[p, 2i+1] = cos(p·den_i), den_i = exp(f32(2i)·f32(-ln(1e4)/E)).
 Tensor sinusoidal_table(int64_t max_length, int64_t E) {
@@ -87,13 +92,14 @@ HyperMixing::HyperMixing(const HyperMixingOptions& o, const StateDict& state_dic
 }
 
 void HyperMixing::generate(const Generator& g, const float* z, int64_t rows, float* hidden, float* W) const {
-  for (int64_t h = 0; h < H_; ++h)
-    linear_raw(z + h * d_, rows, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_,
-               hidden + h * d_, E_);
-  gelu_erf(hidden, rows * E_);
-  for (int64_t h = 0; h < H_; ++h)
-    linear_raw(hidden + h * d_, rows, d_, E_, g.fc2_w.data() + h * K_ * d_, g.fc2_b.data() + h * K_, K_,
-               W + h * K_, H_ * K_);
+  // Heads are independent: one per OpenMP work item (the GEMMs inside run on one thread each).
+#pragma omp parallel for schedule(dynamic) if (H_ > 1)
+  for (int64_t h = 0; h < H_; ++h) {
+    float* hid = hidden + h * d_;
+    linear_raw(z + h * d_, rows, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_, hid, E_);
+    for (int64_t t = 0; t < rows; ++t) gelu_erf(hid + t * E_, d_);
+    linear_raw(hid, rows, d_, E_, g.fc2_w.data() + h * K_ * d_, g.fc2_b.data() + h * K_, K_, W + h * K_, H_ * K_);
+  }
 }
 
 void HyperMixing::layer_norm(const float* o, int64_t rows, float* y) const {
@@ -133,37 +139,42 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
         float* row = xt.data() + i * E_;
         for (int64_t c = 0; c < E_; ++c) row[c] *= 0.f;  // 0·NaN = NaN, as upstream
       }
-  std::vector<float> z(static_cast<size_t>(B * T * E_));
+  // Per-thread workspace, grown only: a forward allocates (and page-faults) no large buffers after
+  // the first call of its size (the generated weights alone are 2·B·T·H·K floats).
+  thread_local std::vector<float> z, hidden, W1, W2;
+  for (auto* buf : {&z, &hidden}) grow(*buf, B * T * E_);
+  grow(W1, B * T * HK);
+  if (!tied_) grow(W2, B * T * HK);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t c = 0; c < E_; ++c)
         z[(b * T + t) * E_ + c] = xt.data()[(b * T + t) * E_ + c] + pe_.data()[t * E_ + c];
 
   // Generated token-mixing weights W1, W2 (B·T, H·K), rows of padded tokens zeroed.
-  std::vector<float> hidden(static_cast<size_t>(B * T * E_)), W1(static_cast<size_t>(B * T * HK)), W2;
   generate(gen1_, z.data(), B * T, hidden.data(), W1.data());
-  if (!tied_) {
-    W2.resize(W1.size());
-    generate(gen2_, z.data(), B * T, hidden.data(), W2.data());
-  }
+  if (!tied_) generate(gen2_, z.data(), B * T, hidden.data(), W2.data());
   if (masked)
     for (int64_t i = 0; i < B * T; ++i)
       if (key_padding_mask.data()[i])
         for (auto* W : {&W1, &W2})
-          if (!W->empty())
+          if (W == &W1 || !tied_)
             for (int64_t k = 0; k < HK; ++k) (*W)[i * HK + k] *= 0.f;
+  const float* w1 = W1.data();
   const float* w2 = tied_ ? W1.data() : W2.data();
 
-  // Token mixing per (b, h): S = x̃ᵀ·W1 (d x K), o = W2·GELU(S)ᵀ (T x d).
+  // Token mixing per (b, h): S = x̃ᵀ·W1 (d x K), o = W2·GELU(S)ᵀ (T x d). The (b, h) pairs are
+  // independent: one per OpenMP work item (the GEMMs inside then run on one thread each).
   Tensor o{Shape{B, T, E_}};
-  std::vector<float> S(static_cast<size_t>(d_ * K_));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H_; ++h) {
-      gemm_tn(xt.data() + b * T * E_ + h * d_, E_, W1.data() + b * T * HK + h * K_, HK, false, S.data(), K_,
-              d_, K_, T);
-      gelu_erf(S.data(), d_ * K_);
-      gemm(w2 + b * T * HK + h * K_, HK, S.data(), K_, true, o.data() + b * T * E_ + h * d_, E_, T, d_, K_);
-    }
+  const int64_t work = B * H_;
+#pragma omp parallel for schedule(dynamic) if (work > 1)
+  for (int64_t w = 0; w < work; ++w) {
+    const int64_t b = w / H_, h = w % H_;
+    thread_local std::vector<float> S;
+    grow(S, d_ * K_);
+    gemm_tn(xt.data() + b * T * E_ + h * d_, E_, w1 + b * T * HK + h * K_, HK, false, S.data(), K_, d_, K_, T);
+    gelu_erf(S.data(), d_ * K_);
+    gemm(w2 + b * T * HK + h * K_, HK, S.data(), K_, true, o.data() + b * T * E_ + h * d_, E_, T, d_, K_);
+  }
   Tensor y{Shape{B, T, E_}};
   layer_norm(o.data(), B * T, y.data());
   if (attn_weights) *attn_weights = Tensor{Shape{B, T, T}};
