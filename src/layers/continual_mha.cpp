@@ -198,7 +198,7 @@ class RetroactiveStream final : public ContinualStreamImpl {
                             {{"q.", layer.sequence_len(), layer.d_model()},
                              {"k.", layer.sequence_len(), layer.d_model()},
                              {"u.", layer.sequence_len(), layer.heads() * layer.d_model()}}),
-        m_(batch * L_ * H_), d_(m_.size()), p_(m_.size()), a_(m_.size() * E_), s_new_(L_), s_old_(L_), w_(L_),
+        m_(batch * L_ * H_), d_(m_.size()), p_(m_.size()), a_(m_.size() * E_), s_new_(H_ * L_), s_old_(H_ * L_), w_(L_),
         k_old_(E_), u_old_(H_ * E_), redo_(L_ * H_) {}
 
   Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) override {
@@ -206,7 +206,9 @@ class RetroactiveStream final : public ContinualStreamImpl {
     if (static_cast<int64_t>(pu_.size()) < B_ * C * H_ * E_) pu_.resize(B_ * C * H_ * E_);
     project_values(pv_.data(), B_ * C, pu_.data());
     const int64_t C_out = outputs_for(C);
-    if (static_cast<int64_t>(out_.size()) < B_ * C_out * L_ * E_) out_.resize(B_ * C_out * L_ * E_);
+    // Sized for C outputs (what every chunk of C yields once the window is full), so the warm-up
+    // already holds the steady-state buffer and later pushes allocate nothing.
+    if (static_cast<int64_t>(out_.size()) < B_ * C * L_ * E_) out_.resize(B_ * C * L_ * E_);
     int64_t o = 0;
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t b = 0; b < B_; ++b) {
@@ -278,16 +280,20 @@ class RetroactiveStream final : public ContinualStreamImpl {
     }
     std::fill(redo_.begin(), redo_.end(), 0);
     const float* Q = qwin().rows(b) + first * E_;
+    // Scores of every staying row against the new (and the leaving) key, per head: (H, R).
     for (int64_t h = 0; h < H_ && R > 0; ++h) {
-      gemv(Q + h * D_, E_, false, k + h * D_, s_new_.data(), R, D_);
-      if (full) gemv(Q + h * D_, E_, false, k_old_.data() + h * D_, s_old_.data(), R, D_);
-      const float* un = u + h * E_;
-      const float* uo = u_old_.data() + h * E_;
-      for (int64_t r = 0; r < R; ++r) {
+      gemv(Q + h * D_, E_, false, k + h * D_, s_new_.data() + h * L_, R, D_);
+      if (full) gemv(Q + h * D_, E_, false, k_old_.data() + h * D_, s_old_.data() + h * L_, R, D_);
+    }
+    // Row-major over the accumulators (a row's H x E block is contiguous).
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t h = 0; h < H_; ++h) {
+        const float* un = u + h * E_;
+        const float* uo = u_old_.data() + h * E_;
         const int64_t i = acc(b, seen - n + first + r, h);
         float* A = a_.data() + i * E_;
         float m = m_[i], d = d_[i], p = p_[i];
-        const float sn = s_new_[r];
+        const float sn = s_new_[h * L_ + r];
         if (sn > m) {  // new running max: rescale
           const float f = std::exp(m - sn);
           d *= f;
@@ -299,7 +305,7 @@ class RetroactiveStream final : public ContinualStreamImpl {
         d += wn;
         p = std::max(p, d);
         if (full) {
-          const float wo = std::exp(s_old_[r] - m);
+          const float wo = std::exp(s_old_[h * L_ + r] - m);
           d -= wo;
           for (int64_t e = 0; e < E_; ++e) A[e] += wn * un[e] - wo * uo[e];
           redo_[r * H_ + h] = !(d >= kRecomputeFraction * p);
