@@ -430,11 +430,27 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   const int64_t N = q_in.dim(0), T = q_in.dim(1), S = k_in.dim(1);
   check_shape(k_in, {N, -1, kdim_}, fn, "key", {"N", "S"});
   check_shape(v_in, {N, S, vdim_}, fn, "value", {"N", "S"});
-  const Tensor q = linear(q_in, w_q_, b_q_, fn), k0 = linear(k_in, w_k_, b_k_, fn), v0 = linear(v_in, w_v_, b_v_, fn);
   // Extra key/value rows: bias_k / bias_v, then a zero row (add_zero_attn), as PyTorch appends them.
   const int64_t extra = (opt_.add_bias_kv ? 1 : 0) + (opt_.add_zero_attn ? 1 : 0), S2 = S + extra;
-  Tensor k = k0, v = v0;
+  // Self-attention on the packed in_proj_weight (3E, E): one GEMM into (N, T, 3E), read through
+  // strided views (row stride 3E), instead of three GEMMs.
+  const bool packed = extra == 0 && q_in.data() == k_in.data() && k_in.data() == v_in.data() && kdim_ == E_ &&
+                      vdim_ == E_ && w_k_.data() == w_q_.data() + E_ * E_ && w_v_.data() == w_q_.data() + 2 * E_ * E_ &&
+                      (b_q_.empty() || (b_k_.data() == b_q_.data() + E_ && b_v_.data() == b_q_.data() + 2 * E_));
+  Tensor q, k, v, qkv;
+  int64_t ld = E_;
+  if (packed) {
+    const Tensor w = Tensor::view(Shape{3 * E_, E_}, const_cast<float*>(w_q_.data()));
+    const Tensor b = b_q_.empty() ? Tensor{} : Tensor::view(Shape{3 * E_}, const_cast<float*>(b_q_.data()));
+    qkv = linear(q_in, w, b, fn);
+    ld = 3 * E_;
+  } else {
+    q = linear(q_in, w_q_, b_q_, fn);
+    k = linear(k_in, w_k_, b_k_, fn);
+    v = linear(v_in, w_v_, b_v_, fn);
+  }
   if (extra) {
+    const Tensor k0 = k, v0 = v;
     k = Tensor{Shape{N, S2, E_}};
     v = Tensor{Shape{N, S2, E_}};
     for (int64_t n = 0; n < N; ++n) {
@@ -479,9 +495,11 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   Tensor ctx{Shape{N, Tq, E_}};
   Tensor probs;
   if (attn_weights) probs = Tensor{Shape{N, H_, Tq, S2}};
-  attention(s, HeadsView{q.data() + q0 * E_, T * E_, E_}, HeadsView{k.data(), S2 * E_, E_},
-            HeadsView{v.data(), S2 * E_, E_}, keep.empty() ? nullptr : &am, HeadsOut{ctx.data(), Tq * E_, E_},
-            attn_weights ? probs.data() : nullptr);
+  const float* qp = packed ? qkv.data() : q.data();
+  const float* kp = packed ? qkv.data() + E_ : k.data();
+  const float* vp = packed ? qkv.data() + 2 * E_ : v.data();
+  attention(s, HeadsView{qp + q0 * ld, T * ld, ld}, HeadsView{kp, S2 * ld, ld}, HeadsView{vp, S2 * ld, ld},
+            keep.empty() ? nullptr : &am, HeadsOut{ctx.data(), Tq * E_, E_}, attn_weights ? probs.data() : nullptr);
   if (attn_weights) {
     Tensor avg{Shape{N, Tq, S2}};
     for (int64_t n = 0; n < N; ++n)
