@@ -100,6 +100,7 @@ class ContinualStreamImpl : public Stream {
   }
   void project_out(const float* ctx, int64_t rows, float* y) const { layer_.project_out(ctx, rows, y); }
   void project_values(const float* v, int64_t rows, float* u) const { layer_.project_values_per_head(v, rows, u); }
+  void project_value_head(int64_t h, const float* c, float* a) const { layer_.project_value_head(h, c, a); }
   const float* out_bias() const { return layer_.b_o_.empty() ? nullptr : layer_.b_o_.data(); }
 
   const ContinualMultiheadAttention& layer_;
@@ -197,9 +198,10 @@ class RetroactiveStream final : public ContinualStreamImpl {
       : ContinualStreamImpl(layer, batch, "RetroactiveMultiheadAttentionStream", {},
                             {{"q.", layer.sequence_len(), layer.d_model()},
                              {"k.", layer.sequence_len(), layer.d_model()},
+                             {"v.", layer.sequence_len(), layer.d_model()},
                              {"u.", layer.sequence_len(), layer.heads() * layer.d_model()}}),
         m_(batch * L_ * H_), d_(m_.size()), p_(m_.size()), a_(m_.size() * E_), s_new_(H_ * L_), s_old_(H_ * L_), w_(L_),
-        k_old_(E_), u_old_(H_ * E_), redo_(L_ * H_) {}
+        c_(D_), k_old_(E_), u_old_(H_ * E_), redo_(L_ * H_) {}
 
   Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) override {
     project_chunk(xq, xk, xv, B_ * C);
@@ -211,13 +213,13 @@ class RetroactiveStream final : public ContinualStreamImpl {
     if (static_cast<int64_t>(out_.size()) < B_ * C * L_ * E_) out_.resize(B_ * C * L_ * E_);
     int64_t o = 0;
     for (int64_t c = 0; c < C; ++c) {
+      const bool emits = seen_ + c >= L_ - 1;  // this token completes an output (of every row)
       for (int64_t b = 0; b < B_; ++b) {
         const int64_t row = b * C + c;
-        advance(b, pq_.data() + row * E_, pk_.data() + row * E_, pu_.data() + row * H_ * E_);
+        advance(b, pq_.data() + row * E_, pk_.data() + row * E_, pv_.data() + row * E_,
+                pu_.data() + row * H_ * E_, emits ? out_.data() + (b * C_out + o) * L_ * E_ : nullptr);
       }
-      if (seen_ + c < L_ - 1) continue;
-      for (int64_t b = 0; b < B_; ++b) emit(b, out_.data() + (b * C_out + o) * L_ * E_);
-      ++o;
+      o += emits ? 1 : 0;
     }
     seen_ += C;
     return Tensor::view(Shape{B_, C_out, L_, E_}, out_.data());
@@ -247,7 +249,8 @@ class RetroactiveStream final : public ContinualStreamImpl {
   // Windows: L scaled queries, L keys, L per-head projected values.
   SlidingWindow& qwin() { return window(0); }
   SlidingWindow& kwin() { return window(1); }
-  SlidingWindow& uwin() { return window(2); }
+  SlidingWindow& vwin() { return window(2); }
+  SlidingWindow& uwin() { return window(3); }
   const SlidingWindow& kwin() const { return window(1); }
   static Tensor view(const std::vector<float>& v) {
     return Tensor::view(Shape{static_cast<int64_t>(v.size())}, const_cast<float*>(v.data()));
@@ -263,17 +266,25 @@ class RetroactiveStream final : public ContinualStreamImpl {
     float sum = 0.f;
     for (int64_t j = 0; j < n; ++j) sum += w_[j] = std::exp(s_new_[j] - mx);
     const int64_t i = acc(b, token, h);
-    gemv(uwin().rows(b) + h * E_, H_ * E_, true, w_.data(), a_.data() + i * E_, E_, n);
+    // A = W_o,h · (Σ_j w_j v_j,h): the head's D-wide context, then out_proj (reads the V window and
+    // W_o,h rather than the H times wider U window).
+    gemv(vwin().rows(b) + h * D_, E_, true, w_.data(), c_.data(), D_, n);
+    project_value_head(h, c_.data(), a_.data() + i * E_);
     m_[i] = mx;
     d_[i] = p_[i] = sum;
   }
 
-  // One token (q scaled, k, u per head) of batch row b: remove the leaving key from every row that
-  // stays, add the new key, push, evaluate the new row, recompute rows that lost most of their mass.
-  void advance(int64_t b, const float* q, const float* k, const float* u) {
+  // One token (q scaled, k, v, u per head) of batch row b: remove the leaving key from every row
+  // that stays, add the new key, push, evaluate the new row, recompute rows that lost most of their
+  // mass. With out (L, E) non-null the token completes an output: each row is written as soon as its
+  // accumulators are final (the pass over them that updates them also emits them), zeros while
+  // this batch row's window still warms up.
+  void advance(int64_t b, const float* q, const float* k, const float* v, const float* u, float* out) {
     const int64_t n = kwin().count(b), seen = kwin().seen(b);
     const bool full = n == L_;
     const int64_t first = full ? 1 : 0, R = n - first;  // rows that stay: window rows first .. n-1
+    const bool emit = out && n + 1 >= L_;               // the window is full after this token
+    if (out && !emit) std::fill(out, out + L_ * E_, 0.f);
     if (full) {
       std::copy(kwin().rows(b), kwin().rows(b) + E_, k_old_.begin());
       std::copy(uwin().rows(b), uwin().rows(b) + H_ * E_, u_old_.begin());
@@ -287,10 +298,11 @@ class RetroactiveStream final : public ContinualStreamImpl {
     }
     // Row-major over the accumulators (a row's H x E block is contiguous).
     for (int64_t r = 0; r < R; ++r) {
+      const int64_t token = seen - n + first + r;
       for (int64_t h = 0; h < H_; ++h) {
         const float* un = u + h * E_;
         const float* uo = u_old_.data() + h * E_;
-        const int64_t i = acc(b, seen - n + first + r, h);
+        const int64_t i = acc(b, token, h);
         float* A = a_.data() + i * E_;
         float m = m_[i], d = d_[i], p = p_[i];
         const float sn = s_new_[h * L_ + r];
@@ -316,42 +328,42 @@ class RetroactiveStream final : public ContinualStreamImpl {
         d_[i] = d;
         p_[i] = p;
       }
+      if (emit) emit_row(b, token, out + r * E_);  // after the push, row r sits at window index r
     }
     qwin().push(b, q);
     kwin().push(b, k);
+    vwin().push(b, v);
     uwin().push(b, u);
-    // After the push, the staying row r sits at window index r.
-    for (int64_t r = 0; r < R; ++r)
+    for (int64_t r = 0; r < R; ++r) {
+      bool redone = false;
       for (int64_t h = 0; h < H_; ++h)
-        if (redo_[r * H_ + h]) recompute(b, r, seen - n + first + r, h);
+        if (redo_[r * H_ + h]) {
+          recompute(b, r, seen - n + first + r, h);
+          redone = true;
+        }
+      if (emit && redone) emit_row(b, seen - n + first + r, out + r * E_);
+    }
     for (int64_t h = 0; h < H_; ++h) recompute(b, kwin().count(b) - 1, seen, h);
+    if (emit) emit_row(b, seen, out + R * E_);
   }
 
-  // The L window rows of batch row b: out = b_o + Σ_h A_h / d_h (zeros while the row warms up).
-  void emit(int64_t b, float* out) const {
-    if (!kwin().full(b)) {
-      std::fill(out, out + L_ * E_, 0.f);
-      return;
-    }
+  // Output row of query token `token` of batch row b: y = b_o + Σ_h A_h / d_h.
+  void emit_row(int64_t b, int64_t token, float* y) const {
     const float* bias = out_bias();
-    const int64_t first_token = kwin().seen(b) - L_;
-    for (int64_t r = 0; r < L_; ++r) {
-      float* y = out + r * E_;
-      if (bias)
-        std::copy(bias, bias + E_, y);
-      else
-        std::fill(y, y + E_, 0.f);
-      for (int64_t h = 0; h < H_; ++h) {
-        const int64_t i = acc(b, first_token + r, h);
-        const float inv = 1.f / d_[i];
-        const float* A = a_.data() + i * E_;
-        for (int64_t e = 0; e < E_; ++e) y[e] += A[e] * inv;
-      }
+    if (bias)
+      std::copy(bias, bias + E_, y);
+    else
+      std::fill(y, y + E_, 0.f);
+    for (int64_t h = 0; h < H_; ++h) {
+      const int64_t i = acc(b, token, h);
+      const float inv = 1.f / d_[i];
+      const float* A = a_.data() + i * E_;
+      for (int64_t e = 0; e < E_; ++e) y[e] += A[e] * inv;
     }
   }
 
   std::vector<float> m_, d_, p_, a_;  // (B, L, H) and (B, L, H, E), slot = token % L
-  std::vector<float> s_new_, s_old_, w_, k_old_, u_old_;
+  std::vector<float> s_new_, s_old_, w_, c_, k_old_, u_old_;
   std::vector<uint8_t> redo_;
   std::vector<float> pu_, out_;  // (B, C, H, E) projected values, (B, C_out, L, E) outputs
 };
@@ -416,6 +428,10 @@ void ContinualMultiheadAttention::project(int part, const float* x, int64_t rows
 
 void ContinualMultiheadAttention::project_out(const float* ctx, int64_t rows, float* y) const {
   linear_raw(ctx, rows, E_, E_, w_o_.data(), b_o_.empty() ? nullptr : b_o_.data(), E_, y, E_);
+}
+
+void ContinualMultiheadAttention::project_value_head(int64_t h, const float* c, float* a) const {
+  gemv(w_o_.data() + h * D_, E_, false, c, a, E_, D_);
 }
 
 void ContinualMultiheadAttention::project_values_per_head(const float* v, int64_t rows, float* u) const {

@@ -138,6 +138,8 @@ class ContinualMultiheadAttention : public Layer {
   void project_out(const float* ctx, int64_t rows, float* y) const;
   // Per-head out_proj of values: u (rows, H, E) with u[r, h] = W_o[:, hD:(h+1)D]·v[r, hD:(h+1)D].
   void project_values_per_head(const float* v, int64_t rows, float* u) const;
+  // One head's context through out_proj: a (E) = W_o[:, hD:(h+1)D]·c, c (D).
+  void project_value_head(int64_t h, const float* c, float* a) const;
   // Batch-first core of forward(): q_in (N, T, E), k_in (N, S, kdim), v_in (N, S, vdim).
   Tensor forward_bf(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Mask& kpm,
                     const Mask& attn_mask, Tensor* attn_weights, const char* fn) const;
