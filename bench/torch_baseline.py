@@ -116,6 +116,21 @@ class Baseline:
         """Same count as the C++ registry entry."""
         raise NotImplementedError
 
+    def replay_forward_cases(self, run, atol, rtol):
+        """check() for families whose cases are one forward call: builds module_class()(**config),
+        loads param.*, and compares run(module, tensors, call args, path) -> {out name: tensor}."""
+        import torch
+        worst, n = 0.0, 0
+        for path in case_files(self.name):
+            t, meta = read_case(path)
+            m = self.module_class()(**json.loads(meta["config"])).eval()
+            load_params(m, t)
+            with torch.no_grad():
+                outs = run(m, t, json.loads(meta["call"])["args"], path)
+            worst = max(worst, check_outputs(path, outs, t, atol, rtol))
+            n += 1
+        return n, worst
+
 
 def mha_flops(rows_projected, batch, q, k, E):
     # Four E x E projections of the projected rows, plus Q·Kᵀ and P·V (2·q·k·E each per batch row).
@@ -356,19 +371,13 @@ class HyperMixing(Baseline):
 
     def check(self):
         import torch
-        worst, n = 0.0, 0
-        for path in case_files(self.name):
-            t, meta = read_case(path)
-            m = self.module_class()(**json.loads(meta["config"])).eval()
-            load_params(m, t)
-            a = json.loads(meta["call"])["args"]
+
+        def run(m, t, a, path):
             kpm = torch.from_numpy(t[a["key_padding_mask"]]) if a.get("key_padding_mask") else None
-            with torch.no_grad():
-                y, attn = m(torch.from_numpy(t[a["query"]]), key_padding_mask=kpm)
+            y, attn = m(torch.from_numpy(t[a["query"]]), key_padding_mask=kpm)
             assert not attn.any(), f"{os.path.basename(path)}: attn_weights not zero"
-            worst = max(worst, check_outputs(path, {"out.output": y, "out.attn_weights": attn}, t, 2e-5, 1e-4))
-            n += 1
-        return n, worst
+            return {"out.output": y, "out.attn_weights": attn}
+        return self.replay_forward_cases(run, 2e-5, 1e-4)
 
     def offline_fn(self, module, B, T, E):
         import torch
@@ -437,18 +446,11 @@ class Fastformer(Baseline):
 
     def check(self):
         import torch
-        worst, n = 0.0, 0
-        for path in case_files(self.name):
-            t, meta = read_case(path)
-            m = self.module_class()(**json.loads(meta["config"])).eval()
-            load_params(m, t)
-            a = json.loads(meta["call"])["args"]
+
+        def run(m, t, a, path):
             mask = torch.from_numpy(t[a["mask"]]) if a.get("mask") else None
-            with torch.no_grad():
-                y = m(torch.from_numpy(t[a["xs_pad"]]), mask)
-            worst = max(worst, check_outputs(path, {"out.y": y}, t, 1e-5, 1e-5))
-            n += 1
-        return n, worst
+            return {"out.y": m(torch.from_numpy(t[a["xs_pad"]]), mask)}
+        return self.replay_forward_cases(run, 1e-5, 1e-5)
 
     def offline_fn(self, module, B, T, E):
         import torch
