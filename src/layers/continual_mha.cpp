@@ -299,6 +299,7 @@ class RetroactiveStream final : public ContinualStreamImpl {
     // Row-major over the accumulators (a row's H x E block is contiguous).
     for (int64_t r = 0; r < R; ++r) {
       const int64_t token = seen - n + first + r;
+      bool redo_row = false;
       for (int64_t h = 0; h < H_; ++h) {
         const float* un = u + h * E_;
         const float* uo = u_old_.data() + h * E_;
@@ -321,6 +322,7 @@ class RetroactiveStream final : public ContinualStreamImpl {
           d -= wo;
           for (int64_t e = 0; e < E_; ++e) A[e] += wn * un[e] - wo * uo[e];
           redo_[r * H_ + h] = !(d >= kRecomputeFraction * p);
+          redo_row = redo_row || redo_[r * H_ + h];
         } else {
           for (int64_t e = 0; e < E_; ++e) A[e] += wn * un[e];
         }
@@ -328,7 +330,9 @@ class RetroactiveStream final : public ContinualStreamImpl {
         d_[i] = d;
         p_[i] = p;
       }
-      if (emit) emit_row(b, token, out + r * E_);  // after the push, row r sits at window index r
+      // After the push, row r sits at window index r; a row with a head to recompute is emitted
+      // after the recompute instead.
+      if (emit && !redo_row) emit_row(b, token, out + r * E_);
     }
     qwin().push(b, q);
     kwin().push(b, k);
