@@ -9,8 +9,6 @@
 #include <filesystem>
 #include <random>
 
-#include <unistd.h>
-
 #include "test_util.h"
 #include "tokenmix/kernels/permute.h"
 #include "tokenmix/layers/continual_mha.h"
@@ -343,8 +341,7 @@ TEST_P(ContinualStream, SaveRestoreContinuesBitForBit) {
   const Tensor x = random_tensor(Shape{B, 3 * p.L + 4, p.E}, 52);
   const auto a = layer->open_stream(B);
   run_stream(*a, slice_time(x, 0, p.L + 2), {3});
-  const std::string path = (std::filesystem::temp_directory_path() /
-                            ("tokenmix_continual_" + std::to_string(::getpid()) + ".safetensors")).string();
+  const std::string path = test::temp_path("continual.safetensors");
   a->save(path);
   const auto b = layer->open_stream(B);
   run_stream(*b, random_tensor(Shape{B, 5, p.E}, 53), {2});  // different history, overwritten

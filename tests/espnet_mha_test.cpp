@@ -133,7 +133,7 @@ TEST_P(EspnetStream, SaveRestoreAndResetRow) {
   const Tensor x = test::random_tensor(Shape{3, 17, 16}, 6);
   StreamOptions opts;
   opts.left_context = GetParam();
-  test::expect_restore_continues_identically(mha, x, opts, ::testing::TempDir() + "espnet_stream.safetensors");
+  test::expect_restore_continues_identically(mha, x, opts, test::temp_path("espnet_stream.safetensors"));
   test::expect_reset_row_isolated(mha, x, opts);
 }
 

@@ -257,7 +257,7 @@ TEST(FastformerTest, SaveRestoreContinuesBitForBit) {
   const FastSelfAttention layer(E, H, 0.0, random_params(E, H, 21));
   const StreamOptions opts{0, L, 1};
   const Tensor x = random_tensor(Shape{B, 15, E}, 22);
-  const auto path = (std::filesystem::temp_directory_path() / "tokenmix_fastformer_stream.safetensors").string();
+  const auto path = test::temp_path("fastformer_stream.safetensors");
   for (int64_t split : {2, 5, 9}) {  // mid warm-up and mid stream
     auto a = layer.open_stream(B, opts);
     run_stream(*a, slice_time(x, 0, split), {2});
@@ -276,7 +276,7 @@ TEST(FastformerTest, SaveRestoreContinuesBitForBit) {
   expect_error([&] { other->restore(path); }, "does not match this stream");
   SafetensorsWriter w;
   w.add_int64s("config", {1});
-  const auto bad = (std::filesystem::temp_directory_path() / "tokenmix_fastformer_bad.safetensors").string();
+  const auto bad = test::temp_path("fastformer_bad.safetensors");
   w.write(bad);
   expect_error([&] { other->restore(bad); }, "not a FastSelfAttentionStream state file");
   std::filesystem::remove(path);

@@ -9,7 +9,6 @@
 #include <limits>
 #include <random>
 
-#include <unistd.h>
 
 #include "alloc/alloc_counter.h"
 #include "test_util.h"
@@ -269,24 +268,6 @@ TEST(HyperMixingTest, TiedAliasesMayBeAbsentButMustMatch) {
   expect_error([&] { HyperMixing(c.options(), without); }, "missing keys");
 }
 
-TEST(HyperMixingTest, GemmTnMatchesLoops) {
-  // C (3 x 4) = Aᵀ·B with A stored (5 x 3) at stride 7, B (5 x 4) at stride 6; and with B transposed.
-  const Tensor A = test::random_tensor(Shape{5, 7}, 1), B = test::random_tensor(Shape{6, 6}, 2);
-  float C[12], Ct[12];
-  gemm_tn(A.data(), 7, B.data(), 6, false, C, 4, 3, 4, 5);
-  gemm_tn(A.data(), 7, B.data(), 6, true, Ct, 4, 3, 4, 5);  // B stored (4 x 5) at stride 6
-  for (int m = 0; m < 3; ++m)
-    for (int n = 0; n < 4; ++n) {
-      double s = 0, st = 0;
-      for (int k = 0; k < 5; ++k) {
-        s += A.at(k, m) * B.at(k, n);
-        st += A.at(k, m) * B.at(n, k);
-      }
-      EXPECT_NEAR(C[m * 4 + n], s, 1e-5);
-      EXPECT_NEAR(Ct[m * 4 + n], st, 1e-5);
-    }
-}
-
 // ----------------------------------------------------------------------------------------------------
 // Errors
 
@@ -424,9 +405,7 @@ TEST(HyperMixingTest, StreamSaveRestoreContinuesBitForBit) {
   o.window = 5;
   o.position = 3;
   const Tensor x = test::random_tensor(Shape{2, 30, 18}, 8);
-  const std::string path =
-      (std::filesystem::temp_directory_path() / ("hypermixing_stream_" + std::to_string(::getpid()) + ".safetensors"))
-          .string();
+  const std::string path = test::temp_path("hypermixing_stream.safetensors");
   for (int64_t cut : {3, 12}) {  // mid warm-up and mid-stream
     auto a = s.layer->open_stream(2, o);
     run_stream(*a, slice_time(x, 0, cut), {2});

@@ -313,7 +313,6 @@ TEST(PrimerEz, StreamEqualsCausalOffline) {
 }
 
 TEST(PrimerEz, SaveRestoreContinuesBitForBit) {
-  const auto dir = std::filesystem::temp_directory_path();
   for (QkvConv conv : kAllConvs) {
     const int64_t H = 2, D = 8, B = 2, T = 9;
     const LabmlMultiHeadAttention layer(conv, H, D, make_attention_sd(conv, H, D, true, 60));
@@ -321,7 +320,7 @@ TEST(PrimerEz, SaveRestoreContinuesBitForBit) {
     const StreamOptions opt{5};
     auto a = layer.open_stream(B, opt);
     a->push(cases::slice(x, 1, 0, 4));
-    const std::string path = (dir / ("tokenmix_primer_ez_" + std::string(qkv_conv_name(conv)) + ".safetensors")).string();
+    const std::string path = test::temp_path("primer_ez_" + std::string(qkv_conv_name(conv)) + ".safetensors");
     a->save(path);
     auto b = layer.open_stream(B, opt);
     b->push(cases::slice(x, 1, 0, 2));  // junk state, overwritten by restore
@@ -336,7 +335,7 @@ TEST(PrimerEz, SaveRestoreContinuesBitForBit) {
 }
 
 TEST(PrimerEz, RestoreRejectsOtherVariant) {
-  const auto path = (std::filesystem::temp_directory_path() / "tokenmix_primer_ez_variant.safetensors").string();
+  const auto path = test::temp_path("primer_ez_variant.safetensors");
   const LabmlMultiHeadAttention mdha(QkvConv::kPerChannel, 2, 8, make_attention_sd(QkvConv::kPerChannel, 2, 8, true, 1));
   const LabmlMultiHeadAttention mha(QkvConv::kNone, 2, 8, make_attention_sd(QkvConv::kNone, 2, 8, true, 1));
   auto s = mdha.open_stream(1);

@@ -12,7 +12,7 @@
 namespace tokenmix {
 namespace {
 
-std::string temp_path(const std::string& name) { return ::testing::TempDir() + "tokenmix_" + name; }
+using test::temp_path;
 
 // Writes an 8-byte length, the header text verbatim and the data bytes.
 std::string write_raw(const std::string& name, const std::string& header, const std::vector<uint8_t>& data,

@@ -60,7 +60,7 @@ TEST_P(StreamContract, StreamEqualsReferenceRestoresAndResetsRows) {
       opts = test::accepted_options(*layer_, 2, opts);
       test::expect_stream_matches_reference(*layer_, x, opts, 2e-5f);
       test::expect_restore_continues_identically(*layer_, x, opts,
-                                                 ::testing::TempDir() + GetParam().label + ".state.safetensors");
+                                                 test::temp_path(GetParam().label + ".state.safetensors"));
       test::expect_reset_row_isolated(*layer_, x, opts);
     }
   }

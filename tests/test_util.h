@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "tokenmix/core/error.h"
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
@@ -40,6 +42,12 @@ inline Tensor random_tensor(const Shape& shape, uint32_t seed, float stddev = 1.
 inline void add_random(StateDict& sd, const std::string& key, const Shape& shape, uint32_t seed) {
   const float sd_ = shape.ndim() == 2 ? 1.f / std::sqrt(static_cast<float>(shape[1])) : 0.3f;
   sd.set(key, random_tensor(shape, seed, sd_));
+}
+
+// A path in the temp directory, unique to this process: CTest runs the tests as parallel
+// processes, so a fixed name would let two tests overwrite each other's file.
+inline std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("tokenmix_" + std::to_string(::getpid()) + "_" + name)).string();
 }
 
 // Name of a reference case file without folder or extension (for test names).

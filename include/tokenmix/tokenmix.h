@@ -3,6 +3,7 @@
 
 #include "tokenmix/core/error.h"
 #include "tokenmix/core/tensor.h"
+#include "tokenmix/core/threads.h"
 #include "tokenmix/io/safetensors.h"
 #include "tokenmix/io/state_dict.h"
 #include "tokenmix/kernels/activations.h"

@@ -7,13 +7,31 @@
 namespace tokenmix {
 
 namespace {
-// The one cblas_sgemm call behind gemm() and gemm_tn(); K == 0 gives C = beta * C.
+// The one BLAS call behind gemm() and gemm_tn(); K == 0 gives C = beta * C.
 void sgemm(bool a_transposed, const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed,
            float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
   if (M == 0 || N == 0) return;
   if (K == 0) {
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
+    return;
+  }
+  // A single row or column is a matrix-vector product: OpenBLAS' GEMM path would spend most of its
+  // time packing the matrix operand. beta = 0 must overwrite whatever C holds (even NaN), as
+  // sgemm's own beta pass does, so that output is cleared here and the GEMV accumulates.
+  if (M == 1 || N == 1) {
+    const int64_t n = M == 1 ? N : M, inc_c = M == 1 ? 1 : ldc;
+    if (beta == 0.f)
+      for (int64_t i = 0; i < n; ++i) C[i * inc_c] = 0.f;
+    const float b = beta == 0.f ? 1.f : beta;
+    if (M == 1)  // C (1 x N) = a · op(B), a = row 0 of op(A): y = op(B)ᵀ · a
+      cblas_sgemv(CblasRowMajor, b_transposed ? CblasNoTrans : CblasTrans, static_cast<blasint>(b_transposed ? N : K),
+                  static_cast<blasint>(b_transposed ? K : N), alpha, B, static_cast<blasint>(ldb), A,
+                  static_cast<blasint>(a_transposed ? lda : 1), b, C, 1);
+    else  // C (M x 1) = op(A) · b, b = column 0 of op(B)
+      cblas_sgemv(CblasRowMajor, a_transposed ? CblasTrans : CblasNoTrans, static_cast<blasint>(a_transposed ? K : M),
+                  static_cast<blasint>(a_transposed ? M : K), alpha, A, static_cast<blasint>(lda), B,
+                  static_cast<blasint>(b_transposed ? 1 : ldb), b, C, static_cast<blasint>(ldc));
     return;
   }
   cblas_sgemm(CblasRowMajor, a_transposed ? CblasTrans : CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans,

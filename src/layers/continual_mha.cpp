@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "tokenmix/core/threads.h"
 #include "tokenmix/kernels/attention.h"
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/kernels/permute.h"
@@ -41,13 +42,6 @@ class ContinualStreamImpl : public Stream {
   virtual std::unique_ptr<ContinualStreamImpl> clone() const = 0;
   int64_t batch() const { return B_; }
 
-  Tensor push(const Tensor& chunk) override {
-    // (checked without building the argument vectors of check_shape: push allocates nothing)
-    if (chunk.ndim() != 3 || chunk.dim(0) != B_ || chunk.dim(2) != E_)
-      check_shape(chunk, {B_, -1, E_}, push_fn_.c_str(), "chunk", {"B", "C", "E"});
-    check(chunk.dim(1) >= 1, push_fn_, ": chunk: expected at least 1 token, got shape ", chunk.shape().str());
-    return step(chunk.data(), chunk.data(), chunk.data(), chunk.dim(1));
-  }
   void reset() override {
     for (auto& w : windows_) w.reset();
     seen_ = 0;
@@ -80,6 +74,13 @@ class ContinualStreamImpl : public Stream {
   using Stream::save;
 
  protected:
+  Tensor push_chunk(const Tensor& chunk) override {
+    // (checked without building the argument vectors of check_shape: push allocates nothing)
+    if (chunk.ndim() != 3 || chunk.dim(0) != B_ || chunk.dim(2) != E_)
+      check_shape(chunk, {B_, -1, E_}, push_fn_.c_str(), "chunk", {"B", "C", "E"});
+    check(chunk.dim(1) >= 1, push_fn_, ": chunk: expected at least 1 token, got shape ", chunk.shape().str());
+    return step(chunk.data(), chunk.data(), chunk.data(), chunk.dim(1));
+  }
   // State beyond the windows and the token count (saved after them).
   virtual void save_extra(SafetensorsWriter&) const {}
   virtual void restore_extra(const SafetensorsFile&) {}
@@ -605,6 +606,7 @@ Tensor ContinualMultiheadAttention::run_steps(const Tensor& q, const Tensor& k, 
     scratch = state_ ? state_->clone() : make_stream(N);
     impl = scratch.get();
   }
+  const ThreadLimit limit(stream_threads(N * q.dim(1)));
   return impl->step(q.data(), k.data(), v.data(), q.dim(1)).clone();
 }
 

@@ -17,7 +17,7 @@ CausalAttentionStream::CausalAttentionStream(std::string name, const CausalAtten
         options.left_context);
 }
 
-Tensor CausalAttentionStream::push(const Tensor& chunk) {
+Tensor CausalAttentionStream::push_chunk(const Tensor& chunk) {
   const char* fn = push_fn_.c_str();
   check_shape(chunk, {batch_, -1, width_}, fn, "chunk", {"B", "C", "E"});
   const int64_t C = chunk.dim(1), E = width_, n = batch_ * C * E;

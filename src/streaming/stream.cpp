@@ -1,6 +1,13 @@
 #include "tokenmix/streaming/stream.h"
 
+#include "tokenmix/core/threads.h"
+
 namespace tokenmix {
+
+Tensor Stream::push(const Tensor& chunk) {
+  const ThreadLimit limit(stream_threads(chunk.ndim() >= 2 ? chunk.dim(0) * chunk.dim(1) : chunk.numel()));
+  return push_chunk(chunk);
+}
 
 void Stream::save(const std::string& path) const {
   SafetensorsWriter w;

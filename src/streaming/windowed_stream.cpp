@@ -34,7 +34,7 @@ WindowedStream::WindowedStream(const char* name, int64_t batch, const StreamOpti
   config_.insert(config_.end(), {length_, position_});
 }
 
-Tensor WindowedStream::push(const Tensor& chunk) {
+Tensor WindowedStream::push_chunk(const Tensor& chunk) {
   const int64_t B = batch_, E = d_model_, L = length_, W = window_.width();
   if (chunk.ndim() != 3 || chunk.dim(0) != B || chunk.dim(1) < 1 || chunk.dim(2) != E)
     fail(name_, "::push: chunk: expected shape (", B, ", C, ", E, ") with C >= 1, got ", chunk.shape().str());

@@ -23,7 +23,8 @@ void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, 
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn = "linear");
 
 // C (M x N, ldc) = alpha * A (M x K, lda) · op(B) + beta * C, row-major; op(B) = Bᵀ when
-// b_transposed (B stored N x K), else B (stored K x N). Thin wrapper over cblas_sgemm.
+// b_transposed (B stored N x K), else B (stored K x N). Thin wrapper over cblas_sgemm (cblas_sgemv
+// when M or N is 1).
 void gemm(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
           int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha = 1.f, float beta = 0.f);
 

@@ -32,7 +32,6 @@ class CausalAttentionStream : public Stream {
   // name prefixes error messages ("<name>::push: ..."); core must outlive the stream.
   CausalAttentionStream(std::string name, const CausalAttentionCore& core, int64_t batch,
                         const StreamOptions& options);
-  Tensor push(const Tensor& chunk) override;
   void reset() override;
   void reset_row(int64_t b) override;
   void save(SafetensorsWriter& writer) const override;
@@ -41,6 +40,7 @@ class CausalAttentionStream : public Stream {
   using Stream::save;
 
  protected:
+  Tensor push_chunk(const Tensor& chunk) override;
   // Hook between projection and cache: row b's C new q/k/v rows (row stride E), in place. Layers
   // with per-stream history (Primer-EZ's causal convolutions) override it and the three state hooks.
   virtual void transform_qkv(int64_t b, float* q, float* k, float* v, int64_t C) {

@@ -35,8 +35,11 @@ class Stream {
   // rows are out of step (one was reset_row'ed), C_out is the largest count over the rows, outputs are
   // aligned on the chunk's newest token, and a row with fewer outputs has zeros in its leading slots.
   // The returned tensor views the stream's own buffer and stays valid until the next call on the stream.
-  // Throws Error "<Layer>Stream::push: chunk: expected shape (B, C, E), got ..." on a bad chunk.
-  virtual Tensor push(const Tensor& chunk) = 0;
+  // Threads: a chunk of fewer than kParallelMinTokens tokens in all (B·C < 8) is processed on the
+  // calling thread alone (core/threads.h says why); larger chunks use the calling thread's OpenMP
+  // setting. Throws Error "<Layer>Stream::push: chunk: expected shape (B, C, E), got ..." on a bad
+  // chunk.
+  Tensor push(const Tensor& chunk);
   // Forget everything: the next push starts a new sequence in every batch row.
   virtual void reset() = 0;
   // Forget batch row b only (its sequence ended; the other rows go on). Throws Error when
@@ -50,6 +53,10 @@ class Stream {
   // Convenience wrappers over save/restore with a file path.
   void save(const std::string& path) const;
   void restore(const std::string& path);
+
+ protected:
+  // The family's push: everything push() documents except the thread limit, which push() has set.
+  virtual Tensor push_chunk(const Tensor& chunk) = 0;
 };
 
 class Layer {

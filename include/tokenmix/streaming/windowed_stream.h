@@ -34,10 +34,6 @@ Tensor sliding_window_reference(const Tensor& x, int64_t L, int64_t P,
 
 class WindowedStream : public Stream {
  public:
-  // chunk (B, C, E), C >= 1. Throws Error "<name>::push: chunk: expected shape (B, C, E) with C >= 1,
-  // got ...". Returns (B, C_out, E) as described above, a view of the stream's buffer valid until
-  // the next call.
-  Tensor push(const Tensor& chunk) final;
   void reset() final;
   // Throws Error "<name>::reset_row: b: expected 0 <= b < B, got ..." when b is out of range.
   void reset_row(int64_t b) final;
@@ -60,6 +56,10 @@ class WindowedStream : public Stream {
   int64_t emitted(int64_t b) const;
 
  protected:
+  // push(): chunk (B, C, E), C >= 1. Throws Error "<name>::push: chunk: expected shape (B, C, E)
+  // with C >= 1, got ...". Returns (B, C_out, E) as described above, a view of the stream's buffer
+  // valid until the next call.
+  Tensor push_chunk(const Tensor& chunk) final;
   // name: the class name used in errors and saved as metadata "stream". batch >= 1 and options
   // (window = L >= 1, -1 <= position < L) must have been validated by the family (with its own
   // messages). d_model = E; row_width = W, the floats cached per token. family_config: the
