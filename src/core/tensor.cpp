@@ -21,7 +21,7 @@ Shape::Shape(const int64_t* dims, size_t n) {
 
 int64_t Shape::operator[](int i) const {
   const int j = i < 0 ? i + ndim_ : i;
-  check(j >= 0 && j < ndim_, "Shape::operator[]: axis ", i, " out of range for ", str());
+  check(j >= 0 && j < ndim_, "Shape::operator[]: axis ", i, " out of range for ", *this);
   return dims_[j];
 }
 
@@ -66,7 +66,7 @@ BasicTensor<T> BasicTensor<T>::view(const Shape& shape, T* data, std::shared_ptr
 
 template <typename T>
 BasicTensor<T> BasicTensor<T>::reshape(const Shape& shape) const {
-  check(shape.numel() == numel(), "Tensor::reshape: cannot view ", shape_.str(), " as ", shape.str());
+  check(shape.numel() == numel(), "Tensor::reshape: cannot view ", shape_, " as ", shape.str());
   BasicTensor t = *this;
   t.shape_ = shape;
   return t;
@@ -82,7 +82,7 @@ BasicTensor<T> BasicTensor<T>::clone() const {
 template <typename T>
 BasicTensor<T> BasicTensor<T>::operator[](int64_t i) const {
   check(ndim() >= 1 && i >= 0 && i < shape_[0], "Tensor::operator[]: index ", i,
-        " out of range for shape ", shape_.str());
+        " out of range for shape ", shape_);
   std::vector<int64_t> d = shape_.dims();
   d.erase(d.begin());
   Shape s(d);
@@ -99,7 +99,7 @@ template class BasicTensor<uint8_t>;
 template <typename T>
 void check_ndim(const BasicTensor<T>& t, int ndim, const char* fn, const char* arg) {
   check(t.ndim() == ndim, fn, ": ", arg, ": expected a ", ndim, "-D tensor, got shape ",
-        t.shape().str());
+        t.shape());
 }
 
 template <typename T>
@@ -119,7 +119,7 @@ void check_shape(const BasicTensor<T>& t, std::initializer_list<int64_t> want_li
       w += i < axis_names.size() ? axis_names.begin()[i] : "*";
   }
   w += n == 1 ? ",)" : ")";
-  fail(fn, ": ", arg, ": expected shape ", w, ", got ", t.shape().str());
+  fail(fn, ": ", arg, ": expected shape ", w, ", got ", t.shape());
 }
 
 template void check_ndim(const BasicTensor<float>&, int, const char*, const char*);
@@ -130,8 +130,8 @@ template void check_shape(const BasicTensor<uint8_t>&, std::initializer_list<int
                           const char*, std::initializer_list<const char*>);
 
 float max_abs_diff(const Tensor& a, const Tensor& b) {
-  check(a.shape() == b.shape(), "max_abs_diff: shapes differ: ", a.shape().str(), " vs ",
-        b.shape().str());
+  check(a.shape() == b.shape(), "max_abs_diff: shapes differ: ", a.shape(), " vs ",
+        b.shape());
   float m = 0.f;
   for (int64_t i = 0; i < a.numel(); ++i) {
     const float d = std::fabs(a.data()[i] - b.data()[i]);

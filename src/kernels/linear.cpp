@@ -100,7 +100,7 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn)
   check_ndim(W, 2, fn, "weight");
   const int64_t out = W.dim(0), in = W.dim(1);
   check(x.ndim() >= 1 && x.dim(-1) == in, fn, ": input: expected last axis of size ", in, ", got shape ",
-        x.shape().str());
+        x.shape());
   if (!b.empty()) check_shape(b, {out}, fn, "bias");
   std::vector<int64_t> d = x.shape().dims();
   d.back() = out;

@@ -11,7 +11,7 @@ Tensor permute(const Tensor& x, const std::vector<int>& perm) {
   std::sort(sorted.begin(), sorted.end());
   bool ok = static_cast<int>(perm.size()) == n;
   for (int i = 0; ok && i < n; ++i) ok = sorted[i] == i;
-  check(ok, "permute: perm: expected a permutation of the ", n, " axes of ", x.shape().str());
+  check(ok, "permute: perm: expected a permutation of the ", n, " axes of ", x.shape());
   // Strides of x, padded to 4 axes (size-1 axes in front).
   std::array<int64_t, 4> in_stride{}, out_dim{1, 1, 1, 1}, stride{0, 0, 0, 0};
   int64_t s = 1;

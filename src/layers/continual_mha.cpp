@@ -78,7 +78,7 @@ class ContinualStreamImpl : public Stream {
     // (checked without building the argument vectors of check_shape: push allocates nothing)
     if (chunk.ndim() != 3 || chunk.dim(0) != B_ || chunk.dim(2) != E_)
       check_shape(chunk, {B_, -1, E_}, push_fn_.c_str(), "chunk", {"B", "C", "E"});
-    check(chunk.dim(1) >= 1, push_fn_, ": chunk: expected at least 1 token, got shape ", chunk.shape().str());
+    check(chunk.dim(1) >= 1, push_fn_, ": chunk: expected at least 1 token, got shape ", chunk.shape());
     return step(chunk.data(), chunk.data(), chunk.data(), chunk.dim(1));
   }
   // State beyond the windows and the token count (saved after them).
@@ -497,7 +497,7 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
     if (!attn_mask.empty())
       check(attn_mask.ndim() == 2 && attn_mask.dim(0) == T && attn_mask.dim(1) == S, fn,
             ": attn_mask: expected a bool (T, S) = (", T, ", ", S, ") mask (per-head (N*H, T, S) masks are not "
-            "supported), got shape ", attn_mask.shape().str());
+            "supported), got shape ", attn_mask.shape());
     keep = Mask{Shape{N, Tq, S2}};
     for (int64_t n = 0; n < N; ++n)
       for (int64_t i = 0; i < Tq; ++i)
@@ -636,7 +636,7 @@ Tensor ContinualMultiheadAttention::forward_steps(const Tensor& query, const Ten
   const Tensor v = value.empty() ? q : to_batch_first(value, fn.c_str(), "value", E_);
   check_shape(k, {q.dim(0), q.dim(1), E_}, fn.c_str(), "key", {"N", "T"});
   check_shape(v, {q.dim(0), q.dim(1), E_}, fn.c_str(), "value", {"N", "T"});
-  check(q.dim(1) >= 1, fn, ": query: expected at least 1 token, got shape ", query.shape().str());
+  check(q.dim(1) >= 1, fn, ": query: expected at least 1 token, got shape ", query.shape());
   const Tensor y = run_steps(q, k, v, update_state, fn.c_str());
   if (y.dim(1) == 0) return {};
   if (single_output_) {  // (N, T', E)

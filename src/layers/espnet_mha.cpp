@@ -54,10 +54,10 @@ Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v,
   AttentionMask m;
   if (!mask.empty()) {
     check(mask.ndim() == 3, fn, ": mask: expected (B, 1, T2) or (B, T1, T2) with True = keep, got shape ",
-          mask.shape().str(), " (2-D masks are rejected: upstream mis-broadcasts them)");
+          mask.shape(), " (2-D masks are rejected: upstream mis-broadcasts them)");
     check((mask.dim(0) == B || mask.dim(0) == 1) && (mask.dim(1) == T1 || mask.dim(1) == 1) &&
               mask.dim(2) == T2,
-          fn, ": mask: expected shape (", B, " or 1, ", T1, " or 1, ", T2, "), got ", mask.shape().str());
+          fn, ": mask: expected shape (", B, " or 1, ", T1, " or 1, ", T2, "), got ", mask.shape());
     m = AttentionMask{mask.data(), mask.dim(0) == 1 ? 0 : mask.dim(1) * T2, mask.dim(1) == 1 ? 0 : T2, 1, 1};
   }
   AttentionShape s;
@@ -103,7 +103,7 @@ Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const Tensor& memor
                                         Tensor* attn) const {
   const char* fn = "EspnetMultiHeadedAttention::step";
   check(query.ndim() == 2 || query.ndim() == 3, fn, ": query: expected (B, E) or (B, T1, E), got shape ",
-        query.shape().str());
+        query.shape());
   const bool squeeze = query.ndim() == 2 || query.dim(1) == 1;
   const Tensor q3 = query.ndim() == 2 ? query.reshape(Shape{query.dim(0), 1, query.dim(1)}) : query;
   Tensor y = forward(q3, memory, mask, attn);
@@ -118,7 +118,7 @@ EspnetMultiHeadedAttention::ProjectedMemory EspnetMultiHeadedAttention::project_
     check(mask.ndim() == 3 && (mask.dim(0) == memory.dim(0) || mask.dim(0) == 1) &&
               mask.dim(2) == memory.dim(1),
           fn, ": mask: expected (B, 1, T2) or (B, T1, T2) with B = ", memory.dim(0), ", T2 = ", memory.dim(1),
-          ", got ", mask.shape().str());
+          ", got ", mask.shape());
   return {linear(memory, w_k_, b_k_, fn), linear(memory, w_v_, b_v_, fn), mask};
 }
 
@@ -126,7 +126,7 @@ Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const ProjectedMemo
                                         Tensor* attn) const {
   const char* fn = "EspnetMultiHeadedAttention::step";
   check(query.ndim() == 2 || query.ndim() == 3, fn, ": query: expected (B, E) or (B, T1, E), got shape ",
-        query.shape().str());
+        query.shape());
   const bool squeeze = query.ndim() == 2 || query.dim(1) == 1;
   const Tensor q3 = query.ndim() == 2 ? query.reshape(Shape{query.dim(0), 1, query.dim(1)}) : query;
   check_shape(q3, {memory.key.dim(0), -1, n_feat_}, fn, "query", {"B", "T1"});

@@ -113,30 +113,36 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
   int64_t mask_batch_stride = 0, mask_head_stride = 0;
   if (!mask.empty()) {
     check(mask.ndim() == 3, fn, ": mask: expected (B, 1, T), (1, 1, T) or (B, H, T) with True = keep, got shape ",
-          mask.shape().str(), " (2-D masks are rejected: upstream mis-broadcasts a (B, T) mask)");
+          mask.shape(), " (2-D masks are rejected: upstream mis-broadcasts a (B, T) mask)");
     check((mask.dim(0) == B || mask.dim(0) == 1) && (mask.dim(1) == 1 || mask.dim(1) == H) && mask.dim(2) == T,
-          fn, ": mask: expected shape (", B, " or 1, 1 or ", H, ", ", T, "), got ", mask.shape().str());
+          fn, ": mask: expected shape (", B, " or 1, 1 or ", H, ", ", T, "), got ", mask.shape());
     mask_batch_stride = mask.dim(0) == 1 ? 0 : mask.dim(1) * T;
     mask_head_stride = mask.dim(1) == 1 ? 0 : T;
   }
   Tensor y{Shape{B, T, E}};
   if (B * T == 0) return y;
-  std::vector<float> proj(static_cast<size_t>(B * T * W)), gk(static_cast<size_t>(E));
+  std::vector<float> proj(static_cast<size_t>(B * T * W));
   project_rows(xs_pad.data(), B * T, proj.data());
-  Scratch scratch;
-  scratch.reserve(T, E, H);
   Tensor u{Shape{B, T, E}};
-  for (int64_t b = 0; b < B; ++b) {
-    const float* rows = proj.data() + b * T * W;
-    pooled_key(rows, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride, mask_head_stride, gk.data(),
-               scratch);
-    for (int64_t t = 0; t < T; ++t) {
-      const float* q = rows + t * W;
-      float* ut = u.data() + (b * T + t) * E;
-      float* yt = y.data() + (b * T + t) * E;
-      for (int64_t e = 0; e < E; ++e) {
-        ut[e] = gk[e] * q[e];
-        yt[e] = q[e];
+  // Batch rows pool independently: one row per thread (the BLAS calls inside then run single-threaded).
+#pragma omp parallel if (B > 1)
+  {
+    Scratch scratch;
+    scratch.reserve(T, E, H);
+    std::vector<float> gk(static_cast<size_t>(E));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      const float* rows = proj.data() + b * T * W;
+      pooled_key(rows, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride, mask_head_stride, gk.data(),
+                 scratch);
+      for (int64_t t = 0; t < T; ++t) {
+        const float* q = rows + t * W;
+        float* ut = u.data() + (b * T + t) * E;
+        float* yt = y.data() + (b * T + t) * E;
+        for (int64_t e = 0; e < E; ++e) {
+          ut[e] = gk[e] * q[e];
+          yt[e] = q[e];
+        }
       }
     }
   }

@@ -91,27 +91,63 @@ HyperMixing::HyperMixing(const HyperMixingOptions& o, const StateDict& state_dic
   pe_ = pe.empty() ? sinusoidal_table(max_length_, E_) : pe.reshape(Shape{max_length_, E_});
 }
 
-void HyperMixing::generate(const Generator& g, const float* z, int64_t rows, float* hidden, float* W) const {
+void HyperMixing::hidden(const Generator& g, const float* z, int64_t rows, float* G) const {
   // Heads are independent: one per OpenMP work item (the GEMMs inside run on one thread each).
-#pragma omp parallel for schedule(dynamic) if (H_ > 1)
+#pragma omp parallel for schedule(dynamic) if (H_ > 1 && rows > 1)
   for (int64_t h = 0; h < H_; ++h) {
-    float* hid = hidden + h * d_;
-    linear_raw(z + h * d_, rows, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_, hid, E_);
-    for (int64_t t = 0; t < rows; ++t) gelu_erf(hid + t * E_, d_);
-    linear_raw(hid, rows, d_, E_, g.fc2_w.data() + h * K_ * d_, g.fc2_b.data() + h * K_, K_, W + h * K_, H_ * K_);
+    float* gh = G + h * d_;
+    linear_raw(z + h * d_, rows, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_, gh, E_);
+    for (int64_t t = 0; t < rows; ++t) gelu_erf(gh + t * E_, d_);
   }
+}
+
+void HyperMixing::generated_row(const Generator& g, int64_t h, const float* g_row, float* w) const {
+  linear_raw(g_row, 1, d_, d_, g.fc2_w.data() + h * K_ * d_, g.fc2_b.data() + h * K_, K_, w, K_);
+}
+
+void HyperMixing::mixing_hidden(int64_t h, const float* x, int64_t ldx, const float* G1, int64_t ldg, int64_t rows,
+                                float* P, float* R) const {
+  // P (d, d) = x̃_hᵀ·G1_h over the tokens.
+  gemm_tn(x, ldx, G1, ldg, /*b_transposed=*/false, P, d_, d_, d_, rows);
+  // R (d, K) = P·C1_hᵀ + (x̃_hᵀ·1)·γ1_hᵀ, then GELU.
+  gemm(P, d_, gen1_.fc2_w.data() + h * K_ * d_, d_, /*b_transposed=*/true, R, K_, d_, K_, d_);
+  float* colsum = P;  // P is consumed: reuse its first row for x̃_hᵀ·1
+  std::fill(colsum, colsum + d_, 0.f);
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t i = 0; i < d_; ++i) colsum[i] += x[t * ldx + i];
+  const float* gamma = gen1_.fc2_b.data() + h * K_;
+  for (int64_t i = 0; i < d_; ++i)
+    for (int64_t k = 0; k < K_; ++k) R[i * K_ + k] += colsum[i] * gamma[k];
+  gelu_erf(R, d_ * K_);
+}
+
+void HyperMixing::mixing_output(int64_t h, const float* R, const float* G2, int64_t ldg, int64_t rows, float* M,
+                                float* out, int64_t ldo) const {
+  const float* C2 = gen2_.fc2_w.data() + h * K_ * d_;  // (K, d)
+  // M (d, d) = C2_hᵀ·Rᵀ and c (d) = R·γ2_h (stored after M).
+  gemm_tn(C2, d_, R, K_, /*b_transposed=*/true, M, d_, d_, d_, K_);
+  float* c = M + d_ * d_;
+  gemv(R, K_, false, gen2_.fc2_b.data() + h * K_, c, d_, K_);
+  // out = G2_h·M + 1·cᵀ.
+  for (int64_t t = 0; t < rows; ++t) std::copy(c, c + d_, out + t * ldo);
+  gemm(G2, ldg, M, d_, /*b_transposed=*/false, out, ldo, rows, d_, d_, 1.f, 1.f);
 }
 
 void HyperMixing::layer_norm(const float* o, int64_t rows, float* y) const {
   const float* w = ln_w_.data();
   const float* bias = ln_b_.data();
+  // Rows are independent; the double sums are vectorised (omp simd lets the compiler split them
+  // into lanes).
+#pragma omp parallel for schedule(static) if (rows >= 64)
   for (int64_t t = 0; t < rows; ++t) {
     const float* x = o + t * E_;
     float* out = y + t * E_;
     double mean = 0;
+#pragma omp simd reduction(+ : mean)
     for (int64_t i = 0; i < E_; ++i) mean += x[i];
     mean /= static_cast<double>(E_);
     double var = 0;
+#pragma omp simd reduction(+ : var)
     for (int64_t i = 0; i < E_; ++i) var += (x[i] - mean) * (x[i] - mean);
     var /= static_cast<double>(E_);
     const float m = static_cast<float>(mean);
@@ -123,8 +159,8 @@ void HyperMixing::layer_norm(const float* o, int64_t rows, float* y) const {
 Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tensor* attn_weights) const {
   const char* fn = "HyperMixing::forward";
   check_shape(x, {-1, -1, E_}, fn, "x", {"B", "T", "E"});
-  const int64_t B = x.dim(0), T = x.dim(1), HK = H_ * K_;
-  check(B >= 1 && T >= 1, fn, ": x: expected B >= 1 and T >= 1, got shape ", x.shape().str());
+  const int64_t B = x.dim(0), T = x.dim(1);
+  check(B >= 1 && T >= 1, fn, ": x: expected B >= 1 and T >= 1, got shape ", x.shape());
   check(T <= max_length_, fn, ": x: expected T <= max_length (", max_length_, "), got T = ", T,
         " (upstream raises RuntimeError: The size of tensor a (", T, ") must match the size of tensor b (",
         max_length_, ") at non-singleton dimension 1)");
@@ -140,41 +176,44 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
         for (int64_t c = 0; c < E_; ++c) row[c] *= 0.f;  // 0·NaN = NaN, as upstream
       }
   // Per-thread workspace, grown only: a forward allocates (and page-faults) no large buffers after
-  // the first call of its size (the generated weights alone are 2·B·T·H·K floats).
-  thread_local std::vector<float> z, hidden, W1, W2;
-  for (auto* buf : {&z, &hidden}) grow(*buf, B * T * E_);
-  grow(W1, B * T * HK);
-  if (!tied_) grow(W2, B * T * HK);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t c = 0; c < E_; ++c)
-        z[(b * T + t) * E_ + c] = xt.data()[(b * T + t) * E_ + c] + pe_.data()[t * E_ + c];
+  // the first call of its size.
+  thread_local std::vector<float> z, G1, G2;
+  for (auto* buf : {&z, &G1}) grow(*buf, B * T * E_);
+  if (!tied_) grow(G2, B * T * E_);
+  float* zp = z.data();  // (the worker threads' z is their own thread_local)
+#pragma omp parallel for schedule(static) if (B * T >= 64)
+  for (int64_t r = 0; r < B * T; ++r)
+    for (int64_t c = 0; c < E_; ++c) zp[r * E_ + c] = xt.data()[r * E_ + c] + pe_.data()[(r % T) * E_ + c];
 
-  // Generated token-mixing weights W1, W2 (B·T, H·K), rows of padded tokens zeroed.
-  generate(gen1_, z.data(), B * T, hidden.data(), W1.data());
-  if (!tied_) generate(gen2_, z.data(), B * T, hidden.data(), W2.data());
-  if (masked)
-    for (int64_t i = 0; i < B * T; ++i)
-      if (key_padding_mask.data()[i])
-        for (auto* W : {&W1, &W2})
-          if (W == &W1 || !tied_)
-            for (int64_t k = 0; k < HK; ++k) (*W)[i * HK + k] *= 0.f;
-  const float* w1 = W1.data();
-  const float* w2 = tied_ ? W1.data() : W2.data();
+  // The hypernetworks' hidden layers G1, G2 (B·T, E). Their last layers are applied inside the
+  // token mixing (mixing_hidden / mixing_output), so the generated W1, W2 (B·T, H·K) never exist.
+  hidden(gen1_, zp, B * T, G1.data());
+  if (!tied_) hidden(gen2_, zp, B * T, G2.data());
+  // (pointers taken here: inside the parallel region below the names would be the worker's own
+  // thread_local buffers)
+  const float* g1 = G1.data();
+  const float* g2 = tied_ ? G1.data() : G2.data();
 
-  // Token mixing per (b, h): S = x̃ᵀ·W1 (d x K), o = W2·GELU(S)ᵀ (T x d). The (b, h) pairs are
+  // Token mixing per (b, h): R = GELU(x̃ᵀ·W1) (d x K), o = W2·Rᵀ (T x d). The (b, h) pairs are
   // independent: one per OpenMP work item (the GEMMs inside then run on one thread each).
   Tensor o{Shape{B, T, E_}};
   const int64_t work = B * H_;
 #pragma omp parallel for schedule(dynamic) if (work > 1)
   for (int64_t w = 0; w < work; ++w) {
     const int64_t b = w / H_, h = w % H_;
-    thread_local std::vector<float> S;
-    grow(S, d_ * K_);
-    gemm_tn(xt.data() + b * T * E_ + h * d_, E_, w1 + b * T * HK + h * K_, HK, false, S.data(), K_, d_, K_, T);
-    gelu_erf(S.data(), d_ * K_);
-    gemm(w2 + b * T * HK + h * K_, HK, S.data(), K_, true, o.data() + b * T * E_ + h * d_, E_, T, d_, K_);
+    thread_local std::vector<float> R, P;
+    grow(R, d_ * K_);
+    grow(P, d_ * d_ + d_);
+    const int64_t row0 = b * T * E_ + h * d_;
+    mixing_hidden(h, xt.data() + row0, E_, g1 + row0, E_, T, P.data(), R.data());
+    mixing_output(h, R.data(), g2 + row0, E_, T, P.data(), o.data() + row0, E_);
   }
+  // Upstream zeroes the generated rows of padded tokens: their W1 rows meet zero x̃ rows anyway, and
+  // their W2 rows make their o rows zero.
+  if (masked)
+    for (int64_t i = 0; i < B * T; ++i)
+      if (key_padding_mask.data()[i])
+        for (int64_t c = 0; c < E_; ++c) o.data()[i * E_ + c] *= 0.f;
   Tensor y{Shape{B, T, E_}};
   layer_norm(o.data(), B * T, y.data());
   if (attn_weights) *attn_weights = Tensor{Shape{B, T, T}};
@@ -228,11 +267,11 @@ HyperMixingStream::HyperMixingStream(const HyperMixing& layer, int64_t batch, co
     linear_raw(layer.pe_.data() + h * d_, L, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_,
                pos_table_.data() + h * d_, E_);
   hidden_.assign(static_cast<size_t>(L * d_), 0.f);
-  w1_.assign(static_cast<size_t>(L * K_), 0.f);
+  p_.assign(static_cast<size_t>(d_ * d_), 0.f);
   s_.assign(static_cast<size_t>(d_ * K_), 0.f);
   z_.assign(static_cast<size_t>(E_), 0.f);
   h2_.assign(static_cast<size_t>(E_), 0.f);
-  w2_.assign(static_cast<size_t>(H_ * K_), 0.f);
+  w2_.assign(static_cast<size_t>(K_), 0.f);
   o_.assign(static_cast<size_t>(E_), 0.f);
 }
 
@@ -249,11 +288,11 @@ void HyperMixingStream::window_output(int64_t, const float* R, int64_t, float* y
   const int64_t W = 2 * E_, L = length_, P = position_;
   const auto& g1 = layer_.gen1_;
   if (!layer_.tied_) {
-    // W2 only for the emitted token (window position P): z = x_P + pe[P].
+    // Hypernetwork 2's hidden layer only for the emitted token (window position P): z = x_P + pe[P].
     const float* xp = R + P * W;
     const float* pe = layer_.pe_.data() + P * E_;
     for (int64_t c = 0; c < E_; ++c) z_[c] = xp[c] + pe[c];
-    layer_.generate(layer_.gen2_, z_.data(), 1, h2_.data(), w2_.data());
+    layer_.hidden(layer_.gen2_, z_.data(), 1, h2_.data());
   }
   for (int64_t h = 0; h < H_; ++h) {
     // Layer 1 of hypernetwork 1 from the cached A1·x and the position table, then GELU.
@@ -264,15 +303,14 @@ void HyperMixingStream::window_output(int64_t, const float* R, int64_t, float* y
       for (int64_t i = 0; i < d_; ++i) out[i] = a[i] + q[i];
     }
     gelu_erf(hidden_.data(), L * d_);
-    // W1 (L, K) = hidden·C1ᵀ + γ1.
-    linear_raw(hidden_.data(), L, d_, d_, g1.fc2_w.data() + h * K_ * d_, g1.fc2_b.data() + h * K_, K_,
-               w1_.data(), K_);
-    // S (d, K) = xᵀ·W1 over the window, GELU.
-    gemm_tn(R + h * d_, W, w1_.data(), K_, false, s_.data(), K_, d_, K_, L);
-    gelu_erf(s_.data(), d_ * K_);
-    // o_h (d) = GELU(S)·W2[P].
-    const float* w2 = layer_.tied_ ? w1_.data() + P * K_ : w2_.data() + h * K_;
-    linear_raw(w2, 1, K_, K_, s_.data(), nullptr, d_, o_.data() + h * d_, d_);
+    // GELU(xᵀ·W1) (d, K) over the window, W1 factored as in forward.
+    layer_.mixing_hidden(h, R + h * d_, W, hidden_.data(), d_, L, p_.data(), s_.data());
+    // o_h (d) = GELU(S)·W2[P], with the generated row W2[P] (K) of this head.
+    if (layer_.tied_)
+      layer_.generated_row(g1, h, hidden_.data() + P * d_, w2_.data());
+    else
+      layer_.generated_row(layer_.gen2_, h, h2_.data() + h * d_, w2_.data());
+    linear_raw(w2_.data(), 1, K_, K_, s_.data(), nullptr, d_, o_.data() + h * d_, d_);
   }
   layer_.layer_norm(o_.data(), 1, y);
 }

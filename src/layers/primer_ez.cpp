@@ -216,17 +216,17 @@ Tensor LabmlMultiHeadAttention::forward(const Tensor& query, const Tensor& key, 
   const int64_t D = d_model_;
   check_shape(query, {-1, -1, D}, fn, "query", {"S", "B"});
   const int64_t S = query.dim(0), B = query.dim(1);
-  check(S >= 1 && B >= 1, fn, ": query: expected at least 1 step and 1 batch row, got shape ", query.shape().str());
+  check(S >= 1 && B >= 1, fn, ": query: expected at least 1 step and 1 batch row, got shape ", query.shape());
   check_shape(key, {-1, B, D}, fn, "key", {"S_k"});
   const int64_t Sk = key.dim(0);
-  check(Sk >= 1, fn, ": key: expected at least 1 step, got shape ", key.shape().str());
+  check(Sk >= 1, fn, ": key: expected at least 1 step, got shape ", key.shape());
   check_shape(value, {Sk, B, D}, fn, "value");
   AttentionMask m;
   if (!mask.empty()) {
     check(mask.ndim() == 3 && (mask.dim(0) == S || mask.dim(0) == 1) && mask.dim(1) == Sk &&
               (mask.dim(2) == B || mask.dim(2) == 1),
           fn, ": mask: expected shape (", S, " or 1, ", Sk, ", ", B, " or 1) with True = may attend, got ",
-          mask.shape().str());
+          mask.shape());
     const int64_t mb = mask.dim(2);
     m = AttentionMask{mask.data(), mb == 1 ? 0 : 1, mask.dim(0) == 1 ? 0 : Sk * mb, mb, 1};
   }
@@ -248,14 +248,14 @@ Tensor LabmlMultiHeadAttention::project(Projection which, const Tensor& x) const
   const char* fn = "LabmlMultiHeadAttention::project";
   check_shape(x, {-1, -1, d_model_}, fn, "x", {"S", "B"});
   const int64_t S = x.dim(0), B = x.dim(1);
-  check(S >= 1 && B >= 1, fn, ": x: expected at least 1 step and 1 batch row, got shape ", x.shape().str());
+  check(S >= 1 && B >= 1, fn, ": x: expected at least 1 step and 1 batch row, got shape ", x.shape());
   return project_rows(static_cast<int>(which), x, SeqLayout{B, S, 1, B}).reshape(Shape{S, B, heads_, d_k_});
 }
 
 Tensor LabmlMultiHeadAttention::self_attention(const Tensor& x, const AttentionMask* mask, bool causal,
                                                int64_t left_context, const char* fn) const {
   const int64_t B = x.dim(0), T = x.dim(1);
-  check(B >= 1 && T >= 1, fn, ": x: expected at least 1 batch row and 1 step, got shape ", x.shape().str());
+  check(B >= 1 && T >= 1, fn, ": x: expected at least 1 batch row and 1 step, got shape ", x.shape());
   const SeqLayout l{B, T, T, 1};
   const Tensor q = project_rows(0, x, l), k = project_rows(1, x, l), v = project_rows(2, x, l);
   return attend(q, l, k, v, l, mask, causal, left_context, nullptr).reshape(Shape{B, T, d_model_});

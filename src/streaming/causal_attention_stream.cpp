@@ -21,7 +21,7 @@ Tensor CausalAttentionStream::push_chunk(const Tensor& chunk) {
   const char* fn = push_fn_.c_str();
   check_shape(chunk, {batch_, -1, width_}, fn, "chunk", {"B", "C", "E"});
   const int64_t C = chunk.dim(1), E = width_, n = batch_ * C * E;
-  check(C >= 1, fn, ": chunk: expected at least 1 token, got shape ", chunk.shape().str());
+  check(C >= 1, fn, ": chunk: expected at least 1 token, got shape ", chunk.shape());
   if (static_cast<int64_t>(q_.size()) < n) {
     for (auto* buf : {&q_, &k_, &v_, &ctx_, &out_}) buf->resize(n);
   }

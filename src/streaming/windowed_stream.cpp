@@ -37,7 +37,7 @@ WindowedStream::WindowedStream(const char* name, int64_t batch, const StreamOpti
 Tensor WindowedStream::push_chunk(const Tensor& chunk) {
   const int64_t B = batch_, E = d_model_, L = length_, W = window_.width();
   if (chunk.ndim() != 3 || chunk.dim(0) != B || chunk.dim(1) < 1 || chunk.dim(2) != E)
-    fail(name_, "::push: chunk: expected shape (", B, ", C, ", E, ") with C >= 1, got ", chunk.shape().str());
+    fail(name_, "::push: chunk: expected shape (", B, ", C, ", E, ") with C >= 1, got ", chunk.shape());
   const int64_t C = chunk.dim(1);
   if (static_cast<int64_t>(staged_.size()) < B * C * W) staged_.resize(static_cast<size_t>(B * C * W));
   if (static_cast<int64_t>(out_.size()) < B * C * E) out_.resize(static_cast<size_t>(B * C * E));

@@ -107,9 +107,9 @@ void write_outputs(const CaseResult& result, const SafetensorsFile& file, const 
 }
 
 Tensor slice(const Tensor& t, int axis, int64_t start, int64_t stop) {
-  check(axis >= 0 && axis < t.ndim(), "slice: axis ", axis, " out of range for shape ", t.shape().str());
+  check(axis >= 0 && axis < t.ndim(), "slice: axis ", axis, " out of range for shape ", t.shape());
   check(0 <= start && start <= stop && stop <= t.dim(axis), "slice: [", start, ", ", stop,
-        ") out of range for axis ", axis, " of shape ", t.shape().str());
+        ") out of range for axis ", axis, " of shape ", t.shape());
   std::vector<int64_t> d = t.shape().dims();
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < axis; ++i) outer *= d[i];
@@ -141,8 +141,8 @@ Tensor stack(const std::vector<Tensor>& parts) {
   Tensor out{Shape(d)};
   float* dst = out.data();
   for (const auto& p : parts) {
-    check(p.shape() == parts[0].shape(), "stack: shapes differ: ", p.shape().str(), " vs ",
-          parts[0].shape().str());
+    check(p.shape() == parts[0].shape(), "stack: shapes differ: ", p.shape(), " vs ",
+          parts[0].shape());
     std::memcpy(dst, p.data(), sizeof(float) * p.numel());
     dst += p.numel();
   }

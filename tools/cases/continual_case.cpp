@@ -85,7 +85,7 @@ Outputs run(const Case& c) {
     if (ret.is_string()) {
       if (!y.empty()) out[ret.get<std::string>()] = y;  // else reported as not produced
     } else {
-      check(y.empty(), c.file.path(), ": ", method, " returned an output of shape ", y.shape().str(),
+      check(y.empty(), c.file.path(), ": ", method, " returned an output of shape ", y.shape(),
             " where the reference returned None");
     }
   }

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,9 @@ class Shape {
   bool operator!=(const Shape& o) const { return !(*this == o); }
   // "(3, 5, 32)".
   std::string str() const;
+  // Streams str(): error messages pass the Shape itself to check(), so the text is only built when
+  // the check fails.
+  friend std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.str(); }
 
  private:
   Shape(const int64_t* dims, size_t n);

@@ -17,8 +17,11 @@
 //   S[b,h]    = x̃[b,:,h]ᵀ · W1[b,h]                       (d x K), a sum over ALL tokens (bidirectional)
 //   o[b,t,h]  = W2[b,h,t] · GELU(S[b,h])ᵀ                  (d), no biases, no scaling
 //   y         = LayerNorm_E(o)                             eps 1e-5, affine; no residual
-// GELU is the exact erf form. Cost: (tied ? 1 : 2)·B·T·E·(d + K) MACs for the hypernetworks and
-// 2·B·T·E·K for the mixing; linear in T.
+// GELU is the exact erf form. Upstream's cost: (tied ? 1 : 2)·B·T·E·(d + K) MACs for the hypernetworks
+// and 2·B·T·E·K for the mixing; linear in T. tokenmix never forms W1, W2: it applies their last layer
+// (C, γ) inside the mixing products (see HyperMixing::hidden below), (tied ? 1 : 2)·B·T·E·d +
+// 2·B·T·E·d + 2·B·E·d·K MACs, about 3x fewer at d = 64, K = 256. The result equals the formula above
+// up to float32 rounding.
 // Upstream quirks kept: key/value/attn_mask/pos_embs of the upstream forward are ignored (self-mixing
 // only, always bidirectional); the padded output rows are exactly layer_norm.bias; masking multiplies by
 // 0, so a NaN/Inf in a padded slot turns the whole batch row into NaN, as upstream; T > max_length
@@ -104,9 +107,24 @@ class HyperMixing : public Layer {
   Tensor ln_w_, ln_b_;     // layer_norm: (E), (E)
   Tensor pe_;              // (max_length, E)
 
-  // Hypernetwork g over rows tokens: z (rows, E) -> W (rows, H·K) laid out [t, h·K + k]. hidden is
-  // (rows, E) scratch.
-  void generate(const Generator& g, const float* z, int64_t rows, float* hidden, float* W) const;
+  // The generated weights are W_h = G_h·C_hᵀ + 1·γ_hᵀ (rows, K) with G_h = GELU(z_h·A_hᵀ + α_h) the
+  // hypernetwork's hidden layer (A, α = fc1, C, γ = fc2). Token mixing only needs products with them,
+  // so W is never formed: x̃_hᵀ·W1_h = (x̃_hᵀ·G1_h)·C1_hᵀ + (x̃_hᵀ·1)·γ1_hᵀ, and W2_h·Rᵀ =
+  // G2_h·(C2_hᵀ·Rᵀ) + 1·(R·γ2_h)ᵀ. Per (batch row, head) that is 4·T·d² + 2·d²·K MACs instead of the
+  // 2·T·d·K (generation) + 2·T·d·K (mixing) of forming them, about 3x fewer at T = 256, d = 64, K = 256.
+  //
+  // G (rows, E), laid out [t, h·d + i] = the hidden layer of hypernetwork g for z (rows, E).
+  void hidden(const Generator& g, const float* z, int64_t rows, float* G) const;
+  // w (K) = row g_row (d: head h's slice of a G row) of head h's generated weights.
+  void generated_row(const Generator& g, int64_t h, const float* g_row, float* w) const;
+  // R (d, K) = GELU(x̃_hᵀ·W1_h) for head h over rows tokens: x (rows, stride ldx) and G1 (rows, stride
+  // ldg) are head h's d columns of x̃ and of hypernetwork 1's hidden layer. P: (d, d) scratch.
+  void mixing_hidden(int64_t h, const float* x, int64_t ldx, const float* G1, int64_t ldg, int64_t rows, float* P,
+                     float* R) const;
+  // out (rows, stride ldo; head h's d columns) = W2_h·Rᵀ from hypernetwork 2's hidden layer G2 (rows,
+  // stride ldg; head h's d columns). M: (d·d + d) scratch.
+  void mixing_output(int64_t h, const float* R, const float* G2, int64_t ldg, int64_t rows, float* M, float* out,
+                     int64_t ldo) const;
   // y (rows, E) = LayerNorm(o (rows, E)).
   void layer_norm(const float* o, int64_t rows, float* y) const;
   void check_stream_options(const StreamOptions& options, const char* fn) const;
@@ -121,21 +139,23 @@ class HyperMixing : public Layer {
 //
 // What is cached, and what cannot be:
 //   * The positional table is window-relative: a token's position changes at every slide, so its
-//     hypernetwork input x + pe[j] and everything downstream (W1 rows, S = x̃ᵀ·W1, GELU(S)) must be
-//     recomputed for the whole window at every step. S in particular is NOT a running sum.
+//     hypernetwork input x + pe[j] and everything downstream (the hidden layer, S = x̃ᵀ·W1, GELU(S))
+//     must be recomputed for the whole window at every step. S in particular is NOT a running sum.
 //   * Layer 1 of the hypernetwork is affine, so its position-independent part is cached per token:
 //     each pushed token stores [x (E) | A1·x (E)] in the SlidingWindow (width 2E), computed once on
 //     arrival; the position part Q[j] = A1·pe[j] + α1 (L, E) is tabulated once per stream. A step then
 //     needs only adds + GELU for layer 1 (the float rounding differs from forward's A1·(x + pe[j]) by
 //     ~1 ulp; stream vs stream_reference agree to ~1e-5, not bit-for-bit).
+//   * W1 is never formed: S = (x̃ᵀ·G1)·C1ᵀ + (x̃ᵀ·1)·γ1ᵀ from the hidden layer G1 (see
+//     HyperMixing::mixing_hidden).
 //   * Only the output at window position P is emitted, so W2 (layer 1 and 2 of the second
-//     hypernetwork) is computed for that single token only (taken from W1 when tied), and the token
-//     mixing reduces to one (d x K)·(K) product per head.
-// Cost per completed window: 2·L·E·K MACs (W1 layer 2 and S, two BLAS GEMMs per head) + L·E GELUs +
-// E·K GELUs + E·(d + K) + E·K MACs for W2 and the output; compare ~4·L·E·K + 2·L·E·d MACs for a
-// forward over the window. Arrival costs E·d MACs per token. Memory: the window (B, 2L, 2E) floats +
-// the (L, E) table + O(L·K) scratch, all allocated by open_stream; push allocates nothing once a chunk
-// of its size has been seen (the chunk-sized buffers only grow).
+//     hypernetwork) is computed for that single token only (its hidden row from G1 when tied), and
+//     the token mixing reduces to one (d x K)·(K) product per head.
+// Cost per completed window: L·E·d MACs (x̃ᵀ·G1) + E·d·K (S) + L·E GELUs + E·K GELUs + E·(d + K) +
+// E·K MACs for W2 and the output; compare about 4·L·E·d + 2·E·d·K MACs for a forward over the window.
+// Arrival costs E·d MACs per token. Memory: the window (B, L, 2E) floats + the (L, E) table + O(L·d +
+// d·K) scratch, all allocated by open_stream; push allocates nothing once a chunk of its size has
+// been seen (the chunk-sized buffers only grow).
 // Not available with a key_padding_mask (every pushed token is a real token).
 class HyperMixingStream : public WindowedStream {
  public:
@@ -156,8 +176,8 @@ class HyperMixingStream : public WindowedStream {
   const HyperMixing& layer_;
   const int64_t E_, H_, d_, K_;
   std::vector<float> pos_table_;        // (L, E): A1·pe[j] + α1
-  std::vector<float> hidden_, w1_, s_;  // (L, d), (L, K), (d, K) scratch
-  std::vector<float> z_, h2_, w2_, o_;  // (E), (E), (H·K), (E) scratch
+  std::vector<float> hidden_, p_, s_;  // (L, d), (d, d), (d, K) scratch
+  std::vector<float> z_, h2_, w2_, o_;  // (E), (E), (K), (E) scratch
 };
 
 }  // namespace tokenmix
