@@ -394,8 +394,8 @@ class HyperMixing(Baseline):
         d, K = E / H, self.FACTOR * E / H
         if mode == "offline":
             return 2.0 * B * T * (2 * E * (d + K) + 2 * E * K)
-        W = T + 1
-        return 2.0 * B * (2 * E * d + 2 * W * E * K + 2 * E * K)
+        W = T + 1  # tokenmix's cached window step (same formula as tools/cli/bench_families.cpp)
+        return 2.0 * B * (2 * E * d + W * E * d + E * d * K + 2 * E * K)
 
 
 # ---- Fastformer -----------------------------------------------------------------------------------
