@@ -123,27 +123,29 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
   if (B * T == 0) return y;
   std::vector<float> proj(static_cast<size_t>(B * T * W));
   project_rows(xs_pad.data(), B * T, proj.data());
-  Tensor u{Shape{B, T, E}};
-  // Batch rows pool independently: one row per thread (the BLAS calls inside then run single-threaded).
+  // The pooled key of each batch row: rows pool independently, one per thread (the BLAS calls
+  // inside then run single-threaded).
+  std::vector<float> gk(static_cast<size_t>(B * E));
 #pragma omp parallel if (B > 1)
   {
     Scratch scratch;
     scratch.reserve(T, E, H);
-    std::vector<float> gk(static_cast<size_t>(E));
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-      const float* rows = proj.data() + b * T * W;
-      pooled_key(rows, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride, mask_head_stride, gk.data(),
-                 scratch);
-      for (int64_t t = 0; t < T; ++t) {
-        const float* q = rows + t * W;
-        float* ut = u.data() + (b * T + t) * E;
-        float* yt = y.data() + (b * T + t) * E;
-        for (int64_t e = 0; e < E; ++e) {
-          ut[e] = gk[e] * q[e];
-          yt[e] = q[e];
-        }
-      }
+    for (int64_t b = 0; b < B; ++b)
+      pooled_key(proj.data() + b * T * W, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride,
+                 mask_head_stride, gk.data() + b * E, scratch);
+  }
+  // u = gk ⊙ q and the residual y = q, over all B·T tokens.
+  Tensor u{Shape{B, T, E}};
+#pragma omp parallel for schedule(static) if (B * T >= 64)
+  for (int64_t r = 0; r < B * T; ++r) {
+    const float* q = proj.data() + r * W;
+    const float* g = gk.data() + (r / T) * E;
+    float* ut = u.data() + r * E;
+    float* yt = y.data() + r * E;
+    for (int64_t e = 0; e < E; ++e) {
+      ut[e] = g[e] * q[e];
+      yt[e] = q[e];
     }
   }
   // y = transform(u) + q (accumulate adds the bias too).
