@@ -24,6 +24,8 @@ constexpr int64_t kQueryTile = 64;
 // block by OpenBLAS); 512-key blocks were no better than 256.
 constexpr int64_t kFlashQ = 256;
 constexpr int64_t kFlashK = 256;
+// Flash scratch per thread: score and probability blocks, running max and sum per row.
+constexpr int64_t kFlashScratch = kFlashQ * (2 * kFlashK + 2);
 // Below this many query rows the per-row decode path is used (one or a few tokens over a cache).
 constexpr int64_t kDecodeRows = 4;
 
@@ -89,15 +91,19 @@ inline float row_max(const float* x, int64_t n) {
   return m;
 }
 
-// x[j] = exp(x[j] - m) for j < n (-inf scores give exactly 0); returns the sum. m must be finite.
-inline float exp_sub_sum(float* x, int64_t n, float m) {
+// p[j] = exp(x[j] - m) for j < n (-inf scores give exactly 0); returns the sum. m must be finite.
+// In place when p == x; otherwise x is cleared to 0 in the same pass (the flash loop then adds the
+// next block's scores into it with beta = 1, which spares OpenBLAS' zeroing pass over C).
+inline float exp_sub_sum(float* x, int64_t n, float m, float* p) {
 #if defined(__AVX2__) && defined(__FMA__)
-  const __m256 vm = _mm256_set1_ps(m);
+  const bool clear = p != x;
+  const __m256 vm = _mm256_set1_ps(m), zero = _mm256_setzero_ps();
   __m256 acc = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
-    _mm256_storeu_ps(x + j, e);
+    if (clear) _mm256_storeu_ps(x + j, zero);
+    _mm256_storeu_ps(p + j, e);
     acc = _mm256_add_ps(acc, e);
   }
   if (j < n) {  // the tail through the same polynomial, padded with -inf
@@ -105,13 +111,20 @@ inline float exp_sub_sum(float* x, int64_t n, float m) {
     for (int r = 0; r < 8; ++r) t[r] = j + r < n ? x[j + r] : -INFINITY;
     const __m256 e = exp8(_mm256_sub_ps(_mm256_load_ps(t), vm));
     _mm256_store_ps(t, e);
-    for (int64_t r = 0; j + r < n; ++r) x[j + r] = t[r];
+    for (int64_t r = 0; j + r < n; ++r) {
+      if (clear) x[j + r] = 0.f;
+      p[j + r] = t[r];
+    }
     acc = _mm256_add_ps(acc, e);
   }
   return hsum(acc);
 #else
   float sum = 0.f;
-  for (int64_t j = 0; j < n; ++j) sum += x[j] = x[j] == -INFINITY ? 0.f : std::exp(x[j] - m);
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = x[j] == -INFINITY ? 0.f : std::exp(x[j] - m);
+    if (p != x) x[j] = 0.f;
+    sum += p[j] = e;
+  }
   return sum;
 #endif
 }
@@ -145,7 +158,7 @@ void tile_with_probs(const AttentionShape& s, const HeadsView& q, const HeadsVie
     if (mx == -INFINITY) {
       std::fill(sr, sr + n, 0.f);
     } else {
-      scale_row(sr, n, 1.f / exp_sub_sum(sr, n, mx));
+      scale_row(sr, n, 1.f / exp_sub_sum(sr, n, mx, sr));
     }
     float* pr = probs + ((b * s.heads + h) * s.q_len + i) * s.k_len;
     std::fill(pr, pr + s.k_len, 0.f);
@@ -261,22 +274,26 @@ void row_decode(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
     std::fill(ci, ci + D, 0.f);
     return;
   }
-  scale_row(sr, n, 1.f / exp_sub_sum(sr, n, mx));
+  scale_row(sr, n, 1.f / exp_sub_sum(sr, n, mx, sr));
   context_v(sr, at(v, b, lo, h, D), n, v.time_stride, D, ci);
 }
 
 // Queries [i0, i1) of head h in batch b, flash style: key blocks of kFlashK with an online softmax
 // (running row max m and sum l, the context accumulated unnormalised in ctx and rescaled when m
-// grows). Extra memory: one kFlashQ x kFlashK score block per thread, whatever k_len is.
+// grows). Extra memory: a kFlashQ x kFlashK score block and probability block per thread, whatever
+// k_len is. The score block is cleared by the softmax pass that reads it, so the next block's Q·Kᵀ
+// accumulates into it (beta = 1) and OpenBLAS skips its own zeroing pass.
 void tile_flash(const AttentionShape& s, const HeadsView& q, const HeadsView& k, const HeadsView& v,
                 const AttentionMask* mask, const HeadsOut& ctx, int64_t b, int64_t h, int64_t i0, int64_t i1,
                 std::vector<float>& scores) {
   const int64_t D = s.head_dim, rows = i1 - i0;
   int64_t lo, hi;
   key_range(s, i0, i1, &lo, &hi);
-  if (static_cast<int64_t>(scores.size()) < kFlashQ * (kFlashK + 2)) scores.resize(kFlashQ * (kFlashK + 2));
-  float* m = scores.data() + kFlashQ * kFlashK;  // running max per row
-  float* l = m + kFlashQ;                        // running sum per row
+  if (static_cast<int64_t>(scores.size()) < kFlashScratch) scores.resize(kFlashScratch);
+  float* S = scores.data();                  // scores of the block (rows, n); zero between blocks
+  float* P = S + kFlashQ * kFlashK;          // probabilities of the block (rows, n)
+  float* m = P + kFlashQ * kFlashK;          // running max per row
+  float* l = m + kFlashQ;                    // running sum per row
   const float* qb = at(q, b, i0, h, D);
   float* cb = at(ctx, b, i0, h, D);
   for (int64_t r = 0; r < rows; ++r) {
@@ -287,18 +304,20 @@ void tile_flash(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
   for (int64_t j0 = lo; j0 < hi; j0 += kFlashK) {
     const int64_t j1 = std::min(hi, j0 + kFlashK), n = j1 - j0;
     // Causal band: rows that see no key of this block are skipped below (their scores stay -inf).
-    float* S = scores.data();
+    // S holds zeros after the first block (cleared by the softmax pass; a later block is never wider).
     gemm(qb, q.time_stride, at(k, b, j0, h, D), k.time_stride, true, S, n,
-         rows, n, D, s.scale);
+         rows, n, D, s.scale, j0 == lo ? 0.f : 1.f);
     const bool whole = !mask && band_covers(s, i0, i1, j0, j1);
     bool any = false;
     for (int64_t r = 0; r < rows; ++r) {
       float* sr = S + r * n;
+      float* pr = P + r * n;
       if (!whole) mask_row(s, mask, b, i0 + r, j0, sr, n);
       const float bm = row_max(sr, n);
       const float mnew = std::max(m[r], bm);
       if (mnew == -INFINITY) {  // nothing kept so far in this row
         std::fill(sr, sr + n, 0.f);
+        std::fill(pr, pr + n, 0.f);
         continue;
       }
       any = true;
@@ -310,10 +329,10 @@ void tile_flash(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
         }
         m[r] = mnew;
       }
-      l[r] += exp_sub_sum(sr, n, mnew);
+      l[r] += exp_sub_sum(sr, n, mnew, pr);
     }
     if (any)
-      gemm(S, n, at(v, b, j0, h, D), v.time_stride, false, cb,
+      gemm(P, n, at(v, b, j0, h, D), v.time_stride, false, cb,
            ctx.time_stride, rows, D, n, 1.f, 1.f);
   }
   for (int64_t r = 0; r < rows; ++r) scale_row(cb + r * ctx.time_stride, D, l[r] > 0.f ? 1.f / l[r] : 0.f);
@@ -330,7 +349,7 @@ std::vector<float>& score_scratch() {
 void attention_reserve(int64_t q_len, int64_t k_len) {
   // Large enough for any path: probability tiles, the decode path and the flash tiles.
   const size_t need = static_cast<size_t>(std::max(std::min(q_len, kQueryTile) * std::max<int64_t>(k_len, 1),
-                                                   kFlashQ * (kFlashK + 2)));
+                                                   kFlashScratch));
 #pragma omp parallel
   {
     auto& scores = score_scratch();
