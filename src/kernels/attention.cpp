@@ -18,8 +18,8 @@ using simd::hsum;
 
 // Query rows per work item of the probs path (full score rows, exact two-pass softmax).
 constexpr int64_t kQueryTile = 64;
-// Flash path: query rows per work item and keys per block. The block's scores (kFlashQ x kFlashK
-// floats, 256 KiB) stay in L2. Measured on Zen (AVX2), 1 thread, B=1 T=4096 H=8 D=64: 64-row tiles
+// Flash path: query rows per work item and keys per block. The block's scores and probabilities
+// (kFlashQ x kFlashK floats each, 2 x 256 KiB) stay in L2. Measured on Zen (AVX2), 1 thread, B=1 T=4096 H=8 D=64: 64-row tiles
 // reach ~38-45 GFLOP/s in the attention GEMMs, 256-row tiles ~47-50 (fewer re-packs of each K / V
 // block by OpenBLAS); 512-key blocks were no better than 256.
 constexpr int64_t kFlashQ = 256;
