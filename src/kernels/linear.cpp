@@ -85,13 +85,6 @@ void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, 
     }
   }
   const float beta = (b || accumulate) ? 1.f : 0.f;
-  if (rows == 1 && in_features > 0) {
-    if (beta == 0.f) std::fill(y, y + out_features, 0.f);
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(out_features),
-                static_cast<blasint>(in_features), 1.f, W, static_cast<blasint>(in_features), x, 1,
-                1.f, y, 1);
-    return;
-  }
   gemm(x, ldx, W, in_features, /*b_transposed=*/true, y, ldy, rows, out_features, in_features, 1.f,
        beta);
 }

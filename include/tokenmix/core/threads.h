@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 namespace tokenmix {
 
@@ -32,6 +33,8 @@ class ThreadLimit {
 
 // The limit for work of `tokens` tokens (B·C) of a streaming step: 1 below kParallelMinTokens,
 // otherwise no limit.
-inline int stream_threads(int64_t tokens) { return tokens < kParallelMinTokens ? 1 : 1 << 30; }
+inline int stream_threads(int64_t tokens) {
+  return tokens < kParallelMinTokens ? 1 : std::numeric_limits<int>::max();
+}
 
 }  // namespace tokenmix

@@ -13,7 +13,7 @@ namespace tokenmix {
 //   b: (out_features) or nullptr
 //   y: rows x out_features, row stride ldy (>= out_features); overwritten (accumulate = false) or
 //      added to (accumulate = true; b is then added too when given).
-// One cblas_sgemm (or sgemv for a single row). No checks: callers validate shapes.
+// One gemm() (so a single row is one sgemv). No checks: callers validate shapes.
 void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, const float* W,
                 const float* b, int64_t out_features, float* y, int64_t ldy, bool accumulate = false);
 
