@@ -160,19 +160,17 @@ Tensor FastSelfAttention::forward(const Tensor& x, const Mask& key_padding_mask)
   return forward_upstream(x, keep_mask_from_padding(key_padding_mask, x.dim(0), x.dim(1), fn));
 }
 
-int64_t FastSelfAttention::window_position(const StreamOptions& o, const char* fn) const {
+void FastSelfAttention::check_stream_options(const StreamOptions& o, const char* fn) const {
   check(o.window >= 1, fn, ": options.window: expected the window length L >= 1, got ", o.window);
   check(o.position >= -1 && o.position < o.window, fn, ": options.position: expected -1 <= position < window (",
         o.window, "), got ", o.position);
-  return o.position == -1 ? o.window - 1 : o.position;
 }
 
 Tensor FastSelfAttention::stream_reference(const Tensor& x, const StreamOptions& options) const {
   const char* fn = "FastSelfAttention::stream_reference";
-  const int64_t P = window_position(options, fn);
+  check_stream_options(options, fn);
   check_shape(x, {-1, -1, size_}, fn, "x", {"B", "T"});
-  return sliding_window_reference(x, options.window, P,
-                                  [this](const Tensor& w) { return forward_upstream(w, Mask{}); });
+  return sliding_window_reference(x, options, [this](const Tensor& w) { return forward_upstream(w, Mask{}); });
 }
 
 std::unique_ptr<Stream> FastSelfAttention::open_stream(int64_t batch, const StreamOptions& options) const {
@@ -184,7 +182,7 @@ std::unique_ptr<Stream> FastSelfAttention::open_stream(int64_t batch, const Stre
 const StreamOptions& FastSelfAttentionStream::checked(const FastSelfAttention& layer, int64_t batch,
                                                     const StreamOptions& options) {
   check(batch >= 1, "FastSelfAttention::open_stream: batch: expected >= 1, got ", batch);
-  layer.window_position(options, "FastSelfAttention::open_stream");
+  layer.check_stream_options(options, "FastSelfAttention::open_stream");
   return options;
 }
 

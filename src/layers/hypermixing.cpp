@@ -237,8 +237,7 @@ Tensor HyperMixing::stream_reference(const Tensor& x, const StreamOptions& optio
   const char* fn = "HyperMixing::stream_reference";
   check_stream_options(options, fn);
   check_shape(x, {-1, -1, E_}, fn, "x", {"B", "T", "E"});
-  const int64_t P = options.position < 0 ? options.window - 1 : options.position;
-  return sliding_window_reference(x, options.window, P, [this](const Tensor& w) { return forward(w); });
+  return sliding_window_reference(x, options, [this](const Tensor& w) { return forward(w); });
 }
 
 std::unique_ptr<Stream> HyperMixing::open_stream(int64_t batch, const StreamOptions& options) const {

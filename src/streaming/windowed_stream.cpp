@@ -7,8 +7,9 @@
 
 namespace tokenmix {
 
-Tensor sliding_window_reference(const Tensor& x, int64_t L, int64_t P,
+Tensor sliding_window_reference(const Tensor& x, const StreamOptions& options,
                                 const std::function<Tensor(const Tensor&)>& forward) {
+  const int64_t L = options.window, P = window_position(options);
   const int64_t B = x.dim(0), T = x.dim(1), E = x.dim(2);
   const int64_t n = std::max<int64_t>(0, T - L + 1);
   Tensor out{Shape{B, n, E}};
@@ -27,7 +28,7 @@ WindowedStream::WindowedStream(const char* name, int64_t batch, const StreamOpti
                                int64_t row_width, const std::vector<int64_t>& family_config,
                                const char* config_names)
     : name_(name), batch_(batch), d_model_(d_model), length_(options.window),
-      position_(options.position < 0 ? options.window - 1 : options.position), window_(batch, length_, row_width),
+      position_(window_position(options)), window_(batch, length_, row_width),
       config_names_(config_names), emitted_(batch, 0) {
   config_ = {batch_, d_model_};
   config_.insert(config_.end(), family_config.begin(), family_config.end());

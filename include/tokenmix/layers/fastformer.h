@@ -107,8 +107,8 @@ class FastSelfAttention : public Layer {
   Tensor w_key_, b_key_;                // key: (E, E), (E)
   Tensor w_key_att_, b_key_att_;        // key_att: (H, E), (H)
   Tensor w_transform_, b_transform_;    // transform: (E, E), (E)
-  // Checks options; returns the window position in [0, L). fn names the caller.
-  int64_t window_position(const StreamOptions& options, const char* fn) const;
+  // Checks options.window >= 1 and -1 <= options.position < window; fn names the caller.
+  void check_stream_options(const StreamOptions& options, const char* fn) const;
   friend class FastSelfAttentionStream;
 };
 

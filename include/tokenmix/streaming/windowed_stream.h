@@ -25,11 +25,17 @@
 
 namespace tokenmix {
 
+// The emitted window position P of options validated by the family (window = L >= 1,
+// -1 <= position < L): position, or L - 1 (the newest token) for -1.
+inline int64_t window_position(const StreamOptions& options) {
+  return options.position < 0 ? options.window - 1 : options.position;
+}
+
 // The offline definition a WindowedStream reproduces (the layers' stream_reference): for x (B, T, E)
-// returns (B, max(T - L + 1, 0), E) whose row s is forward(x[:, s : s + L])[:, P], where forward maps
-// a window (B, L, E) to (B, L, E). Costs one forward per window. L >= 1 and 0 <= P < L must have been
-// validated by the caller; throws what forward throws.
-Tensor sliding_window_reference(const Tensor& x, int64_t L, int64_t P,
+// returns (B, max(T - L + 1, 0), E) whose row s is forward(x[:, s : s + L])[:, P], L = options.window,
+// P = window_position(options), where forward maps a window (B, L, E) to (B, L, E). Costs one
+// forward per window. options must have been validated by the caller; throws what forward throws.
+Tensor sliding_window_reference(const Tensor& x, const StreamOptions& options,
                                 const std::function<Tensor(const Tensor&)>& forward);
 
 class WindowedStream : public Stream {
