@@ -1,9 +1,12 @@
 // tests/attention_kernel_test.cpp: the optimized attention() (flash blocks, per-row vector decode,
-// probs path) against attention_reference() over random shapes, layouts, masks and causal bands.
+// probs path) against attention_reference() over random shapes, layouts, masks and causal bands;
+// the single-query kernels (attention_scores, attention_context_unnormalized) against plain loops.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "test_util.h"
@@ -151,6 +154,52 @@ TEST(AttentionKernel, DecodeSingleToken) {
   Problem none;  // key range empty: left context 0 rows
   none.s = AttentionShape{2, 2, 8, 1, 0, 1.f, false, 0, 0};
   check_problem(none, 5);
+}
+
+TEST(AttentionKernel, SingleQueryKernelsMatchPlainLoops) {
+  // attention_scores / attention_context_unnormalized against double loops: D with and without the
+  // vector path, rows strided inside a wider buffer, masked (-inf) keys, all keys masked, n = 0.
+  std::mt19937 g(21);
+  for (int64_t D : {64, 24, 5}) {
+    for (int64_t n : {0, 1, 7, 8, 33}) {
+      const int64_t ld = 3 * D + 1;
+      const std::vector<float> q = random_vec(D, g), K = random_vec(n * ld + D, g), V = random_vec(n * ld + D, g);
+      std::vector<float> s(n + 1, 0.f);
+      attention_scores(q.data(), K.data() + 1, n, ld, D, 0.5f, s.data());
+      std::vector<double> want_s(n);
+      for (int64_t j = 0; j < n; ++j) {
+        for (int64_t d = 0; d < D; ++d) want_s[j] += 0.5 * q[d] * K[1 + j * ld + d];
+        EXPECT_NEAR(s[j], want_s[j], 1e-5 * (1 + std::abs(want_s[j]))) << "D=" << D << " n=" << n << " j=" << j;
+      }
+      for (int masked : {0, 1, 2}) {  // none, every third key, all
+        std::vector<float> sm(s.begin(), s.begin() + n);
+        for (int64_t j = 0; j < n; ++j)
+          if (masked == 2 || (masked == 1 && j % 3 == 1)) sm[j] = -INFINITY;
+        std::vector<float> c(D, 7.f);
+        float m = 0.f;
+        const float d = attention_context_unnormalized(sm.data(), n, V.data() + 2, ld, D, c.data(), &m);
+        double want_m = -INFINITY, want_d = 0.0;
+        for (int64_t j = 0; j < n; ++j)
+          if (!(masked == 2 || (masked == 1 && j % 3 == 1))) want_m = std::max(want_m, want_s[j]);
+        std::vector<double> want_c(D, 0.0);
+        for (int64_t j = 0; j < n && want_m != -INFINITY; ++j) {
+          if (masked == 2 || (masked == 1 && j % 3 == 1)) continue;
+          const double w = std::exp(want_s[j] - want_m);
+          want_d += w;
+          for (int64_t e = 0; e < D; ++e) want_c[e] += w * V[2 + j * ld + e];
+        }
+        const std::string where = "D=" + std::to_string(D) + " n=" + std::to_string(n) + " masked=" + std::to_string(masked);
+        if (want_m == -INFINITY) {
+          EXPECT_EQ(m, -INFINITY) << where;
+          EXPECT_EQ(d, 0.f) << where;
+        } else {
+          EXPECT_NEAR(m, want_m, 1e-5 * (1 + std::abs(want_m))) << where;
+          EXPECT_NEAR(d, want_d, 1e-5 * want_d) << where;
+        }
+        for (int64_t e = 0; e < D; ++e) EXPECT_NEAR(c[e], want_c[e], 1e-4 * (1 + want_d)) << where << " e=" << e;
+      }
+    }
+  }
 }
 
 TEST(AttentionKernel, EspnetStreamDecodeMatchesOffline) {

@@ -171,9 +171,10 @@ void tile_with_probs(const AttentionShape& s, const HeadsView& q, const HeadsVie
   }
 }
 
-// Decode inner loops for one head over n keys at row stride ld (a KV cache: time_stride E):
-//   scores_k(q, K, n, ld, D, scale, out):  out[j] = scale * (q · K_j)
-//   context_v(p, V, n, ld, D, c):          c = Σ_j p[j] V_j            (c overwritten)
+// Single-query inner loops for one head over n keys at row stride ld (a KV cache: time_stride E),
+// behind attention_scores() and attention_context_unnormalized():
+//   scores_k_*(q, K, n, ld, D, scale, out):  out[j] = scale * (q · K_j)
+//   context_v_*(p, V, n, ld, D, c):          c = Σ_j p[j] V_j            (c overwritten)
 // The vector versions need D % 8 == 0; the plain loops serve every D and are the reference for
 // them (tests/attention_kernel_test.cpp covers both through attention_reference()).
 void scores_k_plain(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
@@ -238,20 +239,6 @@ void context_v_avx2(const float* p, const float* V, int64_t n, int64_t ld, int64
 }
 #endif
 
-void scores_k(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
-#if defined(__AVX2__) && defined(__FMA__)
-  if (D % 8 == 0) return scores_k_avx2(q, K, n, ld, D, scale, out);
-#endif
-  scores_k_plain(q, K, n, ld, D, scale, out);
-}
-
-void context_v(const float* p, const float* V, int64_t n, int64_t ld, int64_t D, float* c) {
-#if defined(__AVX2__) && defined(__FMA__)
-  if (D % 8 == 0) return context_v_avx2(p, V, n, ld, D, c);
-#endif
-  context_v_plain(p, V, n, ld, D, c);
-}
-
 // Decoding: one query row i of head h in batch b over its whole key range (a KV cache): scores in
 // registers-wide key groups, the exact two-pass softmax, the context accumulated in registers.
 // Reads each key and value of the head once, with no BLAS call overhead (a GEMV per head costs more
@@ -266,16 +253,11 @@ void row_decode(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
   float* ci = at(ctx, b, i, h, D);
   if (static_cast<int64_t>(scores.size()) < n) scores.resize(n);
   float* sr = scores.data();
-  scores_k(at(q, b, i, h, D), at(k, b, lo, h, D),
-           n, k.time_stride, D, s.scale, sr);
+  attention_scores(at(q, b, i, h, D), at(k, b, lo, h, D), n, k.time_stride, D, s.scale, sr);
   if (mask || !band_covers(s, i, i + 1, lo, hi)) mask_row(s, mask, b, i, lo, sr, n);
-  const float mx = row_max(sr, n);
-  if (mx == -INFINITY) {
-    std::fill(ci, ci + D, 0.f);
-    return;
-  }
-  scale_row(sr, n, 1.f / exp_sub_sum(sr, n, mx, sr));
-  context_v(sr, at(v, b, lo, h, D), n, v.time_stride, D, ci);
+  float mx;
+  const float d = attention_context_unnormalized(sr, n, at(v, b, lo, h, D), v.time_stride, D, ci, &mx);
+  scale_row(ci, D, d > 0.f ? 1.f / d : 0.f);
 }
 
 // Queries [i0, i1) of head h in batch b, flash style: key blocks of kFlashK with an online softmax
@@ -345,6 +327,31 @@ std::vector<float>& score_scratch() {
 }
 
 }  // namespace
+
+void attention_scores(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if (D % 8 == 0) return scores_k_avx2(q, K, n, ld, D, scale, out);
+#endif
+  scores_k_plain(q, K, n, ld, D, scale, out);
+}
+
+float attention_context_unnormalized(float* s, int64_t n, const float* V, int64_t ld, int64_t D, float* c,
+                                     float* max) {
+  *max = row_max(s, n);
+  if (*max == -INFINITY) {
+    std::fill(c, c + D, 0.f);
+    return 0.f;
+  }
+  const float d = exp_sub_sum(s, n, *max, s);
+#if defined(__AVX2__) && defined(__FMA__)
+  if (D % 8 == 0) {
+    context_v_avx2(s, V, n, ld, D, c);
+    return d;
+  }
+#endif
+  context_v_plain(s, V, n, ld, D, c);
+  return d;
+}
 
 void attention_reserve(int64_t q_len, int64_t k_len) {
   // Large enough for any path: probability tiles, the decode path and the flash tiles.

@@ -100,8 +100,9 @@ class ContinualStreamImpl : public Stream {
     for (int64_t i = 0; i < n; ++i) pq_[i] *= layer_.scale_;
   }
   void project_out(const float* ctx, int64_t rows, float* y) const { layer_.project_out(ctx, rows, y); }
-  void project_values(const float* v, int64_t rows, float* u) const { layer_.project_values_per_head(v, rows, u); }
-  void project_value_head(int64_t h, const float* c, float* a) const { layer_.project_value_head(h, c, a); }
+  void project_value_head(int64_t h, const float* x, int64_t rows, int64_t ldx, float* y, int64_t ldy) const {
+    layer_.project_value_head(h, x, rows, ldx, y, ldy);
+  }
   const float* out_bias() const { return layer_.b_o_.empty() ? nullptr : layer_.b_o_.data(); }
 
   const ContinualMultiheadAttention& layer_;
@@ -187,9 +188,9 @@ class SingleOutputStream final : public ContinualStreamImpl {
   std::vector<uint8_t> ready_;
 };
 
-// ---- Retroactive stream: windows of scaled queries, keys and per-head projected values
-// u_j[h] = W_o[:, hD:(h+1)D]·v_j[hD:(h+1)D]; per query row and head a running max m, denominator d,
-// its peak p since the last exact evaluation and the numerator A = Σ_j exp(s_j - m)·u_j[h] (E). ----
+// ---- Retroactive stream: windows of scaled queries, keys and values; per query row and head a
+// running max m, denominator d, its peak p since the last exact evaluation, and the numerator
+// already through out_proj, A = Σ_j exp(s_j - m)·u_j[h] (E floats), u_j[h] = W_o[:, hD:(h+1)D]·v_j,h. ----
 class RetroactiveStream final : public ContinualStreamImpl {
  public:
   // A row is recomputed exactly once its denominator drops below this fraction of its peak.
@@ -199,15 +200,13 @@ class RetroactiveStream final : public ContinualStreamImpl {
       : ContinualStreamImpl(layer, batch, "RetroactiveMultiheadAttentionStream", {},
                             {{"q.", layer.sequence_len(), layer.d_model()},
                              {"k.", layer.sequence_len(), layer.d_model()},
-                             {"v.", layer.sequence_len(), layer.d_model()},
-                             {"u.", layer.sequence_len(), layer.heads() * layer.d_model()}}),
-        m_(batch * L_ * H_), d_(m_.size()), p_(m_.size()), a_(m_.size() * E_), s_new_(H_ * L_), s_old_(H_ * L_), w_(L_),
-        c_(D_), k_old_(E_), u_old_(H_ * E_), redo_(L_ * H_) {}
+                             {"v.", layer.sequence_len(), layer.d_model()}}),
+        m_(batch * L_ * H_), d_(m_.size()), p_(m_.size()), a_(m_.size() * E_), s_new_(H_ * L_), s_old_(H_ * L_),
+        w_(L_), c_(E_), k_old_(E_), x_(H_ * 3 * D_), y_(H_ * 3 * E_), m_new_(H_), d_new_(H_), redo_(L_ * H_),
+        coef_(H_) {}
 
   Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) override {
     project_chunk(xq, xk, xv, B_ * C);
-    if (static_cast<int64_t>(pu_.size()) < B_ * C * H_ * E_) pu_.resize(B_ * C * H_ * E_);
-    project_values(pv_.data(), B_ * C, pu_.data());
     const int64_t C_out = outputs_for(C);
     // Sized for C outputs (what every chunk of C yields once the window is full), so the warm-up
     // already holds the steady-state buffer and later pushes allocate nothing.
@@ -216,9 +215,9 @@ class RetroactiveStream final : public ContinualStreamImpl {
     for (int64_t c = 0; c < C; ++c) {
       const bool emits = seen_ + c >= L_ - 1;  // this token completes an output (of every row)
       for (int64_t b = 0; b < B_; ++b) {
-        const int64_t row = b * C + c;
-        advance(b, pq_.data() + row * E_, pk_.data() + row * E_, pv_.data() + row * E_,
-                pu_.data() + row * H_ * E_, emits ? out_.data() + (b * C_out + o) * L_ * E_ : nullptr);
+        const int64_t row = (b * C + c) * E_;
+        advance(b, pq_.data() + row, pk_.data() + row, pv_.data() + row,
+                emits ? out_.data() + (b * C_out + o) * L_ * E_ : nullptr);
       }
       o += emits ? 1 : 0;
     }
@@ -247,118 +246,140 @@ class RetroactiveStream final : public ContinualStreamImpl {
   }
 
  private:
-  // Windows: L scaled queries, L keys, L per-head projected values.
+  // Windows: L scaled queries, L keys, L values.
   SlidingWindow& qwin() { return window(0); }
   SlidingWindow& kwin() { return window(1); }
   SlidingWindow& vwin() { return window(2); }
-  SlidingWindow& uwin() { return window(3); }
-  const SlidingWindow& kwin() const { return window(1); }
   static Tensor view(const std::vector<float>& v) {
     return Tensor::view(Shape{static_cast<int64_t>(v.size())}, const_cast<float*>(v.data()));
   }
   // Accumulator index of the query token `token` of batch row b, head h.
   int64_t acc(int64_t b, int64_t token, int64_t h) const { return (b * L_ + token % L_) * H_ + h; }
 
-  // Exact evaluation of window row ri (a query token) of batch row b, head h, over the current window.
-  void recompute(int64_t b, int64_t ri, int64_t token, int64_t h) {
+  // Exact softmax of window row wi of batch row b, head h, over the current window: the head's
+  // unnormalised context into c (D), its max into *m; returns its denominator.
+  float evaluate(int64_t b, int64_t wi, int64_t h, float* c, float* m) {
     const int64_t n = kwin().count(b);
-    gemv(kwin().rows(b) + h * D_, E_, false, qwin().rows(b) + ri * E_ + h * D_, s_new_.data(), n, D_);
-    const float mx = *std::max_element(s_new_.begin(), s_new_.begin() + n);
-    float sum = 0.f;
-    for (int64_t j = 0; j < n; ++j) sum += w_[j] = std::exp(s_new_[j] - mx);
-    const int64_t i = acc(b, token, h);
-    // A = W_o,h · (Σ_j w_j v_j,h): the head's D-wide context, then out_proj (reads the V window and
-    // W_o,h rather than the H times wider U window).
-    gemv(vwin().rows(b) + h * D_, E_, true, w_.data(), c_.data(), D_, n);
-    project_value_head(h, c_.data(), a_.data() + i * E_);
-    m_[i] = mx;
-    d_[i] = p_[i] = sum;
+    attention_scores(qwin().rows(b) + wi * E_ + h * D_, kwin().rows(b) + h * D_, n, E_, D_, 1.f, w_.data());
+    return attention_context_unnormalized(w_.data(), n, vwin().rows(b) + h * D_, E_, D_, c, m);
   }
 
-  // One token (q scaled, k, v, u per head) of batch row b: remove the leaving key from every row
-  // that stays, add the new key, push, evaluate the new row, recompute rows that lost most of their
-  // mass. With out (L, E) non-null the token completes an output: each row is written as soon as its
-  // accumulators are final (the pass over them that updates them also emits them), zeros while
+  // One token (q scaled, k, v) of batch row b: push it; evaluate the new row over the window and put
+  // the new value, the new row's context and the leaving value through out_proj in one pass over W_o;
+  // remove the leaving key from every row that stays and add the new key; recompute rows that lost
+  // most of their mass. With out (L, E) non-null the token completes an output: each row is written
+  // as soon as its accumulators are final (the pass that updates them also emits them), zeros while
   // this batch row's window still warms up.
-  void advance(int64_t b, const float* q, const float* k, const float* v, const float* u, float* out) {
-    const int64_t n = kwin().count(b), seen = kwin().seen(b);
-    const bool full = n == L_;
-    const int64_t first = full ? 1 : 0, R = n - first;  // rows that stay: window rows first .. n-1
-    const bool emit = out && n + 1 >= L_;               // the window is full after this token
+  void advance(int64_t b, const float* q, const float* k, const float* v, float* out) {
+    const int64_t seen = kwin().seen(b);
+    const bool full = kwin().full(b);
+    const int64_t R = full ? L_ - 1 : kwin().count(b);  // rows that stay: window rows 0 .. R-1 after the push
+    const bool emit = out && R + 1 >= L_;               // the window is full after this token
     if (out && !emit) std::fill(out, out + L_ * E_, 0.f);
-    if (full) {
-      std::copy(kwin().rows(b), kwin().rows(b) + E_, k_old_.begin());
-      std::copy(uwin().rows(b), uwin().rows(b) + H_ * E_, u_old_.begin());
+    // Per head, the rows put through out_proj: the new value, the new row's context, the leaving value.
+    const int64_t nx = full ? 3 : 2;
+    for (int64_t h = 0; h < H_; ++h) {
+      std::copy(v + h * D_, v + (h + 1) * D_, x_.data() + h * 3 * D_);
+      if (full) std::copy(vwin().rows(b) + h * D_, vwin().rows(b) + (h + 1) * D_, x_.data() + (h * 3 + 2) * D_);
     }
-    std::fill(redo_.begin(), redo_.end(), 0);
-    const float* Q = qwin().rows(b) + first * E_;
+    if (full) std::copy(kwin().rows(b), kwin().rows(b) + E_, k_old_.begin());
+    qwin().push(b, q);
+    kwin().push(b, k);
+    vwin().push(b, v);
+    for (int64_t h = 0; h < H_; ++h) d_new_[h] = evaluate(b, R, h, x_.data() + (h * 3 + 1) * D_, &m_new_[h]);
+    // y_ (H, 3, E): per head u_new, the new row's A, u_old.
+    for (int64_t h = 0; h < H_; ++h)
+      project_value_head(h, x_.data() + h * 3 * D_, nx, D_, y_.data() + h * 3 * E_, E_);
+
     // Scores of every staying row against the new (and the leaving) key, per head: (H, R).
+    const float* Q = qwin().rows(b);
     for (int64_t h = 0; h < H_ && R > 0; ++h) {
-      gemv(Q + h * D_, E_, false, k + h * D_, s_new_.data() + h * L_, R, D_);
-      if (full) gemv(Q + h * D_, E_, false, k_old_.data() + h * D_, s_old_.data() + h * L_, R, D_);
+      attention_scores(k + h * D_, Q + h * D_, R, E_, D_, 1.f, s_new_.data() + h * L_);
+      if (full) attention_scores(k_old_.data() + h * D_, Q + h * D_, R, E_, D_, 1.f, s_old_.data() + h * L_);
     }
-    // Row-major over the accumulators (a row's H x E block is contiguous).
+    // Row-major over the accumulators (a row's H x E block is contiguous). Per row: first the
+    // scalars of every head (running max, denominator, peak, the weights of the new and the leaving
+    // key), then one pass over the row's H x E accumulators that rescales, adds, subtracts and,
+    // when the row is final, emits y = b_o + Σ_h A_h / d_h from the values still in registers.
     for (int64_t r = 0; r < R; ++r) {
-      const int64_t token = seen - n + first + r;
+      const int64_t token = seen - R + r;
       bool redo_row = false;
       for (int64_t h = 0; h < H_; ++h) {
-        const float* un = u + h * E_;
-        const float* uo = u_old_.data() + h * E_;
         const int64_t i = acc(b, token, h);
-        float* A = a_.data() + i * E_;
-        float m = m_[i], d = d_[i], p = p_[i];
+        float m = m_[i], d = d_[i], p = p_[i], f = 1.f;
         const float sn = s_new_[h * L_ + r];
         if (sn > m) {  // new running max: rescale
-          const float f = std::exp(m - sn);
+          f = std::exp(m - sn);
           d *= f;
           p *= f;
-          for (int64_t e = 0; e < E_; ++e) A[e] *= f;
           m = sn;
         }
         const float wn = std::exp(sn - m);
         d += wn;
         p = std::max(p, d);
-        if (full) {
-          const float wo = std::exp(s_old_[h * L_ + r] - m);
-          d -= wo;
-          for (int64_t e = 0; e < E_; ++e) A[e] += wn * un[e] - wo * uo[e];
-          redo_[r * H_ + h] = !(d >= kRecomputeFraction * p);
-          redo_row = redo_row || redo_[r * H_ + h];
-        } else {
-          for (int64_t e = 0; e < E_; ++e) A[e] += wn * un[e];
-        }
+        const float wo = full ? std::exp(s_old_[h * L_ + r] - m) : 0.f;
+        d -= wo;
+        // A row that lost most of its mass is recomputed exactly below (its A is not updated here).
+        redo_[r * H_ + h] = full && !(d >= kRecomputeFraction * p);
+        redo_row = redo_row || redo_[r * H_ + h];
         m_[i] = m;
         d_[i] = d;
         p_[i] = p;
+        coef_[h] = {f, wn, wo};
       }
-      // After the push, row r sits at window index r; a row with a head to recompute is emitted
-      // after the recompute instead.
-      if (emit && !redo_row) emit_row(b, token, out + r * E_);
-    }
-    qwin().push(b, q);
-    kwin().push(b, k);
-    vwin().push(b, v);
-    uwin().push(b, u);
-    for (int64_t r = 0; r < R; ++r) {
-      bool redone = false;
-      for (int64_t h = 0; h < H_; ++h)
-        if (redo_[r * H_ + h]) {
-          recompute(b, r, seen - n + first + r, h);
-          redone = true;
+      float* y = emit && !redo_row ? out + r * E_ : nullptr;  // a row with a redo is emitted after it
+      if (y) init_row(y);
+      for (int64_t h = 0; h < H_; ++h) {
+        if (redo_[r * H_ + h]) continue;
+        const auto [f, wn, wo] = coef_[h];
+        const int64_t i = acc(b, token, h);
+        float* A = a_.data() + i * E_;
+        const float* un = y_.data() + h * 3 * E_;
+        const float* uo = full ? un + 2 * E_ : un;  // weight 0 when nothing leaves
+        if (y) {
+          const float inv = 1.f / d_[i];
+#pragma omp simd
+          for (int64_t e = 0; e < E_; ++e) {
+            const float a = f * A[e] + (wn * un[e] - wo * uo[e]);
+            A[e] = a;
+            y[e] += a * inv;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t e = 0; e < E_; ++e) A[e] = f * A[e] + (wn * un[e] - wo * uo[e]);
         }
-      if (emit && redone) emit_row(b, seen - n + first + r, out + r * E_);
+      }
+      if (!redo_row) continue;
+      for (int64_t h = 0; h < H_; ++h) {
+        if (!redo_[r * H_ + h]) continue;
+        const int64_t i = acc(b, token, h);
+        d_[i] = p_[i] = evaluate(b, r, h, c_.data(), &m_[i]);
+        project_value_head(h, c_.data(), 1, D_, a_.data() + i * E_, E_);
+      }
+      if (emit) emit_row(b, token, out + r * E_);
     }
-    for (int64_t h = 0; h < H_; ++h) recompute(b, kwin().count(b) - 1, seen, h);
+    // The new row (window row R).
+    for (int64_t h = 0; h < H_; ++h) {
+      const int64_t i = acc(b, seen, h);
+      std::copy(y_.data() + (h * 3 + 1) * E_, y_.data() + (h * 3 + 2) * E_, a_.data() + i * E_);
+      m_[i] = m_new_[h];
+      d_[i] = p_[i] = d_new_[h];
+    }
     if (emit) emit_row(b, seen, out + R * E_);
   }
 
-  // Output row of query token `token` of batch row b: y = b_o + Σ_h A_h / d_h.
-  void emit_row(int64_t b, int64_t token, float* y) const {
+  // An output row before the heads are added: the out_proj bias, or zeros.
+  void init_row(float* y) const {
     const float* bias = out_bias();
     if (bias)
       std::copy(bias, bias + E_, y);
     else
       std::fill(y, y + E_, 0.f);
+  }
+
+  // Output row of query token `token` of batch row b: y = b_o + Σ_h A_h / d_h.
+  void emit_row(int64_t b, int64_t token, float* y) const {
+    init_row(y);
     for (int64_t h = 0; h < H_; ++h) {
       const int64_t i = acc(b, token, h);
       const float inv = 1.f / d_[i];
@@ -367,10 +388,19 @@ class RetroactiveStream final : public ContinualStreamImpl {
     }
   }
 
+  // Per head of the row being updated: accumulator rescale f, weights of the new and the leaving key.
+  struct RowCoef {
+    float f, wn, wo;
+  };
+
   std::vector<float> m_, d_, p_, a_;  // (B, L, H) and (B, L, H, E), slot = token % L
-  std::vector<float> s_new_, s_old_, w_, c_, k_old_, u_old_;
-  std::vector<uint8_t> redo_;
-  std::vector<float> pu_, out_;  // (B, C, H, E) projected values, (B, C_out, L, E) outputs
+  std::vector<float> s_new_, s_old_;  // (H, L) scores of the staying rows
+  std::vector<float> w_, c_, k_old_;  // (L) softmax weights, (E) a context, (E) the leaving key
+  std::vector<float> x_, y_;          // (H, 3, D) rows put through out_proj per head, (H, 3, E) results
+  std::vector<float> m_new_, d_new_;  // (H) the new row's max and denominator
+  std::vector<uint8_t> redo_;         // (L, H) rows to recompute
+  std::vector<RowCoef> coef_;         // (H)
+  std::vector<float> out_;            // (B, C_out, L, E) outputs
 };
 
 }  // namespace
@@ -435,13 +465,12 @@ void ContinualMultiheadAttention::project_out(const float* ctx, int64_t rows, fl
   linear_raw(ctx, rows, E_, E_, w_o_.data(), b_o_.empty() ? nullptr : b_o_.data(), E_, y, E_);
 }
 
-void ContinualMultiheadAttention::project_value_head(int64_t h, const float* c, float* a) const {
-  gemv(w_o_.data() + h * D_, E_, false, c, a, E_, D_);
-}
-
-void ContinualMultiheadAttention::project_values_per_head(const float* v, int64_t rows, float* u) const {
-  for (int64_t h = 0; h < H_; ++h)
-    gemm(v + h * D_, E_, w_o_.data() + h * D_, E_, /*b_transposed=*/true, u + h * E_, H_ * E_, rows, E_, D_);
+void ContinualMultiheadAttention::project_value_head(int64_t h, const float* x, int64_t rows, int64_t ldx,
+                                                     float* y, int64_t ldy) const {
+  // y[r][e] = x[r] · W_o[e, hD:(h+1)D]: the single-query scores kernel with the E rows of the head's
+  // W_o slice as keys. BLAS is slower here: sgemm packs the whole (E, D) slice for a few rows, and
+  // sgemv over a 64-column slice runs below the register-blocked kernel.
+  for (int64_t r = 0; r < rows; ++r) attention_scores(x + r * ldx, w_o_.data() + h * D_, E_, E_, D_, 1.f, y + r * ldy);
 }
 
 

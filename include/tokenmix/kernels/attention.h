@@ -67,6 +67,22 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
 // k_len keys allocate nothing (the KV-cache streams call it when a new chunk size appears).
 void attention_reserve(int64_t q_len, int64_t k_len);
 
+// Single-query kernels (decoding over a KV cache, the continual retroactive stream): one query of
+// one head against n keys or values whose rows sit at stride ld floats (one head's columns inside a
+// (T, E) buffer: point at column h*head_dim and pass ld = E). Unchecked raw-pointer kernels (the
+// callers validate shapes): D % 8 == 0 takes the AVX2 path, any other D the plain loops.
+//
+// attention_scores: out[j] = scale * (q · K_j) for j < n; q (D), K (n rows of D at stride ld), out (n).
+void attention_scores(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out);
+
+// The unnormalised softmax context of one query from its n scores s (overwritten):
+//   m = max_j s_j,  s_j <- exp(s_j - m),  c (D) = Σ_j s_j · V_j,  returns d = Σ_j exp(s_j - m)
+// and stores m in *max, so the attention output is c / d (the form a running softmax keeps). A score
+// of -inf is a masked key (weight exactly 0); when all n are masked (or n = 0) it returns 0 with
+// *max = -inf and c = 0.
+float attention_context_unnormalized(float* s, int64_t n, const float* V, int64_t ld, int64_t D, float* c,
+                                     float* max);
+
 // The obviously-correct reference: plain loops, double accumulation. Same contract as attention().
 void attention_reference(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
                          const AttentionMask* mask, HeadsOut ctx, float* probs = nullptr);

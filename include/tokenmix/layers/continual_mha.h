@@ -17,10 +17,11 @@
 //   Retroactive:  forward(window t-L+1 .. t) for all L window positions, shape (N, L, E).
 //
 // Cost per streamed token (tokenmix): SingleOutput 3E² + E² (one token's projections) + O(L·E)
-// (cached K/V of the window). Retroactive 4E² + O(L·H·E): every cached query row keeps a running
-// max m, denominator d and numerator A already passed through out_proj per head
+// (cached K/V of the window). Retroactive 3E² + 3E² + O(L·H·E): every cached query row keeps a
+// running max m, denominator d and numerator A already passed through out_proj per head
 // (A_h = Σ_j exp(s_j - m)·W_o[:, h]·v_hj, E floats per head), so the L output rows need no E×E
-// projection (upstream: O(L·E²)). Keys leaving the window are subtracted; a row whose denominator
+// projection (upstream: O(L·E²)); per token only the new value, the new row's context and the
+// leaving value go through out_proj's head slices (3E²). Keys leaving the window are subtracted; a row whose denominator
 // falls below 1/4 of its peak since its last exact evaluation is recomputed exactly over the window,
 // so there is no overflow (upstream's exp without max subtraction gives NaN once logits exceed ~88)
 // and no catastrophic cancellation.
@@ -136,10 +137,9 @@ class ContinualMultiheadAttention : public Layer {
   // Projected inputs: rows x (rows, in) -> y (rows, E) for part 0 = q, 1 = k, 2 = v (unscaled).
   void project(int part, const float* x, int64_t rows, float* y) const;
   void project_out(const float* ctx, int64_t rows, float* y) const;
-  // Per-head out_proj of values: u (rows, H, E) with u[r, h] = W_o[:, hD:(h+1)D]·v[r, hD:(h+1)D].
-  void project_values_per_head(const float* v, int64_t rows, float* u) const;
-  // One head's context through out_proj: a (E) = W_o[:, hD:(h+1)D]·c, c (D).
-  void project_value_head(int64_t h, const float* c, float* a) const;
+  // Rows of one head through its slice of out_proj (no bias): y[r] (E) = W_o[:, hD:(h+1)D]·x[r],
+  // x (rows, D) at row stride ldx, y (rows, E) at row stride ldy.
+  void project_value_head(int64_t h, const float* x, int64_t rows, int64_t ldx, float* y, int64_t ldy) const;
   // Batch-first core of forward(): q_in (N, T, E), k_in (N, S, kdim), v_in (N, S, vdim).
   Tensor forward_bf(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Mask& kpm,
                     const Mask& attn_mask, Tensor* attn_weights, const char* fn) const;
@@ -200,7 +200,8 @@ class RetroactiveMultiheadAttention : public ContinualMultiheadAttention {
   Tensor stream_reference(const Tensor& x, const StreamOptions& options) const override;
   // Stream::push((B, C, E)) returns (B, C_out, L, E): the whole window's outputs for every pushed
   // token whose index since open/reset() is >= L-1 (rows restarted by reset_row give zeros until
-  // their window is full again). Per token: 4E² + O(L·H·E), numerically stable.
+  // their window is full again). Per token: 6E² + O(L·H·E), numerically stable; the state is the
+  // Q/K/V windows (3·L·E) and the accumulators (L·H·(E + 3)) per batch row.
 
  private:
   std::unique_ptr<detail::ContinualStreamImpl> make_stream(int64_t batch) const override;
