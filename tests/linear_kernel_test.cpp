@@ -1,6 +1,7 @@
 // The BLAS wrappers of kernels/linear.h (gemm, gemm_tn, gemv, linear_raw) against plain
 // double-accumulating loops, over shapes that take each dispatch path: the GEMM, the single-row and
 // single-column GEMV paths, K = 0, padded strides, beta = 0 over NaN and beta != 0.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -109,6 +110,32 @@ TEST(LinearTest, OneRowAndManyRowsAgreeWithLoops) {
   }
   test::expect_error([&] { linear(Tensor(Shape{2, in + 1}), W, b, "LinearTest"); },
                      "LinearTest: input: expected last axis of size 19, got shape (2, 20)");
+}
+
+TEST(LinearTest, OutputsAreFullyWritten) {
+  // linear() returns an uninitialised tensor filled by the bias pass and the GEMM: every element must
+  // be written, on the parallel bias pass (rows x out >= 2^18) and with no input features (in = 0:
+  // y = b, or 0 without a bias).
+  const int64_t rows = 1024, in = 3, out = 300;
+  const Tensor W = test::random_tensor(Shape{out, in}, 9), b = test::random_tensor(Shape{out}, 10);
+  const Tensor x = test::random_tensor(Shape{rows, in}, 11);
+  const Tensor y = linear(x, W, b, "LinearTest");
+  double worst = 0;
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t n = 0; n < out; ++n) {
+      double s = b.data()[n];
+      for (int64_t k = 0; k < in; ++k) s += double(x.at(m, k)) * W.at(n, k);
+      worst = std::max(worst, std::abs(y.at(m, n) - s));
+    }
+  EXPECT_LT(worst, 1e-5);
+  const Tensor W0{Shape{4, 0}}, b0 = test::random_tensor(Shape{4}, 12), x0{Shape{2, 3, 0}};
+  const Tensor yb = linear(x0, W0, b0, "LinearTest"), yz = linear(x0, W0, Tensor(), "LinearTest");
+  ASSERT_EQ(yb.shape(), (Shape{2, 3, 4}));
+  for (int64_t i = 0; i < 6; ++i)
+    for (int64_t n = 0; n < 4; ++n) {
+      EXPECT_EQ(yb.data()[i * 4 + n], b0.data()[n]) << "in = 0 with bias, at (" << i << ", " << n << ")";
+      EXPECT_EQ(yz.data()[i * 4 + n], 0.f) << "in = 0 without bias, at (" << i << ", " << n << ")";
+    }
 }
 
 }  // namespace

@@ -49,6 +49,16 @@ BasicTensor<T>::BasicTensor(const Shape& shape) : shape_(shape) {
 }
 
 template <typename T>
+BasicTensor<T> BasicTensor<T>::uninitialized(const Shape& shape) {
+  BasicTensor t;
+  auto storage = std::shared_ptr<T[]>(new T[std::max<int64_t>(shape.numel(), 1)]);
+  t.shape_ = shape;
+  t.data_ = storage.get();
+  t.owner_ = storage;
+  return t;
+}
+
+template <typename T>
 BasicTensor<T>::BasicTensor(const Shape& shape, const std::vector<T>& values) : BasicTensor(shape) {
   check(static_cast<int64_t>(values.size()) == shape.numel(), "Tensor: values: expected ",
         shape.numel(), " elements for shape ", shape.str(), ", got ", values.size());
@@ -74,7 +84,7 @@ BasicTensor<T> BasicTensor<T>::reshape(const Shape& shape) const {
 
 template <typename T>
 BasicTensor<T> BasicTensor<T>::clone() const {
-  BasicTensor t(shape_);
+  BasicTensor t = uninitialized(shape_);
   if (numel() > 0) std::memcpy(t.data_, data_, sizeof(T) * numel());
   return t;
 }

@@ -76,6 +76,8 @@ void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, 
                 const float* b, int64_t out_features, float* y, int64_t ldy, bool accumulate) {
   if (rows == 0 || out_features == 0) return;
   if (b) {
+    // In parallel for large outputs: this pass is the first touch of a fresh output's pages.
+#pragma omp parallel for schedule(static) if (rows * out_features >= (1 << 18))
     for (int64_t m = 0; m < rows; ++m) {
       float* yr = y + m * ldy;
       if (accumulate)
@@ -97,8 +99,9 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn)
   if (!b.empty()) check_shape(b, {out}, fn, "bias");
   std::vector<int64_t> d = x.shape().dims();
   d.back() = out;
-  Tensor y{Shape(d)};
-  linear_raw(x.data(), in ? x.numel() / in : 0, in, in, W.data(), b.empty() ? nullptr : b.data(), out,
+  Tensor y = Tensor::uninitialized(Shape(d));
+  // (rows from y: with in = 0 the output is still written, as the bias or zeros)
+  linear_raw(x.data(), out ? y.numel() / out : 0, in, in, W.data(), b.empty() ? nullptr : b.data(), out,
              y.data(), out);
   return y;
 }

@@ -25,7 +25,7 @@ Tensor permute(const Tensor& x, const std::vector<int>& perm) {
     out_dim[4 - n + a] = dims[a];
     stride[4 - n + a] = in_stride[perm[a]];
   }
-  Tensor y{Shape(dims)};
+  Tensor y = Tensor::uninitialized(Shape(dims));  // every element written below
   const float* src = x.data();
   float* dst = y.data();
   for (int64_t i0 = 0; i0 < out_dim[0]; ++i0)

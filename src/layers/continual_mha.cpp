@@ -542,7 +542,7 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   s.q_len = Tq;
   s.k_len = S2;
   s.scale = scale_;
-  Tensor ctx{Shape{N, Tq, E_}};
+  Tensor ctx = Tensor::uninitialized(Shape{N, Tq, E_});  // attention() writes every row
   Tensor probs;
   if (attn_weights) probs = Tensor{Shape{N, H_, Tq, S2}};
   const float* qp = packed ? qkv.data() : q.data();

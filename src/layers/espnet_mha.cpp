@@ -67,7 +67,7 @@ Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v,
   s.q_len = T1;
   s.k_len = T2;
   s.scale = 1.f / std::sqrt(static_cast<float>(head_dim_));
-  Tensor ctx{Shape{B, T1, E}};
+  Tensor ctx = Tensor::uninitialized(Shape{B, T1, E});  // attention() writes every row
   if (attn) *attn = Tensor{Shape{B, n_head_, T1, T2}};
   attention(s, q, k, v, mask.empty() ? nullptr : &m, HeadsOut{ctx.data(), T1 * E, E}, attn ? attn->data() : nullptr);
   return linear(ctx, w_o_, b_o_, fn);

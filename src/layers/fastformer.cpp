@@ -119,9 +119,10 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
     mask_batch_stride = mask.dim(0) == 1 ? 0 : mask.dim(1) * T;
     mask_head_stride = mask.dim(1) == 1 ? 0 : T;
   }
-  Tensor y{Shape{B, T, E}};
+  Tensor y = Tensor::uninitialized(Shape{B, T, E});  // every row written by the u pass below
   if (B * T == 0) return y;
-  std::vector<float> proj(static_cast<size_t>(B * T * W));
+  // (rows, W) projections; fully written by project_rows.
+  Tensor proj = Tensor::uninitialized(Shape{B * T, W});
   project_rows(xs_pad.data(), B * T, proj.data());
   // The pooled key of each batch row: rows pool independently, one per thread (the BLAS calls
   // inside then run single-threaded).
@@ -136,7 +137,7 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
                  mask_head_stride, gk.data() + b * E, scratch);
   }
   // u = gk ⊙ q and the residual y = q, over all B·T tokens.
-  Tensor u{Shape{B, T, E}};
+  Tensor u = Tensor::uninitialized(Shape{B, T, E});
 #pragma omp parallel for schedule(static) if (B * T >= 64)
   for (int64_t r = 0; r < B * T; ++r) {
     const float* q = proj.data() + r * W;

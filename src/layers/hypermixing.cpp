@@ -167,8 +167,8 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
   const bool masked = !key_padding_mask.empty();
   if (masked) check_shape(key_padding_mask, {B, T}, fn, "key_padding_mask", {"B", "T"});
 
-  // x̃ = x ⊙ m and the hypernetwork input z = x̃ + pe[:T].
-  Tensor xt = x.clone();
+  // x̃ = x ⊙ m (a copy only when masked) and the hypernetwork input z = x̃ + pe[:T].
+  Tensor xt = masked ? x.clone() : x;
   if (masked)
     for (int64_t i = 0; i < B * T; ++i)
       if (key_padding_mask.data()[i]) {
@@ -196,7 +196,7 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
 
   // Token mixing per (b, h): R = GELU(x̃ᵀ·W1) (d x K), o = W2·Rᵀ (T x d). The (b, h) pairs are
   // independent: one per OpenMP work item (the GEMMs inside then run on one thread each).
-  Tensor o{Shape{B, T, E_}};
+  Tensor o = Tensor::uninitialized(Shape{B, T, E_});  // the H column slices of d cover every row
   const int64_t work = B * H_;
 #pragma omp parallel for schedule(dynamic) if (work > 1)
   for (int64_t w = 0; w < work; ++w) {
@@ -214,7 +214,7 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
     for (int64_t i = 0; i < B * T; ++i)
       if (key_padding_mask.data()[i])
         for (int64_t c = 0; c < E_; ++c) o.data()[i * E_ + c] *= 0.f;
-  Tensor y{Shape{B, T, E_}};
+  Tensor y = Tensor::uninitialized(Shape{B, T, E_});
   layer_norm(o.data(), B * T, y.data());
   if (attn_weights) *attn_weights = Tensor{Shape{B, T, T}};
   return y;

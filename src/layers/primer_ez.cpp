@@ -182,7 +182,7 @@ Tensor LabmlMultiHeadAttention::project_rows(int which, const Tensor& x, const S
   const Tensor* W[3] = {&w_q_, &w_k_, &w_v_};
   const Tensor* b[3] = {&b_q_, &b_k_, &b_v_};
   const int64_t D = d_model_, rows = l.B * l.T;
-  Tensor y{Shape{rows, D}};
+  Tensor y = Tensor::uninitialized(Shape{rows, D});
   linear_raw(x.data(), rows, D, D, W[which]->data(), b[which]->empty() ? nullptr : b[which]->data(), D,
              y.data(), D);
   if (convs_[which]) convs_[which]->apply(y.data(), l.T, l.B, l.ts * D, l.bs * D, D);
@@ -202,10 +202,10 @@ Tensor LabmlMultiHeadAttention::attend(const Tensor& q, const SeqLayout& ql, con
   s.scale = 1.f / std::sqrt(static_cast<float>(d_k_));
   s.causal = causal;
   s.left_context = left_context;
-  Tensor ctx{Shape{rows, D}};
+  Tensor ctx = Tensor::uninitialized(Shape{rows, D});  // attention() writes every row
   attention(s, HeadsView{q.data(), ql.bs * D, ql.ts * D}, HeadsView{k.data(), kl.bs * D, kl.ts * D},
             HeadsView{v.data(), kl.bs * D, kl.ts * D}, mask, HeadsOut{ctx.data(), ql.bs * D, ql.ts * D}, probs);
-  Tensor out{Shape{rows, D}};
+  Tensor out = Tensor::uninitialized(Shape{rows, D});
   linear_raw(ctx.data(), rows, D, D, w_o_.data(), b_o_.data(), D, out.data(), D);
   return out;
 }

@@ -56,6 +56,10 @@ class BasicTensor {
   BasicTensor() = default;
   // Owning, zero-initialised tensor.
   explicit BasicTensor(const Shape& shape);
+  // Owning tensor whose elements are left uninitialised, for outputs that the code filling them
+  // overwrites completely (a GEMM with beta = 0, the attention kernel): no serial zero-fill pass,
+  // and the fresh pages are first touched by the (parallel) kernel that writes them.
+  static BasicTensor uninitialized(const Shape& shape);
   // Owning tensor holding a copy of values; throws Error when values.size() != shape.numel().
   BasicTensor(const Shape& shape, const std::vector<T>& values);
   // Non-owning view of data (which must hold shape.numel() elements). owner, when given, is kept
