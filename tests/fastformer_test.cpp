@@ -139,6 +139,23 @@ TEST(FastformerTest, ForwardMatchesReferenceOnRandomShapesAndMasks) {
   }
 }
 
+TEST(FastformerTest, LongSequencesMatchReference) {
+  // T >= 2048: a single sequence pools its heads in parallel and the H-wide logit GEMMs split their
+  // rows over the threads; B = 2 pools the rows in parallel instead. Per-head mask.
+  const int64_t E = 8, H = 4, T = 2100;
+  const StateDict sd = random_params(E, H, 77);
+  const FastSelfAttention layer(E, H, 0.1, sd);
+  std::mt19937 gen(3);
+  for (int64_t B : {1, 2}) {
+    const Tensor x = random_tensor(Shape{B, T, E}, 500 + B);
+    Mask per_head{Shape{B, H, T}};
+    for (auto& v : per_head) v = gen() % 5 != 0;
+    const Tensor want =
+        reference(x, H, sd, [&](int64_t b, int64_t h, int64_t t) { return per_head.at(b, h, t) != 0; });
+    EXPECT_TRUE(all_close(layer.forward_upstream(x, per_head), want, 2e-5f, 2e-5f)) << "B = " << B;
+  }
+}
+
 TEST(FastformerTest, FullyPaddedSequenceGivesProjectedQueryPlusTransformBias) {
   const int64_t E = 6, H = 3, B = 2, T = 4;
   const StateDict sd = random_params(E, H, 5);

@@ -1,11 +1,14 @@
 // The BLAS wrappers of kernels/linear.h (gemm, gemm_tn, gemv, linear_raw) against plain
 // double-accumulating loops, over shapes that take each dispatch path: the GEMM, the single-row and
-// single-column GEMV paths, K = 0, padded strides, beta = 0 over NaN and beta != 0.
+// single-column GEMV paths, the row split of thin GEMMs over threads, K = 0, padded strides, beta = 0
+// over NaN and beta != 0.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <tuple>
+
+#include <omp.h>
 
 #include "tokenmix/kernels/linear.h"
 #include "test_util.h"
@@ -91,6 +94,34 @@ TEST(GemvTest, MatchesLoopsBothLayouts) {
       EXPECT_NEAR(y[m], 2 * s, 1e-5) << (a_t ? "transposed " : "") << "at " << m;
     }
   }
+}
+
+TEST(GemmThinTest, RowSplitOverThreadsMatchesLoops) {
+  // Few output columns and many rows: gemm / gemm_tn split the rows over the OpenMP threads (one
+  // single-threaded GEMM per block). Uneven blocks (3 threads), both transposes, beta = 0 and not.
+  const int saved = omp_get_max_threads();
+  const GemmCase g{1100, 5, 33};
+  for (int threads : {2, 3}) {
+    omp_set_num_threads(threads);
+    for (bool a_t : {false, true})
+      for (float beta : {0.f, 0.5f}) {
+        const int64_t lda = (a_t ? g.M : g.K) + 3, ldb = g.K + 1, ldc = g.N + 2;
+        const Tensor A = test::random_tensor(Shape{a_t ? g.K : g.M, lda}, 4);
+        const Tensor B = test::random_tensor(Shape{g.N, ldb}, 5);
+        const Tensor C0 = test::random_tensor(Shape{g.M, ldc}, 6);
+        std::vector<float> C(C0.begin(), C0.end());
+        const std::vector<double> want = gemm_loops(a_t, A, lda, B, ldb, true, C, ldc, g, 1.f, beta);
+        if (a_t)
+          gemm_tn(A.data(), lda, B.data(), ldb, true, C.data(), ldc, g.M, g.N, g.K, 1.f, beta);
+        else
+          gemm(A.data(), lda, B.data(), ldb, true, C.data(), ldc, g.M, g.N, g.K, 1.f, beta);
+        double worst = 0;
+        for (int64_t m = 0; m < g.M; ++m)
+          for (int64_t n = 0; n < g.N; ++n) worst = std::max(worst, std::abs(C[m * ldc + n] - want[m * ldc + n]));
+        EXPECT_LT(worst, 1e-4) << threads << " threads, a_transposed " << a_t << ", beta " << beta;
+      }
+  }
+  omp_set_num_threads(saved);
 }
 
 TEST(LinearTest, OneRowAndManyRowsAgreeWithLoops) {

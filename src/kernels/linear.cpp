@@ -1,13 +1,24 @@
 #include "tokenmix/kernels/linear.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 
 namespace tokenmix {
 
 namespace {
-// The one BLAS call behind gemm() and gemm_tn(); K == 0 gives C = beta * C.
+// Row-split GEMMs: at most this many output columns, at least this many rows per thread.
+constexpr int64_t kThinColumns = 16, kThinRowsPerThread = 256;
+
+void sgemm_call(bool a_transposed, const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed,
+                float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
+  cblas_sgemm(CblasRowMajor, a_transposed ? CblasTrans : CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
+              static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
+}
+
+// The BLAS call(s) behind gemm() and gemm_tn(); K == 0 gives C = beta * C.
 void sgemm(bool a_transposed, const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed,
            float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
   if (M == 0 || N == 0) return;
@@ -34,10 +45,21 @@ void sgemm(bool a_transposed, const float* A, int64_t lda, const float* B, int64
                   static_cast<blasint>(b_transposed ? 1 : ldb), b, C, static_cast<blasint>(ldc));
     return;
   }
-  cblas_sgemm(CblasRowMajor, a_transposed ? CblasTrans : CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans,
-              static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
-              static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C,
-              static_cast<blasint>(ldc));
+  // Few output columns and many rows (Fastformer's H-wide attention logits): OpenBLAS' own threads
+  // synchronise per panel and run such a GEMM slower on two threads than on one, so outside a
+  // parallel region the rows are split over the OpenMP threads, one single-threaded GEMM per block
+  // (OpenBLAS runs single-threaded inside a parallel region).
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (threads > 1 && N <= kThinColumns && M >= kThinRowsPerThread * threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int t = 0; t < threads; ++t) {
+      const int64_t m0 = M * t / threads, m1 = M * (t + 1) / threads;
+      sgemm_call(a_transposed, a_transposed ? A + m0 : A + m0 * lda, lda, B, ldb, b_transposed, C + m0 * ldc, ldc,
+                 m1 - m0, N, K, alpha, beta);
+    }
+    return;
+  }
+  sgemm_call(a_transposed, A, lda, B, ldb, b_transposed, C, ldc, M, N, K, alpha, beta);
 }
 }  // namespace
 

@@ -11,6 +11,10 @@ namespace tokenmix {
 
 namespace {
 
+// Sequence length from which pooled_key() pools its heads in parallel (below it, waking a second
+// thread costs more than a head's pooling).
+constexpr int64_t kParallelPoolT = 2048;
+
 // w[t] (t < T, contiguous) = softmax over the kept t of logits[t * stride]; exactly 0 for padded t
 // (keep non-null and keep[t] == 0) and everywhere when no t is kept. This equals ESPnet's
 // fill-with-float32-min, softmax, zero-the-padded rule.
@@ -85,7 +89,11 @@ void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* 
   const int64_t E = size_, H = heads_, d = head_dim_, W = cache_width();
   float* alpha = s.weights.data();  // (H, T)
   float* gq = s.gq.data();
+  // Heads pool independently: in parallel when this is not already one of several parallel rows
+  // (a single sequence, or the stream), for long enough T.
+  const bool parallel = T >= kParallelPoolT;
   // Query pooling: α_h = pool(a[:, h]); gq_h = α_h · q[:, h-slice].
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t h = 0; h < H; ++h) {
     pool_weights(rows + 2 * E + h, W, T, keep ? keep + h * keep_head_stride : nullptr, alpha + h * T);
     gemm(alpha + h * T, T, rows + h * d, W, false, gq + h * d, E, 1, d, T);
@@ -99,6 +107,7 @@ void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* 
   for (int64_t i = 0; i < T * H; ++i) c[i] /= scale_;
   // Key pooling: β_h = pool(c[:, h]); gk_h = Σ_t β_h[t] (k_t ⊙ gq)_h = gq_h ⊙ (β_h · k[:, h-slice]).
   float* beta = s.weights.data();
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t h = 0; h < H; ++h) {
     pool_weights(c + h, H, T, keep ? keep + h * keep_head_stride : nullptr, beta + h * T);
     gemm(beta + h * T, T, rows + E + h * d, W, false, gk + h * d, E, 1, d, T);
