@@ -88,20 +88,18 @@ int run(const BenchOptions& o) {
         runner.call();  // warm-up; its allocations count
         const double extra_mib = static_cast<double>(alloc::heap_peak_bytes() - base) / (1024.0 * 1024.0);
         blas_runner.call();
-        // Layer and BLAS reference calls alternate, so both sample the same machine conditions (the
-        // machine may be shared); the reference gets extra calls when it is much faster.
+        // Layer and BLAS reference calls alternate one to one, so both sample the same machine
+        // conditions (the machine may be shared) and every layer call finds the caches as the
+        // previous reference call left them: the protocol of bench/torch_baseline.py.
         const int calls = shape.mode == Mode::offline ? o.repeats : o.steps;
         std::vector<double> layer_ms, blas_ms;
         for (int i = 0; i < calls; ++i) {
           double t0 = now_ms();
           runner.call();
           layer_ms.push_back(now_ms() - t0);
-          const int per = std::clamp(static_cast<int>(layer_ms.back() / std::max(blas_ms.empty() ? 1e9 : blas_ms.back(), 1e-3)), 1, 20);
-          for (int r = 0; r < per; ++r) {
-            t0 = now_ms();
-            blas_runner.call();
-            blas_ms.push_back(now_ms() - t0);
-          }
+          t0 = now_ms();
+          blas_runner.call();
+          blas_ms.push_back(now_ms() - t0);
         }
         const Stats st = stats_of(layer_ms), blas = stats_of(blas_ms);
         const double blas_gflops = ref.flops / (blas.median_ms * 1e6);
