@@ -202,7 +202,7 @@ class RetroactiveStream final : public ContinualStreamImpl {
                              {"k.", layer.sequence_len(), layer.d_model()},
                              {"v.", layer.sequence_len(), layer.d_model()}}),
         m_(batch * L_ * H_), d_(m_.size()), p_(m_.size()), a_(m_.size() * E_), s_new_(H_ * L_), s_old_(H_ * L_),
-        w_(L_), c_(E_), k_old_(E_), x_(H_ * 3 * D_), y_(H_ * 3 * E_), m_new_(H_), d_new_(H_), redo_(L_ * H_),
+        w_(L_), c_(D_), k_old_(E_), x_(H_ * 3 * D_), y_(H_ * 3 * E_), m_new_(H_), d_new_(H_), redo_(L_ * H_),
         coef_(H_) {}
 
   Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) override {
@@ -265,7 +265,7 @@ class RetroactiveStream final : public ContinualStreamImpl {
   }
 
   // One token (q scaled, k, v) of batch row b: push it; evaluate the new row over the window and put
-  // the new value, the new row's context and the leaving value through out_proj in one pass over W_o;
+  // the new value, the new row's context and the leaving value through the head slices of out_proj;
   // remove the leaving key from every row that stays and add the new key; recompute rows that lost
   // most of their mass. With out (L, E) non-null the token completes an output: each row is written
   // as soon as its accumulators are final (the pass that updates them also emits them), zeros while
@@ -395,7 +395,7 @@ class RetroactiveStream final : public ContinualStreamImpl {
 
   std::vector<float> m_, d_, p_, a_;  // (B, L, H) and (B, L, H, E), slot = token % L
   std::vector<float> s_new_, s_old_;  // (H, L) scores of the staying rows
-  std::vector<float> w_, c_, k_old_;  // (L) softmax weights, (E) a context, (E) the leaving key
+  std::vector<float> w_, c_, k_old_;  // (L) softmax weights, (D) a head's context, (E) the leaving key
   std::vector<float> x_, y_;          // (H, 3, D) rows put through out_proj per head, (H, 3, E) results
   std::vector<float> m_new_, d_new_;  // (H) the new row's max and denominator
   std::vector<uint8_t> redo_;         // (L, H) rows to recompute
