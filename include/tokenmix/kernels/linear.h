@@ -24,7 +24,8 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn 
 
 // C (M x N, ldc) = alpha * A (M x K, lda) · op(B) + beta * C, row-major; op(B) = Bᵀ when
 // b_transposed (B stored N x K), else B (stored K x N). Thin wrapper over cblas_sgemm (cblas_sgemv
-// when M or N is 1).
+// when M or N is 1; outside an OpenMP parallel region, a GEMM with N <= 16 and at least 256 rows
+// per thread runs as one single-threaded cblas_sgemm per block of rows, one block per thread).
 void gemm(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
           int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha = 1.f, float beta = 0.f);
 
