@@ -166,5 +166,21 @@ TEST(Tensor, ShapeChecksAndViews) {
   }
 }
 
+TEST(Tensor, UninitializedOwnsItsStorage) {
+  // Tensor::uninitialized: the shape as asked, distinct owned storage that outlives the name it was
+  // made under (views keep it alive), and a zero-size tensor that is not empty().
+  Tensor a = Tensor::uninitialized(Shape{3, 4});
+  ASSERT_EQ(a.shape(), (Shape{3, 4}));
+  for (int64_t i = 0; i < a.numel(); ++i) a.data()[i] = static_cast<float>(i);
+  const Tensor b = Tensor::uninitialized(Shape{3, 4});
+  EXPECT_NE(a.data(), b.data());
+  const Tensor row = a[2];
+  a = Tensor();
+  EXPECT_EQ(row.at(3), 11.f);
+  const Tensor z = Tensor::uninitialized(Shape{0, 5});
+  EXPECT_EQ(z.numel(), 0);
+  EXPECT_FALSE(z.empty());
+}
+
 }  // namespace
 }  // namespace tokenmix
