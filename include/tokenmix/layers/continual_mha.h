@@ -201,7 +201,8 @@ class RetroactiveMultiheadAttention : public ContinualMultiheadAttention {
   // Stream::push((B, C, E)) returns (B, C_out, L, E): the whole window's outputs for every pushed
   // token whose index since open/reset() is >= L-1 (rows restarted by reset_row give zeros until
   // their window is full again). Per token: 6E² + O(L·H·E), numerically stable; the state is the
-  // Q/K/V windows (3·L·E) and the accumulators (L·H·(E + 3)) per batch row.
+  // Q/K/V windows (3 x 2·L·E floats: doubled rings, so each window is contiguous) and the
+  // accumulators (L·H·(E + 3) floats) per batch row.
 
  private:
   std::unique_ptr<detail::ContinualStreamImpl> make_stream(int64_t batch) const override;
