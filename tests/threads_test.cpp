@@ -64,6 +64,27 @@ TEST_F(ThreadsTest, ShortPushesRunOnOneThread) {
   }
 }
 
+TEST_F(ThreadsTest, HeavyStreamsParallelizeSingleTokens) {
+  // A stream whose parallel_min_tokens() is 1 (HyperMixing's window) keeps the caller's setting even
+  // for a one-token push.
+  class Heavy final : public Stream {
+   public:
+    int seen_threads = 0;
+    Tensor push_chunk(const Tensor& chunk) override {
+      seen_threads = omp_get_max_threads();
+      return chunk;
+    }
+    int64_t parallel_min_tokens() const override { return 1; }
+    void reset() override {}
+    void reset_row(int64_t) override {}
+    void save(SafetensorsWriter&) const override {}
+    void restore(const SafetensorsFile&) override {}
+  } s;
+  omp_set_num_threads(2);
+  s.push(Tensor(Shape{1, 1, 4}));
+  EXPECT_EQ(s.seen_threads, 2);
+}
+
 TEST_F(ThreadsTest, RestoredWhenPushThrows) {
   omp_set_num_threads(2);
   class Throwing final : public Stream {

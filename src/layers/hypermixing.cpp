@@ -265,12 +265,12 @@ HyperMixingStream::HyperMixingStream(const HyperMixing& layer, int64_t batch, co
   for (int64_t h = 0; h < H_; ++h)
     linear_raw(layer.pe_.data() + h * d_, L, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_,
                pos_table_.data() + h * d_, E_);
-  hidden_.assign(static_cast<size_t>(L * d_), 0.f);
-  p_.assign(static_cast<size_t>(d_ * d_), 0.f);
-  s_.assign(static_cast<size_t>(d_ * K_), 0.f);
+  hidden_.assign(static_cast<size_t>(H_ * L * d_), 0.f);
+  p_.assign(static_cast<size_t>(H_ * d_ * d_), 0.f);
+  s_.assign(static_cast<size_t>(H_ * d_ * K_), 0.f);
+  w2_.assign(static_cast<size_t>(H_ * K_), 0.f);
   z_.assign(static_cast<size_t>(E_), 0.f);
   h2_.assign(static_cast<size_t>(E_), 0.f);
-  w2_.assign(static_cast<size_t>(K_), 0.f);
   o_.assign(static_cast<size_t>(E_), 0.f);
 }
 
@@ -293,23 +293,29 @@ void HyperMixingStream::window_output(int64_t, const float* R, int64_t, float* y
     for (int64_t c = 0; c < E_; ++c) z_[c] = xp[c] + pe[c];
     layer_.hidden(layer_.gen2_, z_.data(), 1, h2_.data());
   }
+  // Heads are independent (each has its own scratch): one per OpenMP work item.
+#pragma omp parallel for schedule(static) if (H_ > 1)
   for (int64_t h = 0; h < H_; ++h) {
+    float* hidden = hidden_.data() + h * L * d_;
+    float* p = p_.data() + h * d_ * d_;
+    float* s = s_.data() + h * d_ * K_;
+    float* w2 = w2_.data() + h * K_;
     // Layer 1 of hypernetwork 1 from the cached A1·x and the position table, then GELU.
     for (int64_t j = 0; j < L; ++j) {
       const float* a = R + j * W + E_ + h * d_;
       const float* q = pos_table_.data() + j * E_ + h * d_;
-      float* out = hidden_.data() + j * d_;
+      float* out = hidden + j * d_;
       for (int64_t i = 0; i < d_; ++i) out[i] = a[i] + q[i];
     }
-    gelu_erf(hidden_.data(), L * d_);
+    gelu_erf(hidden, L * d_);
     // GELU(xᵀ·W1) (d, K) over the window, W1 factored as in forward.
-    layer_.mixing_hidden(h, R + h * d_, W, hidden_.data(), d_, L, p_.data(), s_.data());
+    layer_.mixing_hidden(h, R + h * d_, W, hidden, d_, L, p, s);
     // o_h (d) = GELU(S)·W2[P], with the generated row W2[P] (K) of this head.
     if (layer_.tied_)
-      layer_.generated_row(g1, h, hidden_.data() + P * d_, w2_.data());
+      layer_.generated_row(g1, h, hidden + P * d_, w2);
     else
-      layer_.generated_row(layer_.gen2_, h, h2_.data() + h * d_, w2_.data());
-    linear_raw(w2_.data(), 1, K_, K_, s_.data(), nullptr, d_, o_.data() + h * d_, d_);
+      layer_.generated_row(layer_.gen2_, h, h2_.data() + h * d_, w2);
+    linear_raw(w2, 1, K_, K_, s, nullptr, d_, o_.data() + h * d_, d_);
   }
   layer_.layer_norm(o_.data(), 1, y);
 }

@@ -5,7 +5,8 @@
 namespace tokenmix {
 
 Tensor Stream::push(const Tensor& chunk) {
-  const ThreadLimit limit(stream_threads(chunk.ndim() >= 2 ? chunk.dim(0) * chunk.dim(1) : chunk.numel()));
+  const int64_t tokens = chunk.ndim() >= 2 ? chunk.dim(0) * chunk.dim(1) : chunk.numel();
+  const ThreadLimit limit(stream_threads(tokens, parallel_min_tokens()));
   return push_chunk(chunk);
 }
 

@@ -13,7 +13,8 @@ namespace tokenmix {
 // (B·C < 8) run on the calling thread alone. Waking a sleeping OpenMP thread costs about 0.1 ms on
 // the benchmark machine under OMP_WAIT_POLICY=PASSIVE (BENCHMARKS.md), more than a one-token step
 // of E = 512 takes on one core (0.1-0.2 ms), so a second thread only slows such steps down.
-// Throughput over many streams comes from running them on separate threads.
+// Throughput over many streams comes from running them on separate threads. A stream whose single
+// token costs far more than a wake-up lowers this for itself (Stream::parallel_min_tokens).
 inline constexpr int64_t kParallelMinTokens = 8;
 
 // Scope guard: while it lives, the calling thread's OpenMP regions and OpenBLAS calls use at most
@@ -31,10 +32,11 @@ class ThreadLimit {
   int saved_ = 0;  // the setting to restore, 0 = nothing changed
 };
 
-// The limit for work of `tokens` tokens (B·C) of a streaming step: 1 below kParallelMinTokens,
-// otherwise no limit.
-inline int stream_threads(int64_t tokens) {
-  return tokens < kParallelMinTokens ? 1 : std::numeric_limits<int>::max();
+// The limit for work of `tokens` tokens (B·C) of a streaming step: 1 below min_tokens, otherwise no
+// limit. A stream whose single token costs far more than a wake-up passes a smaller min_tokens
+// (Stream::parallel_min_tokens).
+inline int stream_threads(int64_t tokens, int64_t min_tokens = kParallelMinTokens) {
+  return tokens < min_tokens ? 1 : std::numeric_limits<int>::max();
 }
 
 }  // namespace tokenmix

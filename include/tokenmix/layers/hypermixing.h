@@ -153,9 +153,11 @@ class HyperMixing : public Layer {
 //     the token mixing reduces to one (d x K)·(K) product per head.
 // Cost per completed window: L·E·d MACs (x̃ᵀ·G1) + E·d·K (S) + L·E GELUs + E·K GELUs + E·(d + K) +
 // E·K MACs for W2 and the output; compare about 4·L·E·d + 2·E·d·K MACs for a forward over the window.
-// Arrival costs E·d MACs per token. Memory: the window (B, L, 2E) floats + the (L, E) table + O(L·d +
-// d·K) scratch, all allocated by open_stream; push allocates nothing once a chunk of its size has
-// been seen (the chunk-sized buffers only grow).
+// Arrival costs E·d MACs per token. Memory: the window (B, L, 2E) floats + the (L, E) table + O(L·E +
+// E·K) scratch (per head), all allocated by open_stream; push allocates nothing once a chunk of its
+// size has been seen (the chunk-sized buffers only grow). Threads: the heads of a window run in
+// parallel, and a push of a single token already uses the calling thread's OpenMP setting (a token
+// costs about 1 ms at E = 512, L = 257, far more than waking a thread).
 // Not available with a key_padding_mask (every pushed token is a real token).
 class HyperMixingStream : public WindowedStream {
  public:
@@ -169,6 +171,7 @@ class HyperMixingStream : public WindowedStream {
   void stage(const float* x, int64_t n, float* rows) override;
   // Output of a full window R (L, 2E) into y (E).
   void window_output(int64_t b, const float* R, int64_t slot, float* y) override;
+  int64_t parallel_min_tokens() const override { return 1; }
 
  private:
   // Checks batch and options (in that order) with open_stream's messages; returns options.
@@ -176,8 +179,8 @@ class HyperMixingStream : public WindowedStream {
   const HyperMixing& layer_;
   const int64_t E_, H_, d_, K_;
   std::vector<float> pos_table_;        // (L, E): A1·pe[j] + α1
-  std::vector<float> hidden_, p_, s_;  // (L, d), (d, d), (d, K) scratch
-  std::vector<float> z_, h2_, w2_, o_;  // (E), (E), (K), (E) scratch
+  std::vector<float> hidden_, p_, s_, w2_;  // per head: (H, L, d), (H, d, d), (H, d, K), (H, K) scratch
+  std::vector<float> z_, h2_, o_;           // (E), (E), (E) scratch
 };
 
 }  // namespace tokenmix

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "tokenmix/core/tensor.h"
+#include "tokenmix/core/threads.h"
 #include "tokenmix/io/safetensors.h"
 
 namespace tokenmix {
@@ -35,9 +36,9 @@ class Stream {
   // rows are out of step (one was reset_row'ed), C_out is the largest count over the rows, outputs are
   // aligned on the chunk's newest token, and a row with fewer outputs has zeros in its leading slots.
   // The returned tensor views the stream's own buffer and stays valid until the next call on the stream.
-  // Threads: a chunk of fewer than kParallelMinTokens tokens in all (B·C < 8) is processed on the
-  // calling thread alone (core/threads.h says why); larger chunks use the calling thread's OpenMP
-  // setting. Throws Error "<Layer>Stream::push: chunk: expected shape (B, C, E), got ..." on a bad
+  // Threads: a chunk of fewer than parallel_min_tokens() tokens in all (B·C < 8 for most streams)
+  // is processed on the calling thread alone (core/threads.h says why); larger chunks use the
+  // calling thread's OpenMP setting. Throws Error "<Layer>Stream::push: chunk: expected shape (B, C, E), got ..." on a bad
   // chunk.
   Tensor push(const Tensor& chunk);
   // Forget everything: the next push starts a new sequence in every batch row.
@@ -57,6 +58,9 @@ class Stream {
  protected:
   // The family's push: everything push() documents except the thread limit, which push() has set.
   virtual Tensor push_chunk(const Tensor& chunk) = 0;
+  // Tokens (B·C) from which a push may use more threads than the calling one: kParallelMinTokens,
+  // or 1 for a stream whose every token costs far more than waking a thread (HyperMixing's window).
+  virtual int64_t parallel_min_tokens() const { return kParallelMinTokens; }
 };
 
 class Layer {
