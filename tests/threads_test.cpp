@@ -39,18 +39,24 @@ TEST_F(ThreadsTest, LimitLowersAndRestores) {
   EXPECT_EQ(omp_get_max_threads(), 3);
 }
 
-// A stream that records the OpenMP setting its push_chunk runs under.
+// A stream that records the OpenMP setting its push_chunk runs under; min_tokens is its
+// parallel_min_tokens().
 class RecordingStream final : public Stream {
  public:
+  explicit RecordingStream(int64_t min_tokens = kParallelMinTokens) : min_tokens_(min_tokens) {}
   int seen_threads = 0;
   Tensor push_chunk(const Tensor& chunk) override {
     seen_threads = omp_get_max_threads();
     return chunk;
   }
+  int64_t parallel_min_tokens() const override { return min_tokens_; }
   void reset() override {}
   void reset_row(int64_t) override {}
   void save(SafetensorsWriter&) const override {}
   void restore(const SafetensorsFile&) override {}
+
+ private:
+  int64_t min_tokens_;
 };
 
 TEST_F(ThreadsTest, ShortPushesRunOnOneThread) {
@@ -67,19 +73,7 @@ TEST_F(ThreadsTest, ShortPushesRunOnOneThread) {
 TEST_F(ThreadsTest, HeavyStreamsParallelizeSingleTokens) {
   // A stream whose parallel_min_tokens() is 1 (HyperMixing's window) keeps the caller's setting even
   // for a one-token push.
-  class Heavy final : public Stream {
-   public:
-    int seen_threads = 0;
-    Tensor push_chunk(const Tensor& chunk) override {
-      seen_threads = omp_get_max_threads();
-      return chunk;
-    }
-    int64_t parallel_min_tokens() const override { return 1; }
-    void reset() override {}
-    void reset_row(int64_t) override {}
-    void save(SafetensorsWriter&) const override {}
-    void restore(const SafetensorsFile&) override {}
-  } s;
+  RecordingStream s(1);
   omp_set_num_threads(2);
   s.push(Tensor(Shape{1, 1, 4}));
   EXPECT_EQ(s.seen_threads, 2);
