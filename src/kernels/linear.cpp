@@ -18,6 +18,20 @@ void sgemm_call(bool a_transposed, const float* A, int64_t lda, const float* B, 
               static_cast<blasint>(lda), B, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
 }
 
+// y = alpha·op(A)·x + beta·y, A stored row-major (rows x cols), op(A) = Aᵀ when trans; y has
+// (trans ? cols : rows) entries at stride incy. beta = 0 must overwrite whatever y holds (even NaN),
+// as sgemm's own beta pass does, so y is cleared here and the GEMV accumulates into it.
+void sgemv_call(bool trans, int64_t rows, int64_t cols, float alpha, const float* A, int64_t lda, const float* x,
+                int64_t incx, float beta, float* y, int64_t incy) {
+  if (beta == 0.f) {
+    const int64_t n = trans ? cols : rows;
+    for (int64_t i = 0; i < n; ++i) y[i * incy] = 0.f;
+    beta = 1.f;
+  }
+  cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, static_cast<blasint>(rows), static_cast<blasint>(cols),
+              alpha, A, static_cast<blasint>(lda), x, static_cast<blasint>(incx), beta, y, static_cast<blasint>(incy));
+}
+
 // The BLAS call(s) behind gemm() and gemm_tn(); K == 0 gives C = beta * C.
 void sgemm(bool a_transposed, const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed,
            float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
@@ -28,21 +42,15 @@ void sgemm(bool a_transposed, const float* A, int64_t lda, const float* B, int64
     return;
   }
   // A single row or column is a matrix-vector product: OpenBLAS' GEMM path would spend most of its
-  // time packing the matrix operand. beta = 0 must overwrite whatever C holds (even NaN), as
-  // sgemm's own beta pass does, so that output is cleared here and the GEMV accumulates.
-  if (M == 1 || N == 1) {
-    const int64_t n = M == 1 ? N : M, inc_c = M == 1 ? 1 : ldc;
-    if (beta == 0.f)
-      for (int64_t i = 0; i < n; ++i) C[i * inc_c] = 0.f;
-    const float b = beta == 0.f ? 1.f : beta;
-    if (M == 1)  // C (1 x N) = a · op(B), a = row 0 of op(A): y = op(B)ᵀ · a
-      cblas_sgemv(CblasRowMajor, b_transposed ? CblasNoTrans : CblasTrans, static_cast<blasint>(b_transposed ? N : K),
-                  static_cast<blasint>(b_transposed ? K : N), alpha, B, static_cast<blasint>(ldb), A,
-                  static_cast<blasint>(a_transposed ? lda : 1), b, C, 1);
-    else  // C (M x 1) = op(A) · b, b = column 0 of op(B)
-      cblas_sgemv(CblasRowMajor, a_transposed ? CblasTrans : CblasNoTrans, static_cast<blasint>(a_transposed ? K : M),
-                  static_cast<blasint>(a_transposed ? M : K), alpha, A, static_cast<blasint>(lda), B,
-                  static_cast<blasint>(b_transposed ? 1 : ldb), b, C, static_cast<blasint>(ldc));
+  // time packing the matrix operand.
+  if (M == 1) {  // C (1 x N) = a · op(B), a = row 0 of op(A): y = op(B)ᵀ · a
+    sgemv_call(!b_transposed, b_transposed ? N : K, b_transposed ? K : N, alpha, B, ldb, A, a_transposed ? lda : 1,
+               beta, C, 1);
+    return;
+  }
+  if (N == 1) {  // C (M x 1) = op(A) · b, b = column 0 of op(B)
+    sgemv_call(a_transposed, a_transposed ? K : M, a_transposed ? M : K, alpha, A, lda, B, b_transposed ? 1 : ldb,
+               beta, C, ldc);
     return;
   }
   // Few output columns and many rows (Fastformer's H-wide attention logits): OpenBLAS' own threads
@@ -80,18 +88,8 @@ void gemv(const float* A, int64_t lda, bool a_transposed, const float* x, float*
     for (int64_t m = 0; m < M; ++m) y[m] = beta == 0.f ? 0.f : beta * y[m];
     return;
   }
-  // Row-major storage: A (M x N) NoTrans, or the stored (N x M) matrix transposed. beta = 0 must
-  // overwrite whatever y holds (even NaN), so y is cleared here rather than scaled by BLAS.
-  if (beta == 0.f) {
-    std::fill(y, y + M, 0.f);
-    beta = 1.f;
-  }
-  if (a_transposed)
-    cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<blasint>(N), static_cast<blasint>(M), alpha, A,
-                static_cast<blasint>(lda), x, 1, beta, y, 1);
-  else
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N), alpha, A,
-                static_cast<blasint>(lda), x, 1, beta, y, 1);
+  // Row-major storage: A (M x N) NoTrans, or the stored (N x M) matrix transposed.
+  sgemv_call(a_transposed, a_transposed ? N : M, a_transposed ? M : N, alpha, A, lda, x, 1, beta, y, 1);
 }
 
 void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, const float* W,
