@@ -42,24 +42,19 @@ std::string Shape::str() const {
 }
 
 template <typename T>
-BasicTensor<T>::BasicTensor(const Shape& shape) : shape_(shape) {
-  auto storage = std::shared_ptr<T[]>(new T[std::max<int64_t>(shape.numel(), 1)]());
-  data_ = storage.get();
-  owner_ = storage;
+BasicTensor<T>::BasicTensor(const Shape& shape) : BasicTensor(uninitialized(shape)) {
+  std::fill(data_, data_ + numel(), T{});
 }
 
 template <typename T>
 BasicTensor<T> BasicTensor<T>::uninitialized(const Shape& shape) {
-  BasicTensor t;
+  // (at least one element, so that a zero-size tensor is not empty())
   auto storage = std::shared_ptr<T[]>(new T[std::max<int64_t>(shape.numel(), 1)]);
-  t.shape_ = shape;
-  t.data_ = storage.get();
-  t.owner_ = storage;
-  return t;
+  return view(shape, storage.get(), storage);
 }
 
 template <typename T>
-BasicTensor<T>::BasicTensor(const Shape& shape, const std::vector<T>& values) : BasicTensor(shape) {
+BasicTensor<T>::BasicTensor(const Shape& shape, const std::vector<T>& values) : BasicTensor(uninitialized(shape)) {
   check(static_cast<int64_t>(values.size()) == shape.numel(), "Tensor: values: expected ",
         shape.numel(), " elements for shape ", shape.str(), ", got ", values.size());
   std::copy(values.begin(), values.end(), data_);
@@ -76,7 +71,7 @@ BasicTensor<T> BasicTensor<T>::view(const Shape& shape, T* data, std::shared_ptr
 
 template <typename T>
 BasicTensor<T> BasicTensor<T>::reshape(const Shape& shape) const {
-  check(shape.numel() == numel(), "Tensor::reshape: cannot view ", shape_, " as ", shape.str());
+  check(shape.numel() == numel(), "Tensor::reshape: cannot view ", shape_, " as ", shape);
   BasicTensor t = *this;
   t.shape_ = shape;
   return t;
