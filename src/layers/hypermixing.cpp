@@ -17,6 +17,14 @@ void grow(std::vector<float>& buf, int64_t n) {
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
 }
 
+// Multiplies row i of rows (B·T, E) by 0 where key_padding_mask (B, T) is set: 0·NaN = NaN, as
+// upstream's x * mask.
+void zero_padded_rows(const Mask& key_padding_mask, int64_t E, float* rows) {
+  for (int64_t i = 0; i < key_padding_mask.numel(); ++i)
+    if (key_padding_mask.data()[i])
+      for (int64_t c = 0; c < E; ++c) rows[i * E + c] *= 0.f;
+}
+
 // The float32 sinusoidal table of SpeechBrain's PositionalEncoding (max_length, E):
 // pe[p, 2i] = sin(p·den_i), pe[p, 2i+1] = cos(p·den_i), den_i = exp(f32(2i)·f32(-ln(1e4)/E)).
 Tensor sinusoidal_table(int64_t max_length, int64_t E) {
@@ -169,12 +177,7 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
 
   // x̃ = x ⊙ m (a copy only when masked) and the hypernetwork input z = x̃ + pe[:T].
   Tensor xt = masked ? x.clone() : x;
-  if (masked)
-    for (int64_t i = 0; i < B * T; ++i)
-      if (key_padding_mask.data()[i]) {
-        float* row = xt.data() + i * E_;
-        for (int64_t c = 0; c < E_; ++c) row[c] *= 0.f;  // 0·NaN = NaN, as upstream
-      }
+  if (masked) zero_padded_rows(key_padding_mask, E_, xt.data());
   // Per-thread workspace, grown only: a forward allocates (and page-faults) no large buffers after
   // the first call of its size.
   thread_local std::vector<float> z, G1, G2;
@@ -210,10 +213,7 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
   }
   // Upstream zeroes the generated rows of padded tokens: their W1 rows meet zero x̃ rows anyway, and
   // their W2 rows make their o rows zero.
-  if (masked)
-    for (int64_t i = 0; i < B * T; ++i)
-      if (key_padding_mask.data()[i])
-        for (int64_t c = 0; c < E_; ++c) o.data()[i * E_ + c] *= 0.f;
+  if (masked) zero_padded_rows(key_padding_mask, E_, o.data());
   Tensor y = Tensor::uninitialized(Shape{B, T, E_});
   layer_norm(o.data(), B * T, y.data());
   if (attn_weights) *attn_weights = Tensor{Shape{B, T, T}};
