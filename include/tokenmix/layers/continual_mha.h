@@ -17,14 +17,14 @@
 //   Retroactive:  forward(window t-L+1 .. t) for all L window positions, shape (N, L, E).
 //
 // Cost per streamed token (tokenmix): SingleOutput 3E² + E² (one token's projections) + O(L·E)
-// (cached K/V of the window). Retroactive 3E² + 3E² + O(L·H·E): every cached query row keeps a
-// running max m, denominator d and numerator A already passed through out_proj per head
+// (cached K/V of the window). Retroactive 6E² + O(L·H·E): every cached query row keeps a running
+// max m, denominator d and numerator A already passed through out_proj per head
 // (A_h = Σ_j exp(s_j - m)·W_o[:, h]·v_hj, E floats per head), so the L output rows need no E×E
-// projection (upstream: O(L·E²)); per token only the new value, the new row's context and the
-// leaving value go through out_proj's head slices (3E²). Keys leaving the window are subtracted; a row whose denominator
-// falls below 1/4 of its peak since its last exact evaluation is recomputed exactly over the window,
-// so there is no overflow (upstream's exp without max subtraction gives NaN once logits exceed ~88)
-// and no catastrophic cancellation.
+// projection (upstream: O(L·E²)); per token the q/k/v projections (3E²) and out_proj's head slices
+// applied to the new value, the new row's context and the leaving value (3E²). Keys leaving the
+// window are subtracted; a row whose denominator falls below 1/4 of its peak since its last exact
+// evaluation is recomputed exactly over the window, so there is no overflow (upstream's exp without
+// max subtraction gives NaN once logits exceed ~88) and no catastrophic cancellation.
 //
 // Deliberate differences from upstream (SPEC section 7):
 //   * query_index must lie in [-L, L) (upstream accepts < -L in step mode, quirk 7);
