@@ -144,6 +144,21 @@ TEST(AttentionKernel, LongSequencesFlashBlocks) {
   check_problem(masked, 9);
 }
 
+TEST(AttentionKernel, QueriesAcrossWorkItemSpans) {
+  // More than 2048 queries: several work items per head on the register-tile path (each packs the
+  // keys it can see; with a left context a tile's first block starts before its band on a panel
+  // boundary). head_dim 24 (register tiles with an 8-wide tail) and 20 (the OpenBLAS variant).
+  for (int64_t D : {24, 20}) {
+    Problem band;
+    band.s = AttentionShape{1, 1, D, 2100, 2300, 0.4f, true, 200, 701};
+    check_problem(band, 31);
+    Problem masked;
+    masked.s = AttentionShape{1, 1, D, 2100, 600, 0.4f, false, 0, 0};
+    masked.mask_kind = 2;
+    check_problem(masked, 32);
+  }
+}
+
 TEST(AttentionKernel, DecodeSingleToken) {
   // One query over a KV cache, as the streams call it (vector decode path), with and without a window.
   for (int64_t lc : {0, 1, 17, 300}) {

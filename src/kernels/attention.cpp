@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "tokenmix/kernels/linear.h"
+#include "attention_tiles.h"
 #include "simd_math.h"
 
 namespace tokenmix {
@@ -18,14 +19,16 @@ using simd::hsum;
 
 // Query rows per work item of the probs path (full score rows, exact two-pass softmax).
 constexpr int64_t kQueryTile = 64;
-// Flash path: query rows per work item and keys per block. The block's scores and probabilities
-// (kFlashQ x kFlashK floats each, 2 x 256 KiB) stay in L2. Measured on Zen (AVX2), 1 thread, B=1 T=4096 H=8 D=64: 64-row tiles
-// reach ~38-45 GFLOP/s in the attention GEMMs, 256-row tiles ~47-50 (fewer re-packs of each K / V
-// block by OpenBLAS); 512-key blocks were no better than 256.
-constexpr int64_t kFlashQ = 256;
+// Flash path: keys per block, query rows per tile, and (register tiles) query rows per work item.
+// OpenBLAS variant: the block's scores and probabilities (kFlashQ x kFlashK floats each, 2 x 256
+// KiB) stay in L2; measured on Zen (AVX2), 1 thread, B=1 T=4096 H=8 D=64: 64-row tiles reach ~38-45
+// GFLOP/s in the attention GEMMs, 256-row tiles ~47-50 (fewer re-packs of each K / V block by
+// OpenBLAS); 512-key blocks were no better than 256. Register-tile variant: a work item packs its
+// keys and values once for up to kSpanQ query rows (a span of 2048 packs them twice per head at
+// T = 4096 and still gives 16 work items for B=1, H=8).
 constexpr int64_t kFlashK = 256;
-// Flash scratch per thread: score and probability blocks, running max and sum per row.
-constexpr int64_t kFlashScratch = kFlashQ * (2 * kFlashK + 2);
+constexpr int64_t kFlashQ = 256;
+constexpr int64_t kSpanQ = 2048;
 // Below this many query rows the per-row decode path is used (one or a few tokens over a cache).
 constexpr int64_t kDecodeRows = 4;
 
@@ -66,6 +69,13 @@ inline bool band_covers(const AttentionShape& s, int64_t i0, int64_t i1, int64_t
   if (!s.causal) return true;
   if (j1 - 1 > i0 + s.query_offset) return false;
   return s.left_context == 0 || (i1 - 1 + s.query_offset) - j0 < s.left_context;
+}
+
+// True when some (i, j) of rows [i0, i1) x keys [j0, j1) passes the causal band.
+inline bool band_meets(const AttentionShape& s, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  if (!s.causal) return true;
+  if (j0 > i1 - 1 + s.query_offset) return false;
+  return s.left_context == 0 || (i0 + s.query_offset) - (j1 - 1) < s.left_context;
 }
 
 // Sets scores of row i (keys j0 .. j0+n) that the mask or band forbids to -inf.
@@ -260,64 +270,161 @@ void row_decode(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
   scale_row(ci, D, d > 0.f ? 1.f / d : 0.f);
 }
 
-// Queries [i0, i1) of head h in batch b, flash style: key blocks of kFlashK with an online softmax
-// (running row max m and sum l, the context accumulated unnormalised in ctx and rescaled when m
-// grows). Extra memory: a kFlashQ x kFlashK score block and probability block per thread, whatever
-// k_len is. The score block is cleared by the softmax pass that reads it, so the next block's Q·Kᵀ
-// accumulates into it (beta = 1) and OpenBLAS skips its own zeroing pass.
-void tile_flash(const AttentionShape& s, const HeadsView& q, const HeadsView& k, const HeadsView& v,
-                const AttentionMask* mask, const HeadsOut& ctx, int64_t b, int64_t h, int64_t i0, int64_t i1,
-                std::vector<float>& scores) {
-  const int64_t D = s.head_dim, rows = i1 - i0;
-  int64_t lo, hi;
-  key_range(s, i0, i1, &lo, &hi);
-  if (static_cast<int64_t>(scores.size()) < kFlashScratch) scores.resize(kFlashScratch);
-  float* S = scores.data();                  // scores of the block (rows, n); zero between blocks
-  float* P = S + kFlashQ * kFlashK;          // probabilities of the block (rows, n)
-  float* m = P + kFlashQ * kFlashK;          // running max per row
-  float* l = m + kFlashQ;                    // running sum per row
-  const float* qb = at(q, b, i0, h, D);
-  float* cb = at(ctx, b, i0, h, D);
+// One score row of a key block through the online softmax: masks it (unless whole), raises the
+// running max *m (rescaling the sum *l and the unnormalised context row c of D floats when it
+// grows), writes p = exp(s - m) and adds its sum to *l. p may be s; otherwise s is cleared (the BLAS
+// path accumulates the next block's scores into it). Returns false, with p = 0, while the row has
+// kept no key at all.
+bool online_softmax_row(const AttentionShape& s, const AttentionMask* mask, bool whole, int64_t b, int64_t i,
+                        int64_t j0, float* sr, float* pr, int64_t n, float* m, float* l, float* c) {
+  if (!whole) mask_row(s, mask, b, i, j0, sr, n);
+  const float mnew = std::max(*m, row_max(sr, n));
+  if (mnew == -INFINITY) {
+    std::fill(sr, sr + n, 0.f);
+    std::fill(pr, pr + n, 0.f);
+    return false;
+  }
+  if (mnew > *m) {
+    if (*m != -INFINITY) {  // rescale what was accumulated under the old max
+      const float alpha = std::exp(*m - mnew);
+      *l *= alpha;
+      scale_row(c, s.head_dim, alpha);
+    }
+    *m = mnew;
+  }
+  *l += exp_sub_sum(sr, n, mnew, pr);
+  return true;
+}
+
+// The first 64-byte boundary at or after p (at most 15 floats on): vector loads from there never
+// straddle two cache lines.
+inline float* align_cache_line(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
+}
+
+// Whether the flash path runs on the register tiles of attention_tiles.h (else on OpenBLAS).
+bool register_tiles(int64_t D) { return tiles::kTilesAvailable && D % 8 == 0; }
+
+// Query rows per work item of the flash path.
+int64_t flash_rows(int64_t D) { return register_tiles(D) ? kSpanQ : kFlashQ; }
+
+// Thread scratch of the flash path for up to k_len keys: the work item's packed keys and values and
+// a tile's queries and context and one row group's scores (register tiles; 2.1 MB at k_len = 4096,
+// D = 64) or the score and
+// probability blocks (OpenBLAS), then the running max and sum of kFlashQ rows.
+int64_t flash_scratch_size(int64_t D, int64_t k_len) {
+  const int64_t blocks = register_tiles(D) ? tiles::key_panels_size(k_len, D) + k_len * D + 2 * kFlashQ * D +
+                                                 tiles::kTileRows * kFlashK + 16
+                                           : 2 * kFlashQ * kFlashK;
+  return blocks + 2 * kFlashQ;
+}
+
+// Rows [0, rows) of a flash tile before its first key block: no max, no sum, a zero context.
+void start_rows(float* m, float* l, float* c, int64_t ldc, int64_t rows, int64_t D) {
   for (int64_t r = 0; r < rows; ++r) {
     m[r] = -INFINITY;
     l[r] = 0.f;
-    std::fill(cb + r * ctx.time_stride, cb + r * ctx.time_stride + D, 0.f);
+    std::fill(c + r * ldc, c + r * ldc + D, 0.f);
   }
+}
+
+// ... and after its last one: the context divided by the softmax sum (0 for rows that kept nothing).
+void finish_rows(const float* l, float* c, int64_t ldc, int64_t rows, int64_t D) {
+  for (int64_t r = 0; r < rows; ++r) scale_row(c + r * ldc, D, l[r] > 0.f ? 1.f / l[r] : 0.f);
+}
+
+// Flash attention for queries [i0, i1) of head h in batch b: key blocks of kFlashK under an online
+// softmax (running row max m and sum l, the context accumulated unnormalised in ctx and rescaled
+// when m grows), one kFlashQ-row tile at a time. Extra memory per thread: flash_scratch_size().
+//
+// Register tiles (AVX2, head_dim % 8 == 0): the work item packs the keys and values it can see once
+// (key panels for the scores, contiguous values), then each group of kTileRows query rows goes
+// through scores, softmax and P·V while its scores sit in L1 (src/kernels/attention_tiles.h). A
+// tile's queries and context are copied to contiguous (kFlashQ, D) blocks too: rows of a (T, E)
+// buffer lie 2-6 KiB apart, so a tile's Q and ctx rows fell into a few L1/L2 sets and evicted each
+// other. The tile and a block's packed keys and values (4 x 64 KiB at D = 64) stay in L2.
+void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const HeadsView& k, const HeadsView& v,
+                          const AttentionMask* mask, const HeadsOut& ctx, int64_t b, int64_t h, int64_t i0,
+                          int64_t i1, std::vector<float>& scratch) {
+#if defined(__AVX2__) && defined(__FMA__)
+  const int64_t D = s.head_dim;
+  int64_t lo, hi;
+  key_range(s, i0, i1, &lo, &hi);
+  const int64_t need = flash_scratch_size(D, hi - lo);
+  if (static_cast<int64_t>(scratch.size()) < need) scratch.resize(need);
+  float* Kp = align_cache_line(scratch.data());         // key panels of keys [lo, hi)
+  float* Vp = Kp + tiles::key_panels_size(hi - lo, D);  // values [lo, hi), (n, D)
+  float* Qt = Vp + (hi - lo) * D;                       // queries of a tile, (kFlashQ, D)
+  float* Ct = Qt + kFlashQ * D;                         // unnormalised context of a tile, (kFlashQ, D)
+  float* S = Ct + kFlashQ * D;                          // scores / probabilities of a row group
+  float* m = S + tiles::kTileRows * kFlashK;            // running max per row of a tile
+  float* l = m + kFlashQ;                               // running sum per row of a tile
+  tiles::pack_key_panels(at(k, b, lo, h, D), k.time_stride, hi - lo, D, Kp);
+  tiles::pack_rows(at(v, b, lo, h, D), v.time_stride, hi - lo, D, Vp);
+  for (int64_t t0 = i0; t0 < i1; t0 += kFlashQ) {
+    const int64_t t1 = std::min(i1, t0 + kFlashQ), rows = t1 - t0;
+    tiles::pack_rows(at(q, b, t0, h, D), q.time_stride, rows, D, Qt);
+    start_rows(m, l, Ct, D, rows, D);
+    int64_t tlo, thi;
+    key_range(s, t0, t1, &tlo, &thi);
+    // Blocks start on a panel boundary of the packed keys; keys before tlo are outside the band
+    // and masked like any other.
+    for (int64_t j0 = lo + (std::max(tlo, lo) - lo) / tiles::kPanelKeys * tiles::kPanelKeys; j0 < thi;
+         j0 += kFlashK) {
+      const int64_t j1 = std::min(thi, j0 + kFlashK), n = j1 - j0, lds = tiles::key_panels_size(n, 1);
+      const bool whole = !mask && band_covers(s, t0, t1, j0, j1);
+      const float* Kb = Kp + (j0 - lo) * D;
+      const float* Vb = Vp + (j0 - lo) * D;
+      for (int64_t r0 = 0; r0 < rows; r0 += tiles::kTileRows) {
+        const int mr = static_cast<int>(std::min<int64_t>(tiles::kTileRows, rows - r0));
+        if (!band_meets(s, t0 + r0, t0 + r0 + mr, j0, j1)) continue;  // no row of the group sees the block
+        tiles::scores_rows(mr, Qt + r0 * D, D, Kb, n, D, s.scale, S, lds);
+        bool any = false;
+        for (int r = 0; r < mr; ++r)
+          any |= online_softmax_row(s, mask, whole, b, t0 + r0 + r, j0, S + r * lds, S + r * lds, n, m + r0 + r,
+                                    l + r0 + r, Ct + (r0 + r) * D);
+        if (any) tiles::context_rows(mr, S, lds, Vb, D, n, D, Ct + r0 * D, D);
+      }
+    }
+    finish_rows(l, Ct, D, rows, D);
+    float* ct = at(ctx, b, t0, h, D);
+    for (int64_t r = 0; r < rows; ++r) std::copy(Ct + r * D, Ct + (r + 1) * D, ct + r * ctx.time_stride);
+  }
+#else
+  (void)s, (void)q, (void)k, (void)v, (void)mask, (void)ctx, (void)b, (void)h, (void)i0, (void)i1, (void)scratch;
+#endif
+}
+
+// OpenBLAS variant (other builds and head dims), one kFlashQ-row tile: two GEMMs per key block over
+// the whole tile, with the kFlashQ x kFlashK score and probability blocks in between. The softmax
+// pass clears the score block as it reads it, so the next block's Q·Kᵀ accumulates into it
+// (beta = 1) and OpenBLAS skips its zeroing pass.
+void flash_blas(const AttentionShape& s, const HeadsView& q, const HeadsView& k, const HeadsView& v,
+                const AttentionMask* mask, const HeadsOut& ctx, int64_t b, int64_t h, int64_t i0, int64_t i1,
+                std::vector<float>& scratch) {
+  const int64_t D = s.head_dim, rows = i1 - i0, ldq = q.time_stride, ldc = ctx.time_stride;
+  int64_t lo, hi;
+  key_range(s, i0, i1, &lo, &hi);
+  const int64_t need = flash_scratch_size(D, hi - lo);
+  if (static_cast<int64_t>(scratch.size()) < need) scratch.resize(need);
+  float* S = scratch.data();         // scores of the block (rows, n); zero between blocks
+  float* P = S + kFlashQ * kFlashK;  // probabilities of the block (rows, n)
+  float* m = P + kFlashQ * kFlashK;  // running max per row
+  float* l = m + kFlashQ;            // running sum per row
+  const float* qb = at(q, b, i0, h, D);
+  float* cb = at(ctx, b, i0, h, D);
+  start_rows(m, l, cb, ldc, rows, D);
   for (int64_t j0 = lo; j0 < hi; j0 += kFlashK) {
     const int64_t j1 = std::min(hi, j0 + kFlashK), n = j1 - j0;
-    // Causal band: rows that see no key of this block are skipped below (their scores stay -inf).
-    // S holds zeros after the first block (cleared by the softmax pass; a later block is never wider).
-    gemm(qb, q.time_stride, at(k, b, j0, h, D), k.time_stride, true, S, n,
-         rows, n, D, s.scale, j0 == lo ? 0.f : 1.f);
     const bool whole = !mask && band_covers(s, i0, i1, j0, j1);
+    // S holds zeros after the first block (cleared by the softmax pass; a later block is never wider).
+    gemm(qb, ldq, at(k, b, j0, h, D), k.time_stride, true, S, n, rows, n, D, s.scale, j0 == lo ? 0.f : 1.f);
     bool any = false;
-    for (int64_t r = 0; r < rows; ++r) {
-      float* sr = S + r * n;
-      float* pr = P + r * n;
-      if (!whole) mask_row(s, mask, b, i0 + r, j0, sr, n);
-      const float bm = row_max(sr, n);
-      const float mnew = std::max(m[r], bm);
-      if (mnew == -INFINITY) {  // nothing kept so far in this row
-        std::fill(sr, sr + n, 0.f);
-        std::fill(pr, pr + n, 0.f);
-        continue;
-      }
-      any = true;
-      if (mnew > m[r]) {
-        if (m[r] != -INFINITY) {  // rescale what was accumulated under the old max
-          const float alpha = std::exp(m[r] - mnew);
-          l[r] *= alpha;
-          scale_row(cb + r * ctx.time_stride, D, alpha);
-        }
-        m[r] = mnew;
-      }
-      l[r] += exp_sub_sum(sr, n, mnew, pr);
-    }
-    if (any)
-      gemm(P, n, at(v, b, j0, h, D), v.time_stride, false, cb,
-           ctx.time_stride, rows, D, n, 1.f, 1.f);
+    for (int64_t r = 0; r < rows; ++r)
+      any |= online_softmax_row(s, mask, whole, b, i0 + r, j0, S + r * n, P + r * n, n, m + r, l + r, cb + r * ldc);
+    if (any) gemm(P, n, at(v, b, j0, h, D), v.time_stride, false, cb, ldc, rows, D, n, 1.f, 1.f);
   }
-  for (int64_t r = 0; r < rows; ++r) scale_row(cb + r * ctx.time_stride, D, l[r] > 0.f ? 1.f / l[r] : 0.f);
+  finish_rows(l, cb, ldc, rows, D);
 }
 
 // Per-thread scratch of every path, grown only (attention_reserve() pre-grows it for streams).
@@ -353,10 +460,10 @@ float attention_context_unnormalized(float* s, int64_t n, const float* V, int64_
   return d;
 }
 
-void attention_reserve(int64_t q_len, int64_t k_len) {
+void attention_reserve(int64_t q_len, int64_t k_len, int64_t head_dim) {
   // Large enough for any path: probability tiles, the decode path and the flash tiles.
   const size_t need = static_cast<size_t>(std::max(std::min(q_len, kQueryTile) * std::max<int64_t>(k_len, 1),
-                                                   kFlashScratch));
+                                                   flash_scratch_size(head_dim, k_len)));
 #pragma omp parallel
   {
     auto& scores = score_scratch();
@@ -376,7 +483,7 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
   const bool parallel = macs >= kParallelMacs;
   // Work items: (b, h, query tile), or (b, h, query row) on the decode path.
   const bool rowwise = !probs && s.q_len < kDecodeRows;
-  const int64_t tile = probs ? kQueryTile : rowwise ? 1 : kFlashQ;
+  const int64_t tile = probs ? kQueryTile : rowwise ? 1 : flash_rows(s.head_dim);
   const int64_t tiles = (s.q_len + tile - 1) / tile;
   const int64_t work = s.batch * s.heads * tiles;
 #pragma omp parallel if (work > 1 && parallel)
@@ -391,7 +498,8 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
       else if (rowwise)
         row_decode(s, q, k, v, mask, ctx, b, h, i0, scores);
       else
-        tile_flash(s, q, k, v, mask, ctx, b, h, i0, i1, scores);
+        (register_tiles(s.head_dim) ? flash_register_tiles : flash_blas)(s, q, k, v, mask, ctx, b, h, i0, i1,
+                                                                         scores);
     }
   }
 }

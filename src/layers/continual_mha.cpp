@@ -140,7 +140,7 @@ class SingleOutputStream final : public ContinualStreamImpl {
       ctx_.resize(B_ * C * E_);
       out_.resize(B_ * C * E_);
       ready_.resize(B_ * C);
-      attention_reserve(C, L_);
+      attention_reserve(C, L_, D_);
     }
     AttentionShape s;
     s.batch = 1;

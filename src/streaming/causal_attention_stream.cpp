@@ -26,7 +26,7 @@ Tensor CausalAttentionStream::push_chunk(const Tensor& chunk) {
     for (auto* buf : {&q_, &k_, &v_, &ctx_, &out_}) buf->resize(n);
   }
   if (C > reserved_chunk_) {  // with a left-context limit no chunk of this size allocates again
-    if (left_context_ > 0) attention_reserve(C, left_context_ - 1 + C);
+    if (left_context_ > 0) attention_reserve(C, left_context_ - 1 + C, width_ / heads_);
     reserved_chunk_ = C;
   }
   core_.project_qkv(chunk.data(), batch_ * C, q_.data(), k_.data(), v_.data());

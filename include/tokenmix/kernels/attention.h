@@ -56,16 +56,20 @@ struct AttentionShape {
   int64_t left_context = 0;
 };
 
-// The optimized kernel (blocked GEMM / softmax / GEMM over query tiles, OpenMP over batch x heads
-// x tiles; extra memory O(tile x k_len) per thread, never k_len x q_len). Fewer than 4 queries
-// without probs (decoding over a KV cache) take a register-blocked per-head path instead of GEMMs. probs, when non-null,
-// receives the probabilities as a dense (B, H, q_len, k_len) array. mask may be null.
+// The optimized kernel, OpenMP over batch x heads x query tiles. Without probs: flash attention
+// (key blocks under an online softmax; per thread O(k_len x head_dim) extra floats for the packed
+// keys and values, never q_len x k_len), on AVX2 register tiles when head_dim % 8 == 0 and on
+// OpenBLAS GEMMs otherwise; fewer than 4 queries (decoding over a KV cache) take a per-row path.
+// With probs: GEMM, exact two-pass softmax, GEMM over 64-row tiles; probs receives the
+// probabilities as a dense (B, H, q_len, k_len) array. mask may be null. Unchecked (the layers
+// validate shapes); results match attention_reference() to float rounding.
 void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
                const AttentionMask* mask, HeadsOut ctx, float* probs = nullptr);
 
-// Pre-grows every OpenMP thread's scratch so later attention() calls with at most q_len queries and
-// k_len keys allocate nothing (the KV-cache streams call it when a new chunk size appears).
-void attention_reserve(int64_t q_len, int64_t k_len);
+// Pre-grows every OpenMP thread's scratch so later attention() calls with at most q_len queries,
+// k_len keys and this head_dim allocate nothing (the KV-cache streams call it when a new chunk size
+// appears).
+void attention_reserve(int64_t q_len, int64_t k_len, int64_t head_dim);
 
 // Single-query kernels (decoding over a KV cache, the continual retroactive stream): one query of
 // one head against n keys or values whose rows sit at stride ld floats (one head's columns inside a
