@@ -3,6 +3,8 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
+#include <algorithm>
+
 namespace tokenmix::tiles {
 
 void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, float* Kp) {
@@ -25,37 +27,39 @@ void pack_rows(const float* X, int64_t ld, int64_t n, int64_t D, float* Xp) {
 
 namespace {
 
-// One 16-key panel for MR query rows: 2 x MR accumulators over the D steps, each step one pair of
-// panel loads and MR broadcasts of a query element.
+// The register tile: at most kMicroRows query rows, 2 x MR accumulators (12 ymm registers at MR = 6)
+// plus two vector loads and one broadcast per step.
+
+// Scores of MR rows against one 16-key panel, over the D steps: a pair of panel loads and MR
+// broadcasts of a query element each.
 template <int MR>
-void scores_panels(const float* Q, int64_t ldq, const float* Kp, int64_t panels, int64_t D, float scale,
-                   float* S, int64_t lds) {
-  const __m256 vs = _mm256_set1_ps(scale);
-  for (int64_t p = 0; p < panels; ++p) {
-    const float* panel = Kp + p * D * kPanelKeys;
-    __m256 a0[MR], a1[MR];
-    for (int r = 0; r < MR; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D; ++d) {
-      const __m256 k0 = _mm256_loadu_ps(panel + d * kPanelKeys);
-      const __m256 k1 = _mm256_loadu_ps(panel + d * kPanelKeys + 8);
-      for (int r = 0; r < MR; ++r) {
-        const __m256 q = _mm256_broadcast_ss(Q + r * ldq + d);
-        a0[r] = _mm256_fmadd_ps(q, k0, a0[r]);
-        a1[r] = _mm256_fmadd_ps(q, k1, a1[r]);
-      }
-    }
+void scores_micro(const float* Q, int64_t ldq, const float* panel, int64_t D, __m256 scale, float* S,
+                  int64_t lds) {
+  __m256 a0[MR], a1[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < D; ++d) {
+    const __m256 k0 = _mm256_loadu_ps(panel + d * kPanelKeys);
+    const __m256 k1 = _mm256_loadu_ps(panel + d * kPanelKeys + 8);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      _mm256_storeu_ps(S + r * lds + p * kPanelKeys, _mm256_mul_ps(a0[r], vs));
-      _mm256_storeu_ps(S + r * lds + p * kPanelKeys + 8, _mm256_mul_ps(a1[r], vs));
+      const __m256 q = _mm256_broadcast_ss(Q + r * ldq + d);
+      a0[r] = _mm256_fmadd_ps(q, k0, a0[r]);
+      a1[r] = _mm256_fmadd_ps(q, k1, a1[r]);
     }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    _mm256_storeu_ps(S + r * lds, _mm256_mul_ps(a0[r], scale));
+    _mm256_storeu_ps(S + r * lds + 8, _mm256_mul_ps(a1[r], scale));
   }
 }
 
 // MR rows x 16 features (two vectors; WIDE = false: 8, one vector) of the context, accumulated in
-// registers over the n keys. (Two flat accumulator arrays: GCC kept a 2-D array in registers but
-// also stored it to the stack on every key.)
+// registers over the n keys and added to C. (Two flat accumulator arrays and unrolled row loops:
+// with a 2-D array GCC kept the accumulators in registers but also stored them on every key.)
 template <int MR, bool WIDE>
-void context_slice(const float* P, int64_t ldp, const float* V, int64_t ldv, int64_t n, float* C, int64_t ldc) {
+void context_micro(const float* P, int64_t ldp, const float* V, int64_t ldv, int64_t n, float* C, int64_t ldc) {
   __m256 a0[MR], a1[MR];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
@@ -77,30 +81,37 @@ void context_slice(const float* P, int64_t ldp, const float* V, int64_t ldv, int
   }
 }
 
-template <int MR>
-void context_rows_mr(const float* P, int64_t ldp, const float* V, int64_t ldv, int64_t n, int64_t D, float* C,
-                     int64_t ldc) {
-  int64_t d = 0;
-  for (; d + 16 <= D; d += 16) context_slice<MR, true>(P, ldp, V + d, ldv, n, C + d, ldc);
-  if (d < D) context_slice<MR, false>(P, ldp, V + d, ldv, n, C + d, ldc);
-}
+using ScoresMicro = void (*)(const float*, int64_t, const float*, int64_t, __m256, float*, int64_t);
+constexpr ScoresMicro kScoresMicro[kMicroRows] = {scores_micro<1>, scores_micro<2>, scores_micro<3>,
+                                                  scores_micro<4>, scores_micro<5>, scores_micro<6>};
+using ContextMicro = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
+constexpr ContextMicro kContextMicro[2][kMicroRows] = {
+    {context_micro<1, false>, context_micro<2, false>, context_micro<3, false>, context_micro<4, false>,
+     context_micro<5, false>, context_micro<6, false>},
+    {context_micro<1, true>, context_micro<2, true>, context_micro<3, true>, context_micro<4, true>,
+     context_micro<5, true>, context_micro<6, true>}};
 
 }  // namespace
 
+// Panel outer, register tiles inner: each 4 KiB panel (D = 64) is read from L2 once per group and
+// from L1 by the group's later register tiles.
 void scores_rows(int mr, const float* Q, int64_t ldq, const float* Kp, int64_t n, int64_t D, float scale,
                  float* S, int64_t lds) {
-  using Fn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float, float*, int64_t);
-  static constexpr Fn fns[kTileRows] = {scores_panels<1>, scores_panels<2>, scores_panels<3>,
-                                        scores_panels<4>, scores_panels<5>, scores_panels<6>};
-  fns[mr - 1](Q, ldq, Kp, (n + kPanelKeys - 1) / kPanelKeys, D, scale, S, lds);
+  const __m256 vs = _mm256_set1_ps(scale);
+  for (int64_t p = 0; p * kPanelKeys < n; ++p)
+    for (int r0 = 0; r0 < mr; r0 += kMicroRows)
+      kScoresMicro[std::min(kMicroRows, mr - r0) - 1](Q + r0 * ldq, ldq, Kp + p * D * kPanelKeys, D, vs,
+                                                      S + r0 * lds + p * kPanelKeys, lds);
 }
 
+// Feature slice outer, register tiles inner: a slice of the values (16 KiB at n = 256) is read from
+// L2 once per group.
 void context_rows(int mr, const float* P, int64_t ldp, const float* V, int64_t ldv, int64_t n, int64_t D,
                   float* C, int64_t ldc) {
-  using Fn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t);
-  static constexpr Fn fns[kTileRows] = {context_rows_mr<1>, context_rows_mr<2>, context_rows_mr<3>,
-                                        context_rows_mr<4>, context_rows_mr<5>, context_rows_mr<6>};
-  fns[mr - 1](P, ldp, V, ldv, n, D, C, ldc);
+  for (int64_t d = 0; d < D; d += 16)
+    for (int r0 = 0; r0 < mr; r0 += kMicroRows)
+      kContextMicro[d + 16 <= D][std::min(kMicroRows, mr - r0) - 1](P + r0 * ldp, ldp, V + d, ldv, n,
+                                                                     C + r0 * ldc + d, ldc);
 }
 
 }  // namespace tokenmix::tiles

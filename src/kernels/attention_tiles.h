@@ -21,7 +21,8 @@ constexpr bool kTilesAvailable = true;
 constexpr bool kTilesAvailable = false;
 #endif
 
-constexpr int kTileRows = 6;    // query rows per register tile (6 x 16 accumulators = 12 ymm registers)
+constexpr int kMicroRows = 6;   // query rows per register tile (6 x 16 accumulators = 12 ymm registers)
+constexpr int kTileRows = 12;   // query rows per group (scores_rows / context_rows), whole register tiles
 constexpr int kPanelKeys = 16;  // keys per packed key panel
 
 // Floats of the panels for n keys: round_up(n, 16) * D.
