@@ -21,7 +21,7 @@ using simd::hsum;
 constexpr int64_t kQueryTile = 64;
 // Flash path: keys per block, query rows per tile, and (register tiles) query rows per work item.
 // OpenBLAS variant: the block's scores and probabilities (kFlashQ x kFlashK floats each, 2 x 256
-// KiB) stay in L2; measured on Zen (AVX2), 1 thread, B=1 T=4096 H=8 D=64: 64-row tiles reach ~38-45
+// KiB) take a Zen 2 core's whole 512 KiB L2; measured on Zen (AVX2), 1 thread, B=1 T=4096 H=8 D=64: 64-row tiles reach ~38-45
 // GFLOP/s in the attention GEMMs, 256-row tiles ~47-50 (fewer re-packs of each K / V block by
 // OpenBLAS); 512-key blocks were no better than 256. Register-tile variant: a work item packs its
 // keys and values once for up to kSpanQ query rows (a span of 2048 packs them twice per head at
@@ -308,10 +308,10 @@ bool register_tiles(int64_t D) { return tiles::kTilesAvailable && D % 8 == 0; }
 // Query rows per work item of the flash path.
 int64_t flash_rows(int64_t D) { return register_tiles(D) ? kSpanQ : kFlashQ; }
 
-// Thread scratch of the flash path for up to k_len keys: the work item's packed keys and values and
-// a tile's queries and context and one row group's scores (register tiles; 2.1 MB at k_len = 4096,
-// D = 64) or the score and
-// probability blocks (OpenBLAS), then the running max and sum of kFlashQ rows.
+// Thread scratch of the flash path for up to k_len keys, then the running max and sum of kFlashQ
+// rows. Register tiles: the work item's packed keys and values, a tile's queries and context and
+// one row group's scores (2.2 MB at k_len = 4096, D = 64). OpenBLAS: the score and probability
+// blocks (512 KiB).
 int64_t flash_scratch_size(int64_t D, int64_t k_len) {
   const int64_t blocks = register_tiles(D) ? tiles::key_panels_size(k_len, D) + k_len * D + 2 * kFlashQ * D +
                                                  tiles::kTileRows * kFlashK + 16

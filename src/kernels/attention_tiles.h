@@ -6,8 +6,8 @@
 //   context_rows:     C += P · V                    (mr x D)
 // With the group's scores held in L1 between the two products, the softmax of the group runs in
 // between (src/kernels/attention.cpp) and no score block of the whole query tile is written.
-// These are AVX2 + FMA kernels for head_dim % 8 == 0 (kTilesAvailable says whether this build has
-// them); attention() otherwise takes its OpenBLAS path. Both are tested against
+// These are AVX2 + FMA kernels for head_dim % 8 == 0, defined only when kTilesAvailable (the build
+// targets AVX2 and FMA); attention() otherwise takes its OpenBLAS path. Both are tested against
 // attention_reference() in tests/attention_kernel_test.cpp.
 #pragma once
 
@@ -36,8 +36,9 @@ void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, float* Kp
 // kernel walks would fall into a few L1 / L2 sets.
 void pack_rows(const float* X, int64_t ld, int64_t n, int64_t D, float* Xp);
 
-// S[r * lds + j] = scale * Σ_d Q[r * ldq + d] * K_j[d] for r < mr <= kTileRows and j < round_up(n, 16)
-// (the padding keys score 0). lds >= round_up(n, 16).
+// S[r * lds + j] = scale * Σ_d Q[r * ldq + d] * K_j[d] for r < mr <= kTileRows and j < round_up(n, 16);
+// columns n .. round_up(n, 16) score whatever the last panel holds there (zero padding, or the next
+// keys of a longer packed range) and are for the caller to ignore. lds >= round_up(n, 16).
 void scores_rows(int mr, const float* Q, int64_t ldq, const float* Kp, int64_t n, int64_t D, float scale,
                  float* S, int64_t lds);
 
