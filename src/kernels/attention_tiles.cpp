@@ -7,16 +7,49 @@
 
 namespace tokenmix::tiles {
 
+namespace {
+
+// Transposes the 8 x 8 block held in r[0..8) (row i in r[i]) in place.
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+}  // namespace
+
+// Eight keys at a time through an 8 x 8 register transpose (D % 8 == 0); a partial group of the
+// last panel element by element, zero padded.
 void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, float* Kp) {
   for (int64_t j0 = 0; j0 < n; j0 += kPanelKeys) {
-    const int64_t w = n - j0 < kPanelKeys ? n - j0 : kPanelKeys;
     float* panel = Kp + j0 * D;
-    for (int64_t c = 0; c < w; ++c) {
-      const float* key = K + (j0 + c) * ld;
-      for (int64_t d = 0; d < D; ++d) panel[d * kPanelKeys + c] = key[d];
+    for (int64_t c0 = 0; c0 < kPanelKeys; c0 += 8) {
+      const int64_t w = std::clamp<int64_t>(n - j0 - c0, 0, 8);
+      const float* keys = K + (j0 + c0) * ld;
+      if (w == 8) {
+        for (int64_t d = 0; d < D; d += 8) {
+          __m256 r[8];
+          for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(keys + i * ld + d);
+          transpose8(r);
+          for (int i = 0; i < 8; ++i) _mm256_storeu_ps(panel + (d + i) * kPanelKeys + c0, r[i]);
+        }
+      } else {
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t c = 0; c < 8; ++c) panel[d * kPanelKeys + c0 + c] = c < w ? keys[c * ld + d] : 0.f;
+      }
     }
-    for (int64_t c = w; c < kPanelKeys; ++c)
-      for (int64_t d = 0; d < D; ++d) panel[d * kPanelKeys + c] = 0.f;
   }
 }
 

@@ -28,7 +28,8 @@ constexpr int kPanelKeys = 16;  // keys per packed key panel
 // Floats of the panels for n keys: round_up(n, 16) * D.
 inline int64_t key_panels_size(int64_t n, int64_t D) { return (n + kPanelKeys - 1) / kPanelKeys * kPanelKeys * D; }
 
-// Kp[p][d][c] = K[(16p + c) * ld + d] for 16p + c < n, else 0. K: n rows of D floats at stride ld.
+// Kp[p][d][c] = K[(16p + c) * ld + d] for 16p + c < n, else 0. K: n rows of D floats at stride ld;
+// D % 8 == 0.
 void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, float* Kp);
 
 // Xp[j * D + d] = X[j * ld + d] for j < n: rows of one head (values, queries) as one contiguous
