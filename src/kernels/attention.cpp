@@ -359,8 +359,10 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
   float* S = Ct + kFlashQ * D;                          // scores / probabilities of a row group
   float* m = S + tiles::kTileRows * kFlashK;            // running max per row of a tile
   float* l = m + kFlashQ;                               // running sum per row of a tile
-  tiles::pack_key_panels(at(k, b, lo, h, D), k.time_stride, hi - lo, D, Kp);
-  tiles::pack_rows(at(v, b, lo, h, D), v.time_stride, hi - lo, D, Vp);
+  if (hi > lo) {
+    tiles::pack_key_panels(at(k, b, lo, h, D), k.time_stride, hi - lo, D, Kp);
+    tiles::pack_rows(at(v, b, lo, h, D), v.time_stride, hi - lo, D, Vp);
+  }
   for (int64_t t0 = i0; t0 < i1; t0 += kFlashQ) {
     const int64_t t1 = std::min(i1, t0 + kFlashQ), rows = t1 - t0;
     tiles::pack_rows(at(q, b, t0, h, D), q.time_stride, rows, D, Qt);

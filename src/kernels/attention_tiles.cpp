@@ -37,8 +37,8 @@ void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, float* Kp
     float* panel = Kp + j0 * D;
     for (int64_t c0 = 0; c0 < kPanelKeys; c0 += 8) {
       const int64_t w = std::clamp<int64_t>(n - j0 - c0, 0, 8);
-      const float* keys = K + (j0 + c0) * ld;
       if (w == 8) {
+        const float* keys = K + (j0 + c0) * ld;
         for (int64_t d = 0; d < D; d += 8) {
           __m256 r[8];
           for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(keys + i * ld + d);
@@ -47,7 +47,7 @@ void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, float* Kp
         }
       } else {
         for (int64_t d = 0; d < D; ++d)
-          for (int64_t c = 0; c < 8; ++c) panel[d * kPanelKeys + c0 + c] = c < w ? keys[c * ld + d] : 0.f;
+          for (int64_t c = 0; c < 8; ++c) panel[d * kPanelKeys + c0 + c] = c < w ? K[(j0 + c0 + c) * ld + d] : 0.f;
       }
     }
   }
