@@ -313,7 +313,7 @@ int64_t flash_rows(int64_t D) { return register_tiles(D) ? kSpanQ : kFlashQ; }
 // one row group's scores (2.2 MB at k_len = 4096, D = 64). OpenBLAS: the score and probability
 // blocks (512 KiB).
 int64_t flash_scratch_size(int64_t D, int64_t k_len) {
-  const int64_t blocks = register_tiles(D) ? tiles::key_panels_size(k_len, D) + k_len * D + 2 * kFlashQ * D +
+  const int64_t blocks = register_tiles(D) ? tiles::key_panels_size(k_len, D) + tiles::value_slices_size(k_len, D) + 2 * kFlashQ * D +
                                                  tiles::kTileRows * kFlashK + 16
                                            : 2 * kFlashQ * kFlashK;
   return blocks + 2 * kFlashQ;
@@ -338,7 +338,7 @@ void finish_rows(const float* l, float* c, int64_t ldc, int64_t rows, int64_t D)
 // when m grows), one kFlashQ-row tile at a time. Extra memory per thread: flash_scratch_size().
 //
 // Register tiles (AVX2, head_dim % 8 == 0): the work item packs the keys and values it can see once
-// (key panels for the scores, contiguous values), then each group of kTileRows query rows goes
+// (key panels for the scores, 16-feature value slices for P·V), then each group of kTileRows query rows goes
 // through scores, softmax and P·V while its scores sit in L1 (src/kernels/attention_tiles.h). A
 // tile's queries and context are copied to contiguous (kFlashQ, D) blocks too: rows of a (T, E)
 // buffer lie 2-6 KiB apart, so a tile's Q and ctx rows fell into a few L1/L2 sets and evicted each
@@ -353,15 +353,15 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
   const int64_t need = flash_scratch_size(D, hi - lo);
   if (static_cast<int64_t>(scratch.size()) < need) scratch.resize(need);
   float* Kp = align_cache_line(scratch.data());         // key panels of keys [lo, hi)
-  float* Vp = Kp + tiles::key_panels_size(hi - lo, D);  // values [lo, hi), (n, D)
-  float* Qt = Vp + (hi - lo) * D;                       // queries of a tile, (kFlashQ, D)
+  float* Vs = Kp + tiles::key_panels_size(hi - lo, D);  // value slices of values [lo, hi)
+  float* Qt = Vs + tiles::value_slices_size(hi - lo, D);  // queries of a tile, (kFlashQ, D)
   float* Ct = Qt + kFlashQ * D;                         // unnormalised context of a tile, (kFlashQ, D)
   float* S = Ct + kFlashQ * D;                          // scores / probabilities of a row group
   float* m = S + tiles::kTileRows * kFlashK;            // running max per row of a tile
   float* l = m + kFlashQ;                               // running sum per row of a tile
   if (hi > lo) {
     tiles::pack_key_panels(at(k, b, lo, h, D), k.time_stride, hi - lo, D, Kp);
-    tiles::pack_rows(at(v, b, lo, h, D), v.time_stride, hi - lo, D, Vp);
+    tiles::pack_value_slices(at(v, b, lo, h, D), v.time_stride, hi - lo, D, Vs);
   }
   for (int64_t t0 = i0; t0 < i1; t0 += kFlashQ) {
     const int64_t t1 = std::min(i1, t0 + kFlashQ), rows = t1 - t0;
@@ -376,7 +376,7 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
       const int64_t j1 = std::min(thi, j0 + kFlashK), n = j1 - j0, lds = tiles::key_panels_size(n, 1);
       const bool whole = !mask && band_covers(s, t0, t1, j0, j1);
       const float* Kb = Kp + (j0 - lo) * D;
-      const float* Vb = Vp + (j0 - lo) * D;
+      const float* Vb = Vs + (j0 - lo) * tiles::kSliceFeatures;
       for (int64_t r0 = 0; r0 < rows; r0 += tiles::kTileRows) {
         const int mr = static_cast<int>(std::min<int64_t>(tiles::kTileRows, rows - r0));
         if (!band_meets(s, t0 + r0, t0 + r0 + mr, j0, j1)) continue;  // no row of the group sees the block
@@ -385,7 +385,7 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
         for (int r = 0; r < mr; ++r)
           any |= online_softmax_row(s, mask, whole, b, t0 + r0 + r, j0, S + r * lds, S + r * lds, n, m + r0 + r,
                                     l + r0 + r, Ct + (r0 + r) * D);
-        if (any) tiles::context_rows(mr, S, lds, Vb, D, n, D, Ct + r0 * D, D);
+        if (any) tiles::context_rows(mr, S, lds, Vb, (hi - lo) * tiles::kSliceFeatures, n, D, Ct + r0 * D, D);
       }
     }
     finish_rows(l, Ct, D, rows, D);

@@ -58,6 +58,15 @@ void pack_rows(const float* X, int64_t ld, int64_t n, int64_t D, float* Xp) {
     for (int64_t d = 0; d < D; ++d) Xp[j * D + d] = X[j * ld + d];
 }
 
+void pack_value_slices(const float* V, int64_t ld, int64_t n, int64_t D, float* Vs) {
+  for (int64_t d0 = 0; d0 < D; d0 += kSliceFeatures) {
+    const int64_t w = std::min<int64_t>(kSliceFeatures, D - d0);
+    float* slice = Vs + d0 * n;
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t c = 0; c < w; ++c) slice[j * kSliceFeatures + c] = V[j * ld + d0 + c];
+  }
+}
+
 namespace {
 
 // The register tile: at most kMicroRows query rows, 2 x MR accumulators (12 ymm registers at MR = 6)
@@ -139,12 +148,12 @@ void scores_rows(int mr, const float* Q, int64_t ldq, const float* Kp, int64_t n
 
 // Feature slice outer, register tiles inner: a slice of the values (16 KiB at n = 256) is read from
 // L2 once per group.
-void context_rows(int mr, const float* P, int64_t ldp, const float* V, int64_t ldv, int64_t n, int64_t D,
+void context_rows(int mr, const float* P, int64_t ldp, const float* Vs, int64_t slice_stride, int64_t n, int64_t D,
                   float* C, int64_t ldc) {
-  for (int64_t d = 0; d < D; d += 16)
+  for (int64_t d = 0; d < D; d += kSliceFeatures)
     for (int r0 = 0; r0 < mr; r0 += kMicroRows)
-      kContextMicro[d + 16 <= D][std::min(kMicroRows, mr - r0) - 1](P + r0 * ldp, ldp, V + d, ldv, n,
-                                                                     C + r0 * ldc + d, ldc);
+      kContextMicro[d + kSliceFeatures <= D][std::min(kMicroRows, mr - r0) - 1](
+          P + r0 * ldp, ldp, Vs + d / kSliceFeatures * slice_stride, kSliceFeatures, n, C + r0 * ldc + d, ldc);
 }
 
 }  // namespace tokenmix::tiles

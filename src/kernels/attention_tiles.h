@@ -2,8 +2,9 @@
 // loop, for a group of at most kTileRows query rows against one key block of one head:
 //   pack_key_panels:  K (n keys) -> 16-key panels, each D x 16, transposed and zero padded
 //   scores_rows:      S = scale * Q · Kᵀ            (mr x n, from the panels)
-//   pack_rows:        V (n values) or Q (n queries) -> one contiguous (n, D) array
-//   context_rows:     C += P · V                    (mr x D)
+//   pack_rows:        Q (n queries) -> one contiguous (n, D) array
+//   pack_value_slices: V (n values) -> 16-feature slices, each n x 16
+//   context_rows:     C += P · V                    (mr x D, from the slices)
 // With the group's scores held in L1 between the two products, the softmax of the group runs in
 // between (src/kernels/attention.cpp) and no score block of the whole query tile is written.
 // These are AVX2 + FMA kernels for head_dim % 8 == 0, defined only when kTilesAvailable (the build
@@ -24,6 +25,7 @@ constexpr bool kTilesAvailable = false;
 constexpr int kMicroRows = 6;   // query rows per register tile (6 x 16 accumulators = 12 ymm registers)
 constexpr int kTileRows = 12;   // query rows per group (scores_rows / context_rows), whole register tiles
 constexpr int kPanelKeys = 16;  // keys per packed key panel
+constexpr int kSliceFeatures = 16;  // features per packed value slice
 
 // Floats of the panels for n keys: round_up(n, 16) * D.
 inline int64_t key_panels_size(int64_t n, int64_t D) { return (n + kPanelKeys - 1) / kPanelKeys * kPanelKeys * D; }
@@ -32,10 +34,22 @@ inline int64_t key_panels_size(int64_t n, int64_t D) { return (n + kPanelKeys - 
 // D % 8 == 0.
 void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, float* Kp);
 
-// Xp[j * D + d] = X[j * ld + d] for j < n: rows of one head (values, queries) as one contiguous
-// (n, D) array. Rows of a (T, E) or (T, 3E) buffer lie 2-6 KiB apart for common E, so the rows a
-// kernel walks would fall into a few L1 / L2 sets.
+// Xp[j * D + d] = X[j * ld + d] for j < n: rows of one head (queries) as one contiguous (n, D)
+// array. Rows of a (T, E) or (T, 3E) buffer lie 2-6 KiB apart for common E, so the rows a kernel
+// walks would fall into a few L1 / L2 sets.
 void pack_rows(const float* X, int64_t ld, int64_t n, int64_t D, float* Xp);
+
+// Floats of the value slices for n values: round_up(D, 16) * n.
+inline int64_t value_slices_size(int64_t n, int64_t D) {
+  return (D + kSliceFeatures - 1) / kSliceFeatures * kSliceFeatures * n;
+}
+
+// Vs[s * n * 16 + j * 16 + c] = V[j * ld + 16s + c] for 16s + c < D (a last slice of 8 features
+// leaves its other 8 columns unwritten; context_rows never reads them). V: n rows of D floats at
+// stride ld; D % 8 == 0. Contiguous 64-byte rows: a slice of n = 256 values is one 16 KiB run that
+// stays in L1 for the group's second register tile (the same slice read from (n, D) rows 256 bytes
+// apart maps to 16 of the L1's 64 sets and was evicted between the two).
+void pack_value_slices(const float* V, int64_t ld, int64_t n, int64_t D, float* Vs);
 
 // S[r * lds + j] = scale * Σ_d Q[r * ldq + d] * K_j[d] for r < mr <= kTileRows and j < round_up(n, 16);
 // columns n .. round_up(n, 16) score whatever the last panel holds there (zero padding, or the next
@@ -43,8 +57,10 @@ void pack_rows(const float* X, int64_t ld, int64_t n, int64_t D, float* Xp);
 void scores_rows(int mr, const float* Q, int64_t ldq, const float* Kp, int64_t n, int64_t D, float scale,
                  float* S, int64_t lds);
 
-// C[r * ldc + d] += Σ_{j < n} P[r * ldp + j] * V[j * ldv + d] for r < mr <= kTileRows, d < D; D % 8 == 0.
-void context_rows(int mr, const float* P, int64_t ldp, const float* V, int64_t ldv, int64_t n, int64_t D,
+// C[r * ldc + d] += Σ_{j < n} P[r * ldp + j] * V_j[d] for r < mr <= kTileRows, d < D; D % 8 == 0.
+// Vs: value slices as written by pack_value_slices, from value j = 0 of this product (slice s of V_j
+// at Vs + s * slice_stride + j * 16; slice_stride = 16 * the packed range's length).
+void context_rows(int mr, const float* P, int64_t ldp, const float* Vs, int64_t slice_stride, int64_t n, int64_t D,
                   float* C, int64_t ldc);
 
 }  // namespace tokenmix::tiles
