@@ -5,8 +5,12 @@
 // "<layer>/<mode>/<shape>", plus the BLAS references "blas/sgemm/MxNxK" (x · Wᵀ at each projection
 // shape) and "blas/4x/sgemv/NxK" (one token through four distinct E x E weights). Counters: FLOPS (rate of the
 // registry's FLOP count). Threads: OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, or --threads=N here.
+// Plus the attention kernel alone, "kernel/attention/T<T>[_causal]": attention() over one (T, 3E)
+// self-attention buffer (E = 512, H = 8, head_dim 64, as the layers call it), FLOPS = 4·T²·E (half
+// of that causal: the products only, softmax not counted).
 //
 //   ./build/bench/tokenmix_bench --benchmark_filter=espnet_mha
+//   ./build/bench/tokenmix_bench --benchmark_filter=kernel/ --benchmark_repetitions=5
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 #include <omp.h>
@@ -16,6 +20,7 @@
 #include <string>
 
 #include "cli/bench_registry.h"
+#include "tokenmix/kernels/attention.h"
 
 namespace {
 
@@ -52,6 +57,33 @@ void register_all() {
   }
 }
 
+// attention() alone on a packed (T, 3E) q/k/v buffer, the layout the self-attention layers pass.
+void register_attention_kernel() {
+  constexpr int64_t E = 512, H = 8;
+  for (const int64_t T : {256, 1024, 4096})
+    for (const bool causal : {false, true}) {
+      const std::string name = "kernel/attention/T" + std::to_string(T) + (causal ? "_causal" : "");
+      benchmark::RegisterBenchmark(name.c_str(), [T, causal](benchmark::State& st) {
+        const tokenmix::Tensor qkv = random_input(tokenmix::Shape{T, 3 * E});
+        std::vector<float> ctx(static_cast<size_t>(T * E));
+        tokenmix::AttentionShape s;
+        s.batch = 1;
+        s.heads = H;
+        s.head_dim = E / H;
+        s.q_len = s.k_len = T;
+        s.scale = 0.125f;
+        s.causal = causal;
+        const float* p = qkv.data();
+        const tokenmix::HeadsView q{p, 0, 3 * E}, k{p + E, 0, 3 * E}, v{p + 2 * E, 0, 3 * E};
+        const tokenmix::HeadsOut out{ctx.data(), 0, E};
+        tokenmix::attention(s, q, k, v, nullptr, out);  // warm-up: grows the per-thread scratch
+        for (auto _ : st) tokenmix::attention(s, q, k, v, nullptr, out);
+        const double flops = 4.0 * static_cast<double>(T) * static_cast<double>(T) * E * (causal ? 0.5 : 1.0);
+        st.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+      })->Unit(benchmark::kMillisecond)->UseRealTime();
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -70,6 +102,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   register_all();
+  register_attention_kernel();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

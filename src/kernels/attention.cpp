@@ -71,13 +71,6 @@ inline bool band_covers(const AttentionShape& s, int64_t i0, int64_t i1, int64_t
   return s.left_context == 0 || (i1 - 1 + s.query_offset) - j0 < s.left_context;
 }
 
-// True when some (i, j) of rows [i0, i1) x keys [j0, j1) passes the causal band.
-inline bool band_meets(const AttentionShape& s, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-  if (!s.causal) return true;
-  if (j0 > i1 - 1 + s.query_offset) return false;
-  return s.left_context == 0 || (i0 + s.query_offset) - (j1 - 1) < s.left_context;
-}
-
 // Sets scores of row i (keys j0 .. j0+n) that the mask or band forbids to -inf.
 inline void mask_row(const AttentionShape& s, const AttentionMask* mask, int64_t b, int64_t i, int64_t j0,
                      float* sr, int64_t n) {
@@ -373,19 +366,26 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
     // and masked like any other.
     for (int64_t j0 = lo + (std::max(tlo, lo) - lo) / tiles::kPanelKeys * tiles::kPanelKeys; j0 < thi;
          j0 += kFlashK) {
-      const int64_t j1 = std::min(thi, j0 + kFlashK), n = j1 - j0, lds = tiles::key_panels_size(n, 1);
-      const bool whole = !mask && band_covers(s, t0, t1, j0, j1);
-      const float* Kb = Kp + (j0 - lo) * D;
-      const float* Vb = Vs + (j0 - lo) * tiles::kSliceFeatures;
+      const int64_t j1 = std::min(thi, j0 + kFlashK), lds = tiles::key_panels_size(j1 - j0, 1);
       for (int64_t r0 = 0; r0 < rows; r0 += tiles::kTileRows) {
         const int mr = static_cast<int>(std::min<int64_t>(tiles::kTileRows, rows - r0));
-        if (!band_meets(s, t0 + r0, t0 + r0 + mr, j0, j1)) continue;  // no row of the group sees the block
-        tiles::scores_rows(mr, Qt + r0 * D, D, Kb, n, D, s.scale, S, lds);
+        // The keys of the block that the group's rows can see, from a panel boundary: under a causal
+        // band a group on the block's diagonal scores only the panels up to its last row (half the
+        // work of a diagonal block, which is all of a causal T <= 256 call).
+        int64_t glo, ghi;
+        key_range(s, t0 + r0, t0 + r0 + mr, &glo, &ghi);
+        const int64_t g0 = j0 + (std::max(glo, j0) - j0) / tiles::kPanelKeys * tiles::kPanelKeys;
+        const int64_t g1 = std::min(j1, ghi), n = g1 - g0;
+        if (n <= 0) continue;  // no row of the group sees the block
+        const bool whole = !mask && band_covers(s, t0 + r0, t0 + r0 + mr, g0, g1);
+        tiles::scores_rows(mr, Qt + r0 * D, D, Kp + (g0 - lo) * D, n, D, s.scale, S, lds);
         bool any = false;
         for (int r = 0; r < mr; ++r)
-          any |= online_softmax_row(s, mask, whole, b, t0 + r0 + r, j0, S + r * lds, S + r * lds, n, m + r0 + r,
+          any |= online_softmax_row(s, mask, whole, b, t0 + r0 + r, g0, S + r * lds, S + r * lds, n, m + r0 + r,
                                     l + r0 + r, Ct + (r0 + r) * D);
-        if (any) tiles::context_rows(mr, S, lds, Vb, (hi - lo) * tiles::kSliceFeatures, n, D, Ct + r0 * D, D);
+        if (any)
+          tiles::context_rows(mr, S, lds, Vs + (g0 - lo) * tiles::kSliceFeatures, (hi - lo) * tiles::kSliceFeatures,
+                              n, D, Ct + r0 * D, D);
       }
     }
     finish_rows(l, Ct, D, rows, D);
