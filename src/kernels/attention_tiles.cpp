@@ -59,11 +59,15 @@ void pack_rows(const float* X, int64_t ld, int64_t n, int64_t D, float* Xp) {
 }
 
 void pack_value_slices(const float* V, int64_t ld, int64_t n, int64_t D, float* Vs) {
-  for (int64_t d0 = 0; d0 < D; d0 += kSliceFeatures) {
-    const int64_t w = std::min<int64_t>(kSliceFeatures, D - d0);
-    float* slice = Vs + d0 * n;
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t c = 0; c < w; ++c) slice[j * kSliceFeatures + c] = V[j * ld + d0 + c];
+  // Row by row (each value row read once, front to back), one or two vectors per slice.
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = V + j * ld;
+    float* out = Vs + j * kSliceFeatures;
+    for (int64_t d0 = 0; d0 < D; d0 += kSliceFeatures) {
+      float* dst = out + d0 * n;  // slice d0 / 16 starts at d0 * n
+      _mm256_storeu_ps(dst, _mm256_loadu_ps(row + d0));
+      if (d0 + 8 < D) _mm256_storeu_ps(dst + 8, _mm256_loadu_ps(row + d0 + 8));
+    }
   }
 }
 
