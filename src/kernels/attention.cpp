@@ -321,9 +321,13 @@ void start_rows(float* m, float* l, float* c, int64_t ldc, int64_t rows, int64_t
   }
 }
 
-// ... and after its last one: the context divided by the softmax sum (0 for rows that kept nothing).
-void finish_rows(const float* l, float* c, int64_t ldc, int64_t rows, int64_t D) {
-  for (int64_t r = 0; r < rows; ++r) scale_row(c + r * ldc, D, l[r] > 0.f ? 1.f / l[r] : 0.f);
+// ... and after its last one: out = the context divided by the softmax sum (0 for rows that kept
+// nothing). out may be c (ldo = ldc).
+void finish_rows(const float* l, const float* c, int64_t ldc, int64_t rows, int64_t D, float* out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    for (int64_t d = 0; d < D; ++d) out[r * ldo + d] = c[r * ldc + d] * inv;
+  }
 }
 
 // Flash attention for queries [i0, i1) of head h in batch b: key blocks of kFlashK under an online
@@ -388,9 +392,7 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
                               n, D, Ct + r0 * D, D);
       }
     }
-    finish_rows(l, Ct, D, rows, D);
-    float* ct = at(ctx, b, t0, h, D);
-    for (int64_t r = 0; r < rows; ++r) std::copy(Ct + r * D, Ct + (r + 1) * D, ct + r * ctx.time_stride);
+    finish_rows(l, Ct, D, rows, D, at(ctx, b, t0, h, D), ctx.time_stride);
   }
 #else
   (void)s, (void)q, (void)k, (void)v, (void)mask, (void)ctx, (void)b, (void)h, (void)i0, (void)i1, (void)scratch;
@@ -426,7 +428,7 @@ void flash_blas(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
       any |= online_softmax_row(s, mask, whole, b, i0 + r, j0, S + r * n, P + r * n, n, m + r, l + r, cb + r * ldc);
     if (any) gemm(P, n, at(v, b, j0, h, D), v.time_stride, false, cb, ldc, rows, D, n, 1.f, 1.f);
   }
-  finish_rows(l, cb, ldc, rows, D);
+  finish_rows(l, cb, ldc, rows, D, cb, ldc);
 }
 
 // Per-thread scratch of every path, grown only (attention_reserve() pre-grows it for streams).
