@@ -96,31 +96,41 @@ TEST(GemvTest, MatchesLoopsBothLayouts) {
   }
 }
 
-TEST(GemmThinTest, RowSplitOverThreadsMatchesLoops) {
-  // Few output columns and many rows: gemm / gemm_tn split the rows over the OpenMP threads (one
-  // single-threaded GEMM per block). Uneven blocks (3 threads), both transposes, beta = 0 and not.
+TEST(GemmThinTest, RowSplitAndSerialPathsMatchLoopsAndKeepTheThreadSetting) {
+  // Few output columns: with >= 1024 rows per thread gemm / gemm_tn split the rows over the OpenMP
+  // threads (one single-threaded GEMM per block; 3100 rows give uneven blocks at 3 threads), with
+  // fewer rows they run one single-threaded GEMM. Both transposes, beta = 0 and not; the caller's
+  // thread setting is the same afterwards.
   const int saved = omp_get_max_threads();
-  const GemmCase g{1100, 5, 33};
-  for (int threads : {2, 3}) {
-    omp_set_num_threads(threads);
-    for (bool a_t : {false, true})
-      for (float beta : {0.f, 0.5f}) {
-        const int64_t lda = (a_t ? g.M : g.K) + 3, ldb = g.K + 1, ldc = g.N + 2;
-        const Tensor A = test::random_tensor(Shape{a_t ? g.K : g.M, lda}, 4);
-        const Tensor B = test::random_tensor(Shape{g.N, ldb}, 5);
-        const Tensor C0 = test::random_tensor(Shape{g.M, ldc}, 6);
-        std::vector<float> C(C0.begin(), C0.end());
-        const std::vector<double> want = gemm_loops(a_t, A, lda, B, ldb, true, C, ldc, g, 1.f, beta);
-        if (a_t)
-          gemm_tn(A.data(), lda, B.data(), ldb, true, C.data(), ldc, g.M, g.N, g.K, 1.f, beta);
-        else
-          gemm(A.data(), lda, B.data(), ldb, true, C.data(), ldc, g.M, g.N, g.K, 1.f, beta);
-        double worst = 0;
-        for (int64_t m = 0; m < g.M; ++m)
-          for (int64_t n = 0; n < g.N; ++n) worst = std::max(worst, std::abs(C[m * ldc + n] - want[m * ldc + n]));
-        EXPECT_LT(worst, 1e-4) << threads << " threads, a_transposed " << a_t << ", beta " << beta;
-      }
-  }
+  for (const GemmCase g : {GemmCase{3100, 5, 33}, GemmCase{300, 5, 33}})
+    for (int threads : {2, 3}) {
+      omp_set_num_threads(threads);
+      for (bool a_t : {false, true})
+        for (float beta : {0.f, 0.5f}) {
+          const int64_t lda = (a_t ? g.M : g.K) + 3, ldb = g.K + 1, ldc = g.N + 2;
+          const Tensor A = test::random_tensor(Shape{a_t ? g.K : g.M, lda}, 4);
+          const Tensor B = test::random_tensor(Shape{g.N, ldb}, 5);
+          const Tensor C0 = test::random_tensor(Shape{g.M, ldc}, 6);
+          std::vector<float> C(C0.begin(), C0.end());
+          const std::vector<double> want = gemm_loops(a_t, A, lda, B, ldb, true, C, ldc, g, 1.f, beta);
+          if (a_t)
+            gemm_tn(A.data(), lda, B.data(), ldb, true, C.data(), ldc, g.M, g.N, g.K, 1.f, beta);
+          else
+            gemm(A.data(), lda, B.data(), ldb, true, C.data(), ldc, g.M, g.N, g.K, 1.f, beta);
+          double worst = 0;
+          for (int64_t m = 0; m < g.M; ++m)
+            for (int64_t n = 0; n < g.N; ++n) worst = std::max(worst, std::abs(C[m * ldc + n] - want[m * ldc + n]));
+          EXPECT_LT(worst, 1e-4) << g.M << " rows, " << threads << " threads, a_transposed " << a_t << ", beta "
+                                 << beta;
+          EXPECT_EQ(omp_get_max_threads(), threads) << "gemm left the thread setting changed";
+        }
+      // A matrix-vector product below 2^20 elements runs on the calling thread and restores the
+      // setting too.
+      std::vector<float> y(static_cast<size_t>(g.M));
+      const Tensor A = test::random_tensor(Shape{g.M, g.K}, 7), x = test::random_tensor(Shape{g.K}, 8);
+      gemv(A.data(), g.K, false, x.data(), y.data(), g.M, g.K);
+      EXPECT_EQ(omp_get_max_threads(), threads) << "gemv left the thread setting changed";
+    }
   omp_set_num_threads(saved);
 }
 

@@ -4,12 +4,21 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <limits>
+
+#include "tokenmix/core/threads.h"
 
 namespace tokenmix {
 
 namespace {
-// Row-split GEMMs: at most this many output columns, at least this many rows per thread.
-constexpr int64_t kThinColumns = 16, kThinRowsPerThread = 256;
+// Thin GEMMs: at most this many output columns; split over the threads from this many rows per
+// thread, single-threaded below.
+constexpr int64_t kThinColumns = 16, kThinRowsPerThread = 1024;
+// Matrix-vector products of fewer matrix elements than this (4 MB) run on the calling thread.
+// OpenBLAS threads any sgemv above about 9k elements, and waking a sleeping thread (about 0.1 ms
+// under OMP_WAIT_POLICY=PASSIVE on the benchmark machine) costs more than one core takes to stream
+// 4 MB (0.06 ms): a 1536 x 512 sgemv took 67 us on one thread and 215 us on two (medians).
+constexpr int64_t kSerialGemvElements = int64_t{1} << 20;
 
 void sgemm_call(bool a_transposed, const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed,
                 float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
@@ -28,6 +37,7 @@ void sgemv_call(bool trans, int64_t rows, int64_t cols, float alpha, const float
     for (int64_t i = 0; i < n; ++i) y[i * incy] = 0.f;
     beta = 1.f;
   }
+  const ThreadLimit serial(rows * cols < kSerialGemvElements ? 1 : std::numeric_limits<int>::max());
   cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, static_cast<blasint>(rows), static_cast<blasint>(cols),
               alpha, A, static_cast<blasint>(lda), x, static_cast<blasint>(incx), beta, y, static_cast<blasint>(incy));
 }
@@ -53,12 +63,19 @@ void sgemm(bool a_transposed, const float* A, int64_t lda, const float* B, int64
                beta, C, ldc);
     return;
   }
-  // Few output columns and many rows (Fastformer's H-wide attention logits): OpenBLAS' own threads
-  // synchronise per panel and run such a GEMM slower on two threads than on one, so outside a
-  // parallel region the rows are split over the OpenMP threads, one single-threaded GEMM per block
-  // (OpenBLAS runs single-threaded inside a parallel region).
+  // Few output columns (Fastformer's H-wide attention logits): OpenBLAS' own threads synchronise per
+  // panel and run such a GEMM slower on two threads than on one, so outside a parallel region the
+  // rows are split over the OpenMP threads, one single-threaded GEMM per block, or, with fewer than
+  // kThinRowsPerThread rows per thread, run in one single-threaded GEMM (a B=1, T=256 Fastformer
+  // forward ran slower on two threads than on one while such calls woke the second thread).
+  // OpenBLAS runs single-threaded inside a parallel region.
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  if (threads > 1 && N <= kThinColumns && M >= kThinRowsPerThread * threads) {
+  if (threads > 1 && N <= kThinColumns) {
+    if (M < kThinRowsPerThread * threads) {
+      const ThreadLimit serial(1);
+      sgemm_call(a_transposed, A, lda, B, ldb, b_transposed, C, ldc, M, N, K, alpha, beta);
+      return;
+    }
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int t = 0; t < threads; ++t) {
       const int64_t m0 = M * t / threads, m1 = M * (t + 1) / threads;

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <limits>
 
-#include "tokenmix/core/threads.h"
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/layers/masks.h"
 
@@ -91,11 +90,10 @@ void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* 
   float* alpha = s.weights.data();  // (H, T)
   float* gq = s.gq.data();
   // Heads pool independently: in parallel when this is not already one of several parallel rows
-  // (a single sequence, or the stream), for long enough T. Below that the whole pooling, BLAS calls
-  // included, stays on this thread: its 16 GEMVs and the thin logit GEMM each woke OpenBLAS' second
-  // thread, and a B=1, T=256 forward ran slower on two threads than on one.
+  // (a single sequence, or the stream), for long enough T. Below that the pooling stays on this
+  // thread; its BLAS calls (16 GEMVs, the thin logit GEMM) stay there too at these sizes
+  // (src/kernels/linear.cpp), since each wake-up of a second thread cost more than the call.
   const bool parallel = T >= kParallelPoolT;
-  ThreadLimit limit(parallel ? std::numeric_limits<int>::max() : 1);
   // Query pooling: α_h = pool(a[:, h]); gq_h = α_h · q[:, h-slice].
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t h = 0; h < H; ++h) {

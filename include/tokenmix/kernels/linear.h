@@ -24,8 +24,10 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn 
 
 // C (M x N, ldc) = alpha * A (M x K, lda) · op(B) + beta * C, row-major; op(B) = Bᵀ when
 // b_transposed (B stored N x K), else B (stored K x N). Thin wrapper over cblas_sgemm (cblas_sgemv
-// when M or N is 1; outside an OpenMP parallel region, a GEMM with N <= 16 and at least 256 rows
-// per thread runs as one single-threaded cblas_sgemm per block of rows, one block per thread).
+// when M or N is 1). Threads: a matrix-vector product of fewer than 2^20 matrix elements runs on the
+// calling thread; outside an OpenMP parallel region, a GEMM with N <= 16 runs as one single-threaded
+// cblas_sgemm per block of rows, one block per thread, with at least 1024 rows per thread, and as
+// one single-threaded call with fewer (waking a sleeping thread costs more than these calls take).
 void gemm(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed, float* C,
           int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha = 1.f, float beta = 0.f);
 
@@ -37,7 +39,7 @@ void gemm_tn(const float* A, int64_t lda, const float* B, int64_t ldb, bool b_tr
 
 // y (M) = alpha * op(A) · x + beta * y, row-major A (M x N, lda) when !a_transposed; with
 // a_transposed, A is stored (N x M, lda) and y (M) = alpha * Aᵀ · x + beta * y. x has unit stride.
-// Thin wrapper over cblas_sgemv.
+// Thin wrapper over cblas_sgemv (on the calling thread below 2^20 matrix elements, as gemm()).
 void gemv(const float* A, int64_t lda, bool a_transposed, const float* x, float* y, int64_t M, int64_t N,
           float alpha = 1.f, float beta = 0.f);
 
