@@ -9,8 +9,12 @@
 // self-attention buffer (E = 512, H = 8, head_dim 64, as the layers call it), FLOPS = 4·T²·E (half
 // of that causal: the products only, softmax not counted).
 //
+// And ESPnet's cross-attention decode, "espnet_mha/cross_step/mem256": step(query, memory) of one
+// token against 256 memory frames projected once by project_memory() (E = 512, H = 8).
+//
 //   ./build/bench/tokenmix_bench --benchmark_filter=espnet_mha
 //   ./build/bench/tokenmix_bench --benchmark_filter=kernel/ --benchmark_repetitions=5
+//   OMP_WAIT_POLICY=PASSIVE ./build/bench/tokenmix_bench --benchmark_filter=cross_step --threads=2
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 #include <omp.h>
@@ -21,6 +25,7 @@
 
 #include "cli/bench_registry.h"
 #include "tokenmix/kernels/attention.h"
+#include "tokenmix/layers/espnet_mha.h"
 
 namespace {
 
@@ -84,6 +89,19 @@ void register_attention_kernel() {
     }
 }
 
+// ESPnet cross-attention decode: the memory projected once, then one query token per step.
+void register_cross_attention_step() {
+  benchmark::RegisterBenchmark("espnet_mha/cross_step/mem256", [](benchmark::State& st) {
+    constexpr int64_t E = 512, H = 8, frames = 256;
+    const tokenmix::EspnetMultiHeadedAttention layer(
+        E, H, random_state_dict(concat({linear_params("linear_q.", E, E), linear_params("linear_k.", E, E),
+                                        linear_params("linear_v.", E, E), linear_params("linear_out.", E, E)})));
+    const auto memory = layer.project_memory(random_input(tokenmix::Shape{1, frames, E}), tokenmix::Mask{});
+    const tokenmix::Tensor query = random_input(tokenmix::Shape{1, E}, 7);
+    for (auto _ : st) benchmark::DoNotOptimize(layer.step(query, memory));
+  })->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -103,6 +121,7 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   register_all();
   register_attention_kernel();
+  register_cross_attention_step();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
