@@ -21,11 +21,11 @@ using simd::hsum;
 constexpr int64_t kQueryTile = 64;
 // Flash path: keys per block, query rows per tile, and (register tiles) query rows per work item.
 // OpenBLAS variant: the block's scores and probabilities (kFlashQ x kFlashK floats each, 2 x 256
-// KiB) take a Zen 2 core's whole 512 KiB L2; measured on Zen (AVX2), 1 thread, B=1 T=4096 H=8 D=64: 64-row tiles reach ~38-45
-// GFLOP/s in the attention GEMMs, 256-row tiles ~47-50 (fewer re-packs of each K / V block by
-// OpenBLAS); 512-key blocks were no better than 256. Register-tile variant: a work item packs its
-// keys and values once for up to kSpanQ query rows (a span of 2048 packs them twice per head at
-// T = 4096 and still gives 16 work items for B=1, H=8).
+// KiB) take a Zen 2 core's whole 512 KiB L2; measured on Zen (AVX2), 1 thread, B=1 T=4096 H=8
+// D=64: 64-row tiles reach ~38-45 GFLOP/s in the attention GEMMs, 256-row tiles ~47-50 (fewer
+// re-packs of each K / V block by OpenBLAS); 512-key blocks were no better than 256. Register-tile
+// variant: a work item packs its keys and values once for up to kSpanQ query rows (a span of 2048
+// packs them twice per head at T = 4096 and still gives 16 work items for B=1, H=8).
 constexpr int64_t kFlashK = 256;
 constexpr int64_t kFlashQ = 256;
 constexpr int64_t kSpanQ = 2048;
@@ -306,8 +306,8 @@ int64_t flash_rows(int64_t D) { return register_tiles(D) ? kSpanQ : kFlashQ; }
 // one row group's scores (2.2 MB at k_len = 4096, D = 64). OpenBLAS: the score and probability
 // blocks (512 KiB).
 int64_t flash_scratch_size(int64_t D, int64_t k_len) {
-  const int64_t blocks = register_tiles(D) ? tiles::key_panels_size(k_len, D) + tiles::value_slices_size(k_len, D) + 2 * kFlashQ * D +
-                                                 tiles::kTileRows * kFlashK + 16
+  const int64_t blocks = register_tiles(D) ? tiles::key_panels_size(k_len, D) + tiles::value_slices_size(k_len, D) +
+                                                 2 * kFlashQ * D + tiles::kTileRows * kFlashK + 16
                                            : 2 * kFlashQ * kFlashK;
   return blocks + 2 * kFlashQ;
 }
@@ -335,8 +335,8 @@ void finish_rows(const float* l, const float* c, int64_t ldc, int64_t rows, int6
 // when m grows), one kFlashQ-row tile at a time. Extra memory per thread: flash_scratch_size().
 //
 // Register tiles (AVX2, head_dim % 8 == 0): the work item packs the keys and values it can see once
-// (key panels for the scores, 16-feature value slices for P·V), then each group of kTileRows query rows goes
-// through scores, softmax and P·V while its scores sit in L1 (src/kernels/attention_tiles.h). A
+// (key panels for the scores, 16-feature value slices for P·V), then each group of kTileRows query
+// rows goes through scores, softmax and P·V while its scores sit in L1 (attention_tiles.h). A
 // tile's queries and context are copied to contiguous (kFlashQ, D) blocks too: rows of a (T, E)
 // buffer lie 2-6 KiB apart, so a tile's Q and ctx rows fell into a few L1/L2 sets and evicted each
 // other. The tile and a block's packed keys and values (4 x 64 KiB at D = 64) stay in L2.
