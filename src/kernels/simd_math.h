@@ -19,7 +19,9 @@ inline __m256 exp8(__m256 x) {
   x = _mm256_min_ps(_mm256_set1_ps(88.f), x);  // x second: a NaN lane passes through
   const __m256 round = _mm256_set1_ps(12582912.f);            // 1.5 * 2^23
   const __m256 fk = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), round);
-  const __m256 k = _mm256_sub_ps(fk, round);  // round(x log2 e), exact in [-127, 128]
+  // k = round(x log2 e), exact: in [-126, 127] on every lane kept (-87.34 <= x <= 88), so k + 127
+  // below is a normal exponent; masked lanes may hold anything.
+  const __m256 k = _mm256_sub_ps(fk, round);
   __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);  // ln2 in two parts: exact k * hi
   r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
   __m256 y = _mm256_set1_ps(1.3843653617610146e-3f);
