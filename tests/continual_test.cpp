@@ -487,7 +487,7 @@ TEST(ContinualErrors, ConstructorAndCalls) {
   o.query_index = 4;
   expect_error([&] { SingleOutputMultiheadAttention(o, sd); }, "query_index: expected -4 <= query_index < 4");
   o = opts(8, 2, 0);
-  expect_error([&] { RetroactiveMultiheadAttention(o, sd); }, "sequence_len: expected >= 1, got 0");
+  expect_error([&] { RetroactiveMultiheadAttention(o, sd); }, "sequence_len: expected 1 <= sequence_len <= 1048576, got 0");
   o = opts(8, 2, 4);
   o.embed_dim_second = true;
   expect_error([&] { RetroactiveMultiheadAttention(o, sd); }, "embed_dim_second: requires batch_first=true");
@@ -506,7 +506,7 @@ TEST(ContinualErrors, ConstructorAndCalls) {
   expect_error([&] { so2.forward(random_tensor(Shape{1, 3, 8}, 1)); }, "query_index -4 is out of range");
   expect_error([&] { so.forward_step(random_tensor(Shape{2, 7}, 1)); },
                "SingleOutputMultiheadAttention::forward_step: query: expected shape (N, 8), got (2, 7)");
-  expect_error([&] { so.open_stream(0); }, "batch: expected >= 1, got 0");
+  expect_error([&] { so.open_stream(0); }, "batch: expected 1 <= batch <= 1048576, got 0");
   StreamOptions bad;
   bad.left_context = 3;
   expect_error([&] { so.open_stream(1, bad); }, "options.left_context: expected 0");

@@ -337,7 +337,7 @@ TEST(FastformerTest, ResetRowRestartsOnlyThatRow) {
 TEST(FastformerTest, ErrorPaths) {
   const StateDict sd = random_params(6, 3, 61);
   expect_error([&] { FastSelfAttention(6, 4, 0.0, sd); }, "not an integer multiple of attention_heads");
-  expect_error([&] { FastSelfAttention(0, 1, 0.0, sd); }, "size: expected >= 1");
+  expect_error([&] { FastSelfAttention(0, 1, 0.0, sd); }, "size: expected 1 <= size <= 65536, got 0");
   expect_error([&] { FastSelfAttention(6, 0, 0.0, sd); }, "attention_heads: expected >= 1");
   expect_error([&] { FastSelfAttention(6, 3, 1.5, sd); }, "dropout_rate: expected 0 <= p <= 1");
   expect_error([&] { FastSelfAttention(6, 2, 0.0, sd); }, "query_att.weight");  // mis-shaped (3, 6) vs (2, 6)
@@ -356,10 +356,10 @@ TEST(FastformerTest, ErrorPaths) {
   expect_error([&] { layer.forward_upstream(x, Mask{Shape{2, 1, 5}}); }, "mask: expected shape (2 or 1, 1 or 3, 4)");
   expect_error([&] { layer.forward_upstream(x, Mask{Shape{2, 2, 4}}); }, "mask: expected shape");
   expect_error([&] { layer.forward(x, Mask{Shape{2, 1, 4}}); }, "key_padding_mask: expected shape (2, 4)");
-  expect_error([&] { layer.stream_reference(x, StreamOptions{}); }, "options.window: expected the window length L >= 1");
+  expect_error([&] { layer.stream_reference(x, StreamOptions{}); }, "options.window: expected the window length 1 <= L <= 1048576, got 0");
   expect_error([&] { layer.open_stream(2, StreamOptions{0, 3, 3}); }, "options.position: expected -1 <= position < window");
   expect_error([&] { layer.open_stream(2, StreamOptions{0, 3, -2}); }, "options.position");
-  expect_error([&] { layer.open_stream(0, StreamOptions{0, 3, -1}); }, "batch: expected >= 1");
+  expect_error([&] { layer.open_stream(0, StreamOptions{0, 3, -1}); }, "batch: expected 1 <= batch <= 1048576, got 0");
   auto s = layer.open_stream(2, StreamOptions{0, 3, -1});
   expect_error([&] { s->push(random_tensor(Shape{3, 1, 6}, 1)); }, "FastSelfAttentionStream::push: chunk: expected shape (2, C, 6)");
   expect_error([&] { s->push(Tensor{Shape{2, 0, 6}}); }, "with C >= 1");

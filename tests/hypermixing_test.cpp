@@ -287,7 +287,7 @@ TEST(HyperMixingTest, ConfigErrors) {
   expect_error([&] { make(18, 36, 4, 64); }, "input_output_dim (18) must be divisible by num_heads (4)");
   expect_error([&] { make(16, 0, 2, 64); }, "hypernet_size: expected >= 1, got 0");
   expect_error([&] { make(16, 33, 2, 64); }, "hypernet_size (33) must be divisible by num_heads (2)");
-  expect_error([&] { make(16, 32, 2, 0); }, "max_length: expected >= 1, got 0");
+  expect_error([&] { make(16, 32, 2, 0); }, "max_length: expected 1 <= max_length <= 1048576, got 0");
 }
 
 TEST(HyperMixingTest, StateDictErrors) {
@@ -497,7 +497,7 @@ TEST(HyperMixingTest, StreamErrors) {
   o.position = -2;
   expect_error([&] { s.layer->stream_reference(Tensor{Shape{1, 5, 16}}, o); }, "got -2");
   o.position = -1;
-  expect_error([&] { s.layer->open_stream(0, o); }, "HyperMixing::open_stream: batch: expected >= 1, got 0");
+  expect_error([&] { s.layer->open_stream(0, o); }, "HyperMixing::open_stream: batch: expected 1 <= batch <= 1048576, got 0");
   auto st = s.layer->open_stream(2, o);
   expect_error([&] { st->push(Tensor{Shape{1, 3, 16}}); },
                "HyperMixingStream::push: chunk: expected shape (2, C, 16) with C >= 1, got (1, 3, 16)");

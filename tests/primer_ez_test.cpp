@@ -401,7 +401,7 @@ TEST(PrimerEz, ErrorPaths) {
   expect_error([&] { layer.forward(x, Mask{Shape{2, 3}}); }, "key_padding_mask: expected shape");
   expect_error([&] { layer.project(LabmlMultiHeadAttention::Projection::kQuery, Tensor{Shape{4, 8}}); }, "x: expected");
   expect_error([&] { layer.stream_reference(x, StreamOptions{-1}); }, "left_context: expected >= 0");
-  expect_error([&] { layer.open_stream(0); }, "batch: expected >= 1");
+  expect_error([&] { layer.open_stream(0); }, "batch: expected 1 <= batch <= 1048576, got 0");
   expect_error([&] { layer.open_stream(1, StreamOptions{-2}); }, "left_context");
   auto s = layer.open_stream(2);
   expect_error([&] { s->push(random_tensor(Shape{3, 1, 8}, 1)); }, "chunk: expected shape");

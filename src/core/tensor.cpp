@@ -1,6 +1,7 @@
 #include "tokenmix/core/tensor.h"
 
 #include <algorithm>
+#include <new>
 #include <cmath>
 #include <cstring>
 
@@ -13,9 +14,11 @@ Shape::Shape(const std::vector<int64_t>& dims) : Shape(dims.data(), dims.size())
 Shape::Shape(const int64_t* dims, size_t n) {
   check(n <= static_cast<size_t>(kMaxAxes), "Shape: expected at most ", kMaxAxes, " axes, got ", n);
   ndim_ = static_cast<int>(n);
+  int64_t numel = 1;
   for (int i = 0; i < ndim_; ++i) {
     check(dims[i] >= 0, "Shape: axis ", i, ": expected a size >= 0, got ", dims[i]);
     dims_[i] = dims[i];
+    numel = mul_checked(numel, dims[i], "Shape", "element count");
   }
 }
 
@@ -26,7 +29,7 @@ int64_t Shape::operator[](int i) const {
 }
 
 int64_t Shape::numel() const {
-  int64_t n = 1;
+  int64_t n = 1;  // cannot overflow: the constructor checked the product
   for (int i = 0; i < ndim_; ++i) n *= dims_[i];
   return n;
 }
@@ -49,7 +52,11 @@ BasicTensor<T>::BasicTensor(const Shape& shape) : BasicTensor(uninitialized(shap
 template <typename T>
 BasicTensor<T> BasicTensor<T>::uninitialized(const Shape& shape) {
   // (at least one element, so that a zero-size tensor is not empty())
-  auto storage = std::shared_ptr<T[]>(new T[std::max<int64_t>(shape.numel(), 1)]);
+  const int64_t n = std::max<int64_t>(shape.numel(), 1);
+  T* data = new (std::nothrow) T[static_cast<size_t>(n)];
+  check(data != nullptr, "Tensor: cannot allocate ", n * static_cast<int64_t>(sizeof(T)), " bytes for shape ",
+        shape);
+  auto storage = std::shared_ptr<T[]>(data);
   return view(shape, storage.get(), storage);
 }
 

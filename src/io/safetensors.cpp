@@ -6,8 +6,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -94,12 +95,19 @@ int64_t dtype_size(DType d) {
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   const char* fn = "SafetensorsFile";
-  const int fd = ::open(path.c_str(), O_RDONLY);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; the file is refused
+  // below unless it is a regular file.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   check(fd >= 0, fn, ": ", path, ": cannot open: ", std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
+    const int err = errno;
     ::close(fd);
-    fail(fn, ": ", path, ": cannot stat");
+    fail(fn, ": ", path, ": cannot stat: ", std::strerror(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(fn, ": ", path, ": expected a regular file, got ", S_ISDIR(st.st_mode) ? "a directory" : "a special file");
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < 8) {
@@ -313,18 +321,59 @@ void SafetensorsWriter::write(const std::string& path) const {
     offset += e.bytes.size();
   }
   if (!metadata_.empty()) header["__metadata__"] = metadata_;
-  std::string text = header.dump();
+  // (replace: a metadata value that is not valid UTF-8, e.g. a file name, must not make dump throw)
+  std::string text = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   text.append((8 - text.size() % 8) % 8, ' ');
-  std::ofstream out(path, std::ios::binary);
-  check(static_cast<bool>(out), "SafetensorsWriter::write: cannot open '", path, "' for writing");
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
-  out.write(reinterpret_cast<const char*>(len), 8);
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const auto& kv : entries_)
-    out.write(reinterpret_cast<const char*>(kv.second.bytes.data()),
-              static_cast<std::streamsize>(kv.second.bytes.size()));
-  check(static_cast<bool>(out), "SafetensorsWriter::write: writing '", path, "' failed");
+  std::vector<std::pair<const void*, size_t>> pieces = {{len, 8}, {text.data(), text.size()}};
+  for (const auto& kv : entries_) pieces.emplace_back(kv.second.bytes.data(), kv.second.bytes.size());
+  write_file_atomically(path, pieces, "SafetensorsWriter::write");
+}
+
+namespace {
+
+// Writes all of n bytes to fd; false (errno set) on failure.
+bool write_all(int fd, const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+}  // namespace
+
+void write_file_atomically(const std::string& path, const std::vector<std::pair<const void*, size_t>>& pieces,
+                           const char* fn) {
+  static std::atomic<uint64_t> counter{0};
+  std::string tmp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
+    tmp = detail::concat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  check(fd >= 0, fn, ": '", path, "': cannot create a temporary file next to it: ", std::strerror(errno));
+  bool ok = true;
+  for (const auto& [data, n] : pieces) ok = ok && write_all(fd, data, n);
+  int err = ok ? 0 : errno;
+  if (::close(fd) != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (ok && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    ::unlink(tmp.c_str());
+    fail(fn, ": writing '", path, "' failed: ", std::strerror(err != 0 ? err : EIO), " (nothing was written)");
+  }
 }
 
 }  // namespace tokenmix

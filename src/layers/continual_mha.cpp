@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "tokenmix/core/checked.h"
 #include "tokenmix/core/threads.h"
 #include "tokenmix/kernels/attention.h"
 #include "tokenmix/kernels/linear.h"
@@ -41,6 +42,11 @@ class ContinualStreamImpl : public Stream {
   virtual Tensor step(const float* xq, const float* xk, const float* xv, int64_t C) = 0;
   virtual std::unique_ptr<ContinualStreamImpl> clone() const = 0;
   int64_t batch() const { return B_; }
+  // Throws Error when C more tokens would take the token count past limits::kMaxStreamTokens.
+  void check_room(int64_t C, const char* fn) const {
+    check(seen_ <= limits::kMaxStreamTokens - C, fn, ": the stream has seen ", seen_, " tokens; ", C,
+          " more would pass the limit of ", limits::kMaxStreamTokens, " (reset the stream)");
+  }
 
   void reset() override {
     for (auto& w : windows_) w.reset();
@@ -59,16 +65,28 @@ class ContinualStreamImpl : public Stream {
     for (size_t i = 0; i < windows_.size(); ++i) windows_[i].save(w, prefixes_[i]);
     save_extra(w);
   }
+  // Checks everything before it changes anything: a failed restore leaves the stream as it was.
   void restore(const SafetensorsFile& f) override {
-    check(f.metadata().count("stream") && f.metadata().at("stream") == name_, name_, "::restore: ", f.path(),
-          ": not a ", name_, " state file");
-    check(f.int64s("config") == config_, name_, "::restore: ", f.path(),
+    const std::string fn = std::string(name_) + "::restore";
+    check(f.metadata().count("stream") && f.metadata().at("stream") == name_, fn, ": ", f.path(), ": not a ", name_,
+          " state file");
+    check(f.contains("config") && f.int64s("config") == config_, fn, ": ", f.path(),
           ": 'config' (batch, E, H, L, ...) does not match this stream");
     const auto seen = f.int64s("seen");
-    check(seen.size() == 1 && seen[0] >= 0, name_, "::restore: ", f.path(), ": 'seen': expected one count >= 0");
+    check(seen.size() == 1 && seen[0] >= 0 && seen[0] <= limits::kMaxStreamTokens, fn, ": ", f.path(),
+          ": 'seen': expected one count in [0, ", limits::kMaxStreamTokens, "]");
+    std::vector<SlidingWindow> windows;
+    for (size_t i = 0; i < windows_.size(); ++i) {
+      windows.push_back(windows_[i].restored(f, prefixes_[i]));
+      // The windows advance together, and a row's count restarts at reset_row: <= the stream's.
+      for (int64_t b = 0; b < B_; ++b)
+        check(windows[i].seen(b) == windows[0].seen(b) && windows[i].seen(b) <= seen[0], fn, ": ", f.path(), ": '",
+              prefixes_[i], "seen' row ", b, " (", windows[i].seen(b), ") does not match '", prefixes_[0],
+              "seen' (", windows[0].seen(b), ") or exceeds 'seen' (", seen[0], ")");
+    }
+    restore_extra(f);  // all or nothing
+    windows_ = std::move(windows);
     seen_ = seen[0];
-    for (size_t i = 0; i < windows_.size(); ++i) windows_[i].restore(f, prefixes_[i]);
-    restore_extra(f);
   }
   using Stream::restore;
   using Stream::save;
@@ -79,9 +97,11 @@ class ContinualStreamImpl : public Stream {
     if (chunk.ndim() != 3 || chunk.dim(0) != B_ || chunk.dim(2) != E_)
       check_shape(chunk, {B_, -1, E_}, push_fn_.c_str(), "chunk", {"B", "C", "E"});
     check(chunk.dim(1) >= 1, push_fn_, ": chunk: expected at least 1 token, got shape ", chunk.shape());
+    check_room(chunk.dim(1), push_fn_.c_str());
     return step(chunk.data(), chunk.data(), chunk.data(), chunk.dim(1));
   }
-  // State beyond the windows and the token count (saved after them).
+  // State beyond the windows and the token count (saved after them). restore_extra is all or
+  // nothing: it checks everything it reads before it changes anything.
   virtual void save_extra(SafetensorsWriter&) const {}
   virtual void restore_extra(const SafetensorsFile&) {}
   // Window i of the constructor's list.
@@ -237,12 +257,15 @@ class RetroactiveStream final : public ContinualStreamImpl {
     w.add("acc.a", view(a_));
   }
   void restore_extra(const SafetensorsFile& f) override {
-    for (auto [name, buf] : {std::pair<const char*, std::vector<float>*>{"acc.m", &m_}, {"acc.d", &d_},
-                             {"acc.p", &p_}, {"acc.a", &a_}}) {
-      const Tensor t = f.tensor(name);
-      check_shape(t, {static_cast<int64_t>(buf->size())}, (std::string(name_) + "::restore").c_str(), name);
-      std::copy(t.begin(), t.end(), buf->begin());
+    const std::pair<const char*, std::vector<float>*> acc[] = {{"acc.m", &m_}, {"acc.d", &d_}, {"acc.p", &p_},
+                                                                {"acc.a", &a_}};
+    Tensor t[4];
+    for (int i = 0; i < 4; ++i) {
+      t[i] = f.tensor(acc[i].first);
+      check_shape(t[i], {static_cast<int64_t>(acc[i].second->size())}, (std::string(name_) + "::restore").c_str(),
+                  acc[i].first);
     }
+    for (int i = 0; i < 4; ++i) std::copy(t[i].begin(), t[i].end(), acc[i].second->begin());
   }
 
  private:
@@ -331,7 +354,7 @@ class RetroactiveStream final : public ContinualStreamImpl {
       if (y) init_row(y);
       for (int64_t h = 0; h < H_; ++h) {
         if (redo_[r * H_ + h]) continue;
-        const auto [f, wn, wo] = coef_[h];
+        const float f = coef_[h].f, wn = coef_[h].wn, wo = coef_[h].wo;  // (clang 14: no structured bindings in omp simd)
         const int64_t i = acc(b, token, h);
         float* A = a_.data() + i * E_;
         const float* un = y_.data() + h * 3 * E_;
@@ -413,11 +436,12 @@ ContinualMultiheadAttention::ContinualMultiheadAttention(const char* cls, const 
     : cls_(cls), opt_(o), batch_first_(o.batch_first.value_or(batch_first_default)), E_(o.embed_dim),
       H_(o.num_heads), D_(o.num_heads > 0 ? o.embed_dim / o.num_heads : 0), L_(o.sequence_len),
       kdim_(o.kdim > 0 ? o.kdim : o.embed_dim), vdim_(o.vdim > 0 ? o.vdim : o.embed_dim) {
-  check(E_ >= 1, cls, ": embed_dim: expected >= 1, got ", E_);
+  check_range(E_, 1, limits::kMaxFeatures, cls, "embed_dim");
   check(H_ >= 1, cls, ": num_heads: expected >= 1, got ", H_);
   check(E_ % H_ == 0, cls, ": embed_dim (", E_, ") must be divisible by num_heads (", H_, ")");
-  check(L_ >= 1, cls, ": sequence_len: expected >= 1, got ", L_);
-  check(o.kdim >= 0 && o.vdim >= 0, cls, ": kdim, vdim: expected >= 0 (0 = embed_dim), got ", o.kdim, ", ", o.vdim);
+  check_range(L_, 1, limits::kMaxTokens, cls, "sequence_len");
+  check_range(o.kdim, 0, limits::kMaxFeatures, cls, "kdim (0 = embed_dim)");
+  check_range(o.vdim, 0, limits::kMaxFeatures, cls, "vdim (0 = embed_dim)");
   check(o.dropout >= 0.0 && o.dropout < 1.0, cls, ": dropout: expected 0 <= p < 1, got ", o.dropout);
   check(!o.embed_dim_second || batch_first_, cls,
         ": embed_dim_second: requires batch_first=true (upstream's seq-first + embed_dim_second layouts are "
@@ -608,7 +632,7 @@ void ContinualMultiheadAttention::check_stream_options(const StreamOptions& opti
 std::unique_ptr<Stream> ContinualMultiheadAttention::open_stream(int64_t batch, const StreamOptions& options) const {
   const std::string fn = std::string(cls_) + "::open_stream";
   check_stream_options(options, fn.c_str());
-  check(batch >= 1, fn, ": batch: expected >= 1, got ", batch);
+  check_range(batch, 1, limits::kMaxBatch, fn.c_str(), "batch");
   return make_stream(batch);
 }
 
@@ -636,6 +660,7 @@ Tensor ContinualMultiheadAttention::run_steps(const Tensor& q, const Tensor& k, 
     impl = scratch.get();
   }
   const ThreadLimit limit(stream_threads(N * q.dim(1)));
+  impl->check_room(q.dim(1), fn);
   return impl->step(q.data(), k.data(), v.data(), q.dim(1)).clone();
 }
 

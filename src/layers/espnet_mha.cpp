@@ -14,7 +14,7 @@ EspnetMultiHeadedAttention::EspnetMultiHeadedAttention(int64_t n_feat, int64_t n
                                                        const StateDict& state_dict)
     : n_feat_(n_feat), n_head_(n_head), head_dim_(n_head > 0 ? n_feat / n_head : 0) {
   const char* fn = "EspnetMultiHeadedAttention";
-  check(n_feat >= 1, fn, ": n_feat: expected >= 1, got ", n_feat);
+  check_range(n_feat, 1, limits::kMaxFeatures, fn, "n_feat");
   check(n_head >= 1, fn, ": n_head: expected >= 1, got ", n_head);
   check(n_feat % n_head == 0, fn, ": n_feat (", n_feat, ") must be divisible by n_head (", n_head, ")");
   WeightReader r(state_dict, fn);

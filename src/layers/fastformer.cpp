@@ -45,7 +45,7 @@ FastSelfAttention::FastSelfAttention(int64_t size, int64_t attention_heads, doub
     : size_(size), heads_(attention_heads), head_dim_(attention_heads > 0 ? size / attention_heads : 0),
       dropout_rate_(dropout_rate) {
   const char* fn = "FastSelfAttention";
-  check(size >= 1, fn, ": size: expected >= 1, got ", size);
+  check_range(size, 1, limits::kMaxFeatures, fn, "size");
   check(attention_heads >= 1, fn, ": attention_heads: expected >= 1, got ", attention_heads);
   check(size % attention_heads == 0, fn, ": size (", size,
         ") is not an integer multiple of attention_heads (", attention_heads, ")");
@@ -173,7 +173,8 @@ Tensor FastSelfAttention::forward(const Tensor& x, const Mask& key_padding_mask)
 }
 
 void FastSelfAttention::check_stream_options(const StreamOptions& o, const char* fn) const {
-  check(o.window >= 1, fn, ": options.window: expected the window length L >= 1, got ", o.window);
+  check(o.window >= 1 && o.window <= limits::kMaxTokens, fn, ": options.window: expected the window length 1 <= L <= ",
+        limits::kMaxTokens, ", got ", o.window);
   check(o.position >= -1 && o.position < o.window, fn, ": options.position: expected -1 <= position < window (",
         o.window, "), got ", o.position);
 }
@@ -193,7 +194,7 @@ std::unique_ptr<Stream> FastSelfAttention::open_stream(int64_t batch, const Stre
 
 const StreamOptions& FastSelfAttentionStream::checked(const FastSelfAttention& layer, int64_t batch,
                                                     const StreamOptions& options) {
-  check(batch >= 1, "FastSelfAttention::open_stream: batch: expected >= 1, got ", batch);
+  check_range(batch, 1, limits::kMaxBatch, "FastSelfAttention::open_stream", "batch");
   layer.check_stream_options(options, "FastSelfAttention::open_stream");
   return options;
 }

@@ -55,7 +55,9 @@ HyperMixing::HyperMixing(const HyperMixingOptions& o, const StateDict& state_dic
   check(o.hypernet_size >= 1, fn, ": hypernet_size: expected >= 1, got ", o.hypernet_size);
   check(o.hypernet_size % o.num_heads == 0, fn, ": hypernet_size (", o.hypernet_size,
         ") must be divisible by num_heads (", o.num_heads, ")");
-  check(o.max_length >= 1, fn, ": max_length: expected >= 1, got ", o.max_length);
+  check_range(o.max_length, 1, limits::kMaxTokens, fn, "max_length");
+  check_range(o.input_output_dim, 2, limits::kMaxFeatures, fn, "input_output_dim");
+  check_range(o.hypernet_size, 1, limits::kMaxFeatures, fn, "hypernet_size");
   d_ = E_ / H_;
   K_ = o.fix_tm_hidden_size ? o.hypernet_size : o.hypernet_size / H_;
 
@@ -249,7 +251,7 @@ std::unique_ptr<Stream> HyperMixing::open_stream(int64_t batch, const StreamOpti
 
 const StreamOptions& HyperMixingStream::checked(const HyperMixing& layer, int64_t batch,
                                               const StreamOptions& options) {
-  check(batch >= 1, "HyperMixing::open_stream: batch: expected >= 1, got ", batch);
+  check_range(batch, 1, limits::kMaxBatch, "HyperMixing::open_stream", "batch");
   layer.check_stream_options(options, "HyperMixing::open_stream");
   return options;
 }

@@ -46,11 +46,13 @@ CausalDepthwiseConv::CausalDepthwiseConv(WeightReader& r, const std::string& pre
   const int64_t min_k = eff ? 1 : 2;
   check(kernel_size >= min_k, fn, ": kernel_size: expected >= ", min_k,
         eff ? "" : " (upstream's Conv1d crop removes every output for kernel_size 1)", ", got ", kernel_size);
-  if (layout != QkvConv::kShared) check(d_k >= 1, fn, ": d_k: expected >= 1, got ", d_k);
-  if (layout == QkvConv::kPerHead) check(heads >= 1, fn, ": heads: expected >= 1, got ", heads);
+  check(kernel_size <= limits::kMaxFeatures, fn, ": kernel_size: expected <= ", limits::kMaxFeatures, ", got ",
+        kernel_size);
+  if (layout != QkvConv::kShared) check_range(d_k, 1, limits::kMaxFeatures, fn, "d_k");
+  if (layout == QkvConv::kPerHead) check_range(heads, 1, limits::kMaxFeatures, fn, "heads");
   const int64_t P = conv_period(layout, heads, d_k);
   check(width >= 1 && width % P == 0, fn, ": width: expected a positive multiple of ", P, ", got ", width);
-  taps_.assign(static_cast<size_t>(K_ * W_), 0.f);
+  taps_.assign(static_cast<size_t>(mul_checked(K_, W_, fn, "kernel taps")), 0.f);
   bias_.assign(static_cast<size_t>(W_), 0.f);
   if (eff) {
     const Tensor k = r.take(prefix + "kernels", Shape{K_, P});
@@ -149,7 +151,7 @@ LabmlMultiHeadAttention::LabmlMultiHeadAttention(QkvConv conv, int64_t heads, in
     : conv_(conv), heads_(heads), d_model_(d_model), d_k_(heads > 0 ? d_model / heads : 0) {
   const char* fn = kAttn;
   check(heads >= 1, fn, ": heads: expected >= 1, got ", heads);
-  check(d_model >= 1, fn, ": d_model: expected >= 1, got ", d_model);
+  check_range(d_model, 1, limits::kMaxFeatures, fn, "d_model");
   check(d_model % heads == 0, fn, ": d_model (", d_model, ") must be divisible by heads (", heads,
         ") (upstream's output projection would receive heads * d_k < d_model features)");
   check(bias || conv == QkvConv::kNone, fn,

@@ -6,21 +6,26 @@
 
 namespace tokenmix {
 
+namespace {
+// options.left_context, once batch and it are checked (runs before the KV cache is sized).
+int64_t checked_left_context(const std::string& name, int64_t batch, const StreamOptions& options) {
+  const std::string fn = name + "::open_stream";
+  check_range(batch, 1, limits::kMaxBatch, fn.c_str(), "batch");
+  check_range(options.left_context, 0, limits::kMaxTokens, fn.c_str(), "options.left_context (0 = unlimited)");
+  return options.left_context;
+}
+}  // namespace
+
 CausalAttentionStream::CausalAttentionStream(std::string name, const CausalAttentionCore& core,
                                              int64_t batch, const StreamOptions& options)
     : name_(std::move(name)), push_fn_(name_ + "::push"), batch_(batch), width_(core.attention_width()), core_(core),
-      heads_(core.attention_heads()), left_context_(options.left_context),
-      cache_(std::max<int64_t>(batch, 1), core.attention_heads(), core.attention_width() / core.attention_heads(),
-             std::max<int64_t>(options.left_context, 0)) {
-  check(batch >= 1, name_, "::open_stream: batch: expected >= 1, got ", batch);
-  check(options.left_context >= 0, name_, "::open_stream: left_context: expected >= 0 (0 = unlimited), got ",
-        options.left_context);
-}
+      heads_(core.attention_heads()), left_context_(checked_left_context(name_, batch, options)),
+      cache_(batch, core.attention_heads(), core.attention_width() / core.attention_heads(), left_context_) {}
 
 Tensor CausalAttentionStream::push_chunk(const Tensor& chunk) {
   const char* fn = push_fn_.c_str();
   check_shape(chunk, {batch_, -1, width_}, fn, "chunk", {"B", "C", "E"});
-  const int64_t C = chunk.dim(1), E = width_, n = batch_ * C * E;
+  const int64_t C = chunk.dim(1), E = width_, n = chunk.numel();
   check(C >= 1, fn, ": chunk: expected at least 1 token, got shape ", chunk.shape());
   if (static_cast<int64_t>(q_.size()) < n) {
     for (auto* buf : {&q_, &k_, &v_, &ctx_, &out_}) buf->resize(n);
@@ -70,14 +75,13 @@ void CausalAttentionStream::save(SafetensorsWriter& w) const {
 }
 
 void CausalAttentionStream::restore(const SafetensorsFile& f) {
-  const auto cfg = f.int64s("config");
-  const std::vector<int64_t> want{batch_, width_, heads_, left_context_};
-  check(cfg == want, name_, "::restore: ", f.path(),
-        ": 'config' (batch, E, H, left_context) does not match this stream");
   check(f.metadata().count("stream") && f.metadata().at("stream") == name_, name_, "::restore: ",
         f.path(), ": not a ", name_, " state file");
-  cache_.restore(f, "kv.");
-  restore_extra(f);
+  check(f.contains("config") && f.int64s("config") == std::vector<int64_t>{batch_, width_, heads_, left_context_},
+        name_, "::restore: ", f.path(), ": 'config' (batch, E, H, left_context) does not match this stream");
+  KvCache cache = cache_.restored(f, "kv.");  // throws before anything changes
+  restore_extra(f);                            // all or nothing
+  cache_ = std::move(cache);
 }
 
 }  // namespace tokenmix

@@ -3,16 +3,18 @@
 #include <algorithm>
 #include <cstring>
 
+#include "tokenmix/core/checked.h"
+
 namespace tokenmix {
 
 KvCache::KvCache(int64_t batch, int64_t heads, int64_t head_dim, int64_t left_context)
     : heads_(heads), head_dim_(head_dim), left_context_(left_context), k_(std::max<int64_t>(batch, 0)),
-      v_(std::max<int64_t>(batch, 0)), cap_(k_.size(), 0), start_(k_.size(), 0), len_(k_.size(), 0),
-      pos_(k_.size(), 0) {
+      v_(std::max<int64_t>(batch, 0)), cap_(k_.size(), 0), start_(k_.size(), 0), len_(k_.size(), 0) {
   check(batch >= 1, "KvCache: batch: expected >= 1, got ", batch);
   check(heads >= 1, "KvCache: heads: expected >= 1, got ", heads);
   check(head_dim >= 1, "KvCache: head_dim: expected >= 1, got ", head_dim);
-  check(left_context >= 0, "KvCache: left_context: expected >= 0, got ", left_context);
+  check_range(left_context, 0, limits::kMaxTokens, "KvCache", "left_context");
+  mul_checked(heads, head_dim, "KvCache", "width");
 }
 
 void KvCache::make_room(int64_t b, int64_t C) {
@@ -38,7 +40,7 @@ void KvCache::make_room(int64_t b, int64_t C) {
   // limit the size is final at once (it depends only on the limit and the chunk size).
   const int64_t new_cap = 2 * ((left_context_ > 0 ? std::max<int64_t>(left_context_ - 1, len_[b]) : len_[b]) + C);
   for (auto* buf : {&k_[b], &v_[b]}) {
-    std::vector<float> grown(static_cast<size_t>(heads_ * new_cap * D));
+    std::vector<float> grown(static_cast<size_t>(numel_checked({heads_, new_cap, D}, "KvCache::append", "cache")));
     if (len_[b] > 0)  // buf may still be empty (data() null): memcpy from null is UB even for 0 bytes
       for (int64_t h = 0; h < heads_; ++h)
         std::memcpy(grown.data() + h * new_cap * D, buf->data() + (h * cap + start_[b]) * D,
@@ -61,7 +63,6 @@ void KvCache::append(int64_t b, const float* k, const float* v, int64_t C, int64
     }
   }
   len_[b] += C;
-  pos_[b] += C;
 }
 
 void KvCache::reset() {
@@ -70,48 +71,54 @@ void KvCache::reset() {
 
 void KvCache::reset_row(int64_t b) {
   check(b >= 0 && b < batch(), "KvCache::reset_row: b: expected 0 <= b < ", batch(), ", got ", b);
-  start_[b] = len_[b] = pos_[b] = 0;
+  start_[b] = len_[b] = 0;
 }
 
-Tensor KvCache::gather(const std::vector<float>& buf, int64_t b) const {
+Tensor KvCache::gather(const std::vector<float>& buf, int64_t b, int64_t n) const {
   const int64_t D = head_dim_, E = width();
-  Tensor out{Shape{len_[b], E}};
+  Tensor out{Shape{n, E}};
   for (int64_t h = 0; h < heads_; ++h) {
-    const float* block = buf.data() + (h * cap_[b] + start_[b]) * D;
-    for (int64_t t = 0; t < len_[b]; ++t) std::memcpy(out.data() + t * E + h * D, block + t * D, sizeof(float) * D);
+    const float* block = buf.data() + (h * cap_[b] + start_[b] + len_[b] - n) * D;
+    for (int64_t t = 0; t < n; ++t) std::memcpy(out.data() + t * E + h * D, block + t * D, sizeof(float) * D);
   }
   return out;
 }
 
+int64_t KvCache::visible(int64_t b) const {
+  return left_context_ > 0 ? std::min(len_[b], left_context_ - 1) : len_[b];
+}
+
 void KvCache::save(SafetensorsWriter& w, const std::string& prefix) const {
-  w.add_int64s(prefix + "position", pos_);
-  w.add_int64s(prefix + "length", len_);
+  std::vector<int64_t> len(len_.size());
+  for (int64_t b = 0; b < batch(); ++b) len[b] = visible(b);
+  w.add_int64s(prefix + "length", len);
   for (int64_t b = 0; b < batch(); ++b) {
-    if (len_[b] == 0) continue;  // safetensors cases avoid zero-size tensors
-    w.add(prefix + "key." + std::to_string(b), gather(k_[b], b));
-    w.add(prefix + "value." + std::to_string(b), gather(v_[b], b));
+    if (len[b] == 0) continue;  // safetensors cases avoid zero-size tensors
+    w.add(prefix + "key." + std::to_string(b), gather(k_[b], b, len[b]));
+    w.add(prefix + "value." + std::to_string(b), gather(v_[b], b, len[b]));
   }
 }
 
-void KvCache::restore(const SafetensorsFile& f, const std::string& prefix) {
+KvCache KvCache::restored(const SafetensorsFile& f, const std::string& prefix) const {
   const char* fn = "KvCache::restore";
-  const auto pos = f.int64s(prefix + "position");
   const auto len = f.int64s(prefix + "length");
-  check(static_cast<int64_t>(pos.size()) == batch() && static_cast<int64_t>(len.size()) == batch(), fn,
-        ": ", f.path(), ": '", prefix, "position'/'length': expected ", batch(), " rows, got ",
-        pos.size(), "/", len.size());
+  check(static_cast<int64_t>(len.size()) == batch(), fn, ": ", f.path(), ": '", prefix, "length': expected ",
+        batch(), " rows, got ", len.size());
+  KvCache c(batch(), heads_, head_dim_, left_context_);
   for (int64_t b = 0; b < batch(); ++b) {
-    check(len[b] >= 0 && pos[b] >= len[b], fn, ": ", f.path(), ": row ", b, ": length ", len[b],
-          " and position ", pos[b], " are inconsistent");
-    reset_row(b);
+    check(len[b] >= 0 && len[b] <= limits::kMaxStreamTokens, fn, ": ", f.path(), ": '", prefix, "length' row ", b,
+          ": expected 0 <= length <= ", limits::kMaxStreamTokens, ", got ", len[b]);
     if (len[b] == 0) continue;
     const std::string kn = prefix + "key." + std::to_string(b), vn = prefix + "value." + std::to_string(b);
     const Tensor k = f.tensor(kn), v = f.tensor(vn);
     check_shape(k, {len[b], width()}, fn, kn.c_str());
     check_shape(v, {len[b], width()}, fn, vn.c_str());
-    append(b, k.data(), v.data(), len[b], width());
-    pos_[b] = pos[b];
+    // Only the tokens a later query can see are kept (a file may hold more: any left_context - 1 + C).
+    const int64_t keep = left_context_ > 0 ? std::min(len[b], left_context_ - 1) : len[b];
+    const int64_t skip = (len[b] - keep) * width();
+    c.append(b, k.data() + skip, v.data() + skip, keep, width());
   }
+  return c;
 }
 
 }  // namespace tokenmix

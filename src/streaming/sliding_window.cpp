@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "tokenmix/core/checked.h"
 #include "tokenmix/core/tensor.h"
 
 namespace tokenmix {
@@ -12,7 +13,8 @@ SlidingWindow::SlidingWindow(int64_t batch, int64_t length, int64_t width)
   check(batch >= 1, "SlidingWindow: batch: expected >= 1, got ", batch);
   check(length >= 1, "SlidingWindow: length: expected >= 1, got ", length);
   check(width >= 1, "SlidingWindow: width: expected >= 1, got ", width);
-  data_.assign(static_cast<size_t>(batch * 2 * length * width), 0.f);
+  check_range(length, 1, limits::kMaxTokens, "SlidingWindow", "length");
+  data_.assign(static_cast<size_t>(numel_checked({batch, 2, length, width}, "SlidingWindow", "buffer")), 0.f);
   head_.assign(batch, 0);
   count_.assign(batch, 0);
   seen_.assign(batch, 0);
@@ -54,7 +56,13 @@ void SlidingWindow::save(SafetensorsWriter& w, const std::string& prefix) const 
   }
 }
 
-void SlidingWindow::restore(const SafetensorsFile& f, const std::string& prefix) {
+void SlidingWindow::check_room(int64_t C, const char* fn) const {
+  for (int64_t b = 0; b < batch(); ++b)
+    check(seen_[b] <= limits::kMaxStreamTokens - C, fn, ": row ", b, " has seen ", seen_[b], " tokens; ", C,
+          " more would pass the limit of ", limits::kMaxStreamTokens, " (reset the stream)");
+}
+
+SlidingWindow SlidingWindow::restored(const SafetensorsFile& f, const std::string& prefix) const {
   const char* fn = "SlidingWindow::restore";
   const auto shape = f.int64s(prefix + "shape");
   check(shape == std::vector<int64_t>{batch(), length_, width_}, fn, ": ", f.path(), ": '", prefix,
@@ -62,17 +70,19 @@ void SlidingWindow::restore(const SafetensorsFile& f, const std::string& prefix)
   const auto seen = f.int64s(prefix + "seen");
   check(static_cast<int64_t>(seen.size()) == batch(), fn, ": ", f.path(), ": '", prefix, "seen': expected ",
         batch(), " rows, got ", seen.size());
+  SlidingWindow w(batch(), length_, width_);
   for (int64_t b = 0; b < batch(); ++b) {
-    reset_row(b);
+    check(seen[b] >= 0 && seen[b] <= limits::kMaxStreamTokens, fn, ": ", f.path(), ": '", prefix, "seen' row ", b,
+          ": expected 0 <= seen <= ", limits::kMaxStreamTokens, ", got ", seen[b]);
     const int64_t n = std::min(seen[b], length_);
-    check(seen[b] >= 0, fn, ": ", f.path(), ": '", prefix, "seen' row ", b, " is negative");
     if (n == 0) continue;
     const std::string name = prefix + "rows." + std::to_string(b);
     const Tensor t = f.tensor(name);
     check_shape(t, {n, width_}, fn, name.c_str());
-    for (int64_t i = 0; i < n; ++i) push(b, t.data() + i * width_);
-    seen_[b] = seen[b];
+    for (int64_t i = 0; i < n; ++i) w.push(b, t.data() + i * width_);
+    w.seen_[b] = seen[b];
   }
+  return w;
 }
 
 }  // namespace tokenmix

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "tokenmix/core/checked.h"
 #include "tokenmix/core/error.h"
 
 namespace tokenmix {
@@ -27,7 +28,7 @@ Tensor sliding_window_reference(const Tensor& x, const StreamOptions& options,
 WindowedStream::WindowedStream(const char* name, int64_t batch, const StreamOptions& options, int64_t d_model,
                                int64_t row_width, const std::vector<int64_t>& family_config,
                                const char* config_names)
-    : name_(name), batch_(batch), d_model_(d_model), length_(options.window),
+    : name_(name), push_fn_(name_ + "::push"), batch_(batch), d_model_(d_model), length_(options.window),
       position_(window_position(options)), window_(batch, length_, row_width),
       config_names_(config_names), emitted_(batch, 0) {
   config_ = {batch_, d_model_};
@@ -40,7 +41,9 @@ Tensor WindowedStream::push_chunk(const Tensor& chunk) {
   if (chunk.ndim() != 3 || chunk.dim(0) != B || chunk.dim(1) < 1 || chunk.dim(2) != E)
     fail(name_, "::push: chunk: expected shape (", B, ", C, ", E, ") with C >= 1, got ", chunk.shape());
   const int64_t C = chunk.dim(1);
-  if (static_cast<int64_t>(staged_.size()) < B * C * W) staged_.resize(static_cast<size_t>(B * C * W));
+  window_.check_room(C, push_fn_.c_str());
+  const int64_t staged = mul_checked(B * C, W, push_fn_.c_str(), "chunk cache rows");
+  if (static_cast<int64_t>(staged_.size()) < staged) staged_.resize(static_cast<size_t>(staged));
   if (static_cast<int64_t>(out_.size()) < B * C * E) out_.resize(static_cast<size_t>(B * C * E));
   stage(chunk.data(), B * C, staged_.data());
   // Outputs per row: the chunk tokens at which the row's window is full.
@@ -89,7 +92,7 @@ void WindowedStream::restore(const SafetensorsFile& f) {
         " state file");
   check(f.contains("config") && f.int64s("config") == config_, fn, ": ", f.path(), ": 'config' (", config_names_,
         ") does not match this stream");
-  window_.restore(f, "window.");
+  window_ = window_.restored(f, "window.");  // throws before anything changes
   std::fill(emitted_.begin(), emitted_.end(), 0);
 }
 

@@ -1,8 +1,9 @@
 #include "cases/case.h"
 
+#include <charconv>
 #include <cmath>
 #include <cstring>
-#include <regex>
+#include <limits>
 
 namespace tokenmix::cases {
 
@@ -74,7 +75,13 @@ Comparison compare(const std::string& name, const Tensor& got, const Safetensors
 CaseResult run_case(const SafetensorsFile& file, double atol, double rtol) {
   const Case c = parse_case(file);
   const CaseFamily& fam = family_for(c.module);
-  CaseResult r{file.path(), c.module, fam.family, fam.run(c), {}};
+  Outputs produced;
+  try {
+    produced = fam.run(c);
+  } catch (const nlohmann::json::exception& e) {  // a family read the metadata without the checked accessors
+    fail(file.path(), ": malformed case metadata: ", e.what());
+  }
+  CaseResult r{file.path(), c.module, fam.family, std::move(produced), {}};
   for (const auto& name : file.names()) {
     if (name.rfind("out.", 0) != 0) continue;
     auto it = r.outputs.find(name);
@@ -124,6 +131,9 @@ Tensor slice(const Tensor& t, int axis, int64_t start, int64_t stop) {
 }
 
 Tensor select(const Tensor& t, int axis, int64_t index) {
+  check(axis >= 0 && axis < t.ndim(), "select: axis ", axis, " out of range for shape ", t.shape());
+  check(index >= 0 && index < t.dim(axis), "select: index ", index, " out of range for axis ", axis, " of shape ",
+        t.shape());
   Tensor s = slice(t, axis, index, index + 1);
   std::vector<int64_t> d = s.shape().dims();
   d.erase(d.begin() + axis);
@@ -186,6 +196,7 @@ int64_t parse_bound(const std::string& s, int64_t fallback, int64_t n) {
   } catch (const std::logic_error&) {
     fail("case call: bad index '", s, "'");
   }
+  check(v >= -n && v <= n, "case call: index ", v, " out of range for an axis of ", n);
   return v < 0 ? v + n : v;
 }
 
@@ -226,10 +237,44 @@ const nlohmann::json* config_value(const Case& c, const std::string& key) {
 }
 }  // namespace
 
+const nlohmann::json& call_field(const Case& c, const nlohmann::json& obj, const char* key) {
+  const nlohmann::json* v = obj.is_object() && obj.contains(key) ? &obj[key] : nullptr;
+  check(v != nullptr, c.file.path(), ": case call: expected an object with '", key, "', got ", obj.dump());
+  return *v;
+}
+
+const nlohmann::json* call_field_opt(const Case& c, const nlohmann::json& obj, const char* key) {
+  check(obj.is_object(), c.file.path(), ": case call: expected an object, got ", obj.dump());
+  const auto it = obj.find(key);
+  return it == obj.end() || it->is_null() ? nullptr : &*it;
+}
+
+std::string call_string(const Case& c, const nlohmann::json& v, const char* what) {
+  check(v.is_string(), c.file.path(), ": case call: ", what, ": expected a string, got ", v.dump());
+  return v.get<std::string>();
+}
+
+int64_t call_int(const Case& c, const nlohmann::json& v, const char* what) {
+  check(v.is_number_integer() && (!v.is_number_unsigned() ||
+                                  v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())),
+        c.file.path(), ": case call: ", what, ": expected an integer, got ", v.dump());
+  return v.get<int64_t>();
+}
+
+int64_t parse_int(const Case& c, const std::string& s, const char* what) {
+  int64_t v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  check(!s.empty() && ec == std::errc() && end == s.data() + s.size(), c.file.path(), ": ", what,
+        ": expected an integer, got '", s, "'");
+  return v;
+}
+
 int64_t config_int(const Case& c, const std::string& key, int64_t fallback) {
   const auto* v = config_value(c, key);
   if (!v) return fallback;
-  check(v->is_number_integer(), c.file.path(), ": config '", key, "': expected an integer, got ", v->dump());
+  check(v->is_number_integer() && (!v->is_number_unsigned() || v->get<uint64_t>() <= static_cast<uint64_t>(
+                                                                   std::numeric_limits<int64_t>::max())),
+        c.file.path(), ": config '", key, "': expected an integer, got ", v->dump());
   return v->get<int64_t>();
 }
 

@@ -89,6 +89,18 @@ Tensor slice(const Tensor& t, int axis, int64_t start, int64_t stop);
 Tensor select(const Tensor& t, int axis, int64_t index);
 // Stacks equally shaped tensors along a new leading axis.
 Tensor stack(const std::vector<Tensor>& parts);
+// Call metadata, read strictly: every accessor throws Error "<path>: case call: <what>: expected
+// <kind>, got <json>" instead of letting a JSON type or key error escape.
+// obj[key] (obj must be an object holding key).
+const nlohmann::json& call_field(const Case& c, const nlohmann::json& obj, const char* key);
+// obj[key], or nullptr when obj has no key or it is null (obj must be an object).
+const nlohmann::json* call_field_opt(const Case& c, const nlohmann::json& obj, const char* key);
+// v as a string / an integer that fits int64 / the list of calls (an object is a list of one).
+std::string call_string(const Case& c, const nlohmann::json& v, const char* what);
+int64_t call_int(const Case& c, const nlohmann::json& v, const char* what);
+// Parses a whole decimal integer (e.g. a number in a tensor name or a metadata value); throws
+// Error "<path>: <what>: expected an integer, got '<s>'" otherwise.
+int64_t parse_int(const Case& c, const std::string& s, const char* what);
 // config[key] as an integer/bool/double with a default when absent; throws Error on a wrong type.
 int64_t config_int(const Case& c, const std::string& key, int64_t fallback);
 bool config_bool(const Case& c, const std::string& key, bool fallback);

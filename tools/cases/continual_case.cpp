@@ -37,20 +37,33 @@ std::unique_ptr<ContinualMultiheadAttention> build(const Case& c) {
 int64_t meta_int(const Case& c, const char* key) {
   const auto& meta = c.file.metadata();
   check(meta.count(key) != 0, c.file.path(), ": __metadata__ has no '", key, "'");
-  return std::stoll(meta.at(key));
+  return parse_int(c, meta.at(key), (std::string("__metadata__ '") + key + "'").c_str());
 }
 
 // Argument `name` of a call entry, sliced by the entry's "slice" ({"axis", "start", "stop"} or
 // {"axis", "index"}); empty when the argument is absent.
 Tensor arg(const Case& c, const nlohmann::json& entry, const char* name) {
-  const auto& args = entry.at("args");
-  if (!args.contains(name) || args.at(name).is_null()) return {};
-  Tensor t = resolve_tensor(c, args.at(name));
-  if (!entry.contains("slice")) return t;
-  const auto& s = entry.at("slice");
-  const int axis = s.at("axis").get<int>();
-  if (s.contains("index")) return select(t, axis, s.at("index").get<int64_t>());
-  return slice(t, axis, s.at("start").get<int64_t>(), s.at("stop").get<int64_t>());
+  const nlohmann::json* a = call_field_opt(c, call_field(c, entry, "args"), name);
+  if (!a) return {};
+  Tensor t = resolve_tensor(c, *a);
+  const nlohmann::json* s = call_field_opt(c, entry, "slice");
+  if (!s) return t;
+  const int64_t axis = call_int(c, call_field(c, *s, "axis"), "slice axis");
+  check(axis >= 0 && axis < t.ndim(), c.file.path(), ": case call: slice axis ", axis, " out of range for shape ",
+        t.shape());
+  if (const nlohmann::json* index = call_field_opt(c, *s, "index"))
+    return select(t, static_cast<int>(axis), call_int(c, *index, "slice index"));
+  return slice(t, static_cast<int>(axis), call_int(c, call_field(c, *s, "start"), "slice start"),
+               call_int(c, call_field(c, *s, "stop"), "slice stop"));
+}
+
+// The out.* name a call's result goes to: returns (a string) or returns[i] (a list).
+std::string returned(const Case& c, const nlohmann::json& entry, size_t i) {
+  const nlohmann::json& ret = call_field(c, entry, "returns");
+  if (ret.is_string() && i == 0) return call_string(c, ret, "returns");
+  check(ret.is_array() && ret.size() > i, c.file.path(), ": case call: returns: expected a list of at least ", i + 1,
+        " names, got ", ret.dump());
+  return call_string(c, ret[i], "returns entry");
 }
 
 Outputs run(const Case& c) {
@@ -59,7 +72,7 @@ Outputs run(const Case& c) {
   Outputs out;
   std::string first_input;  // the name of the query stream (for out.winfwd.*)
   for (const auto& entry : c.call) {
-    const std::string method = entry.at("method").get<std::string>();
+    const std::string method = call_string(c, call_field(c, entry, "method"), "method");
     if (method == "clean_state") {
       layer->clean_state();
       continue;
@@ -68,12 +81,17 @@ Outputs run(const Case& c) {
     if (method == "forward") {
       Tensor attn;
       const Tensor o = layer->forward(q, k, v, Mask{}, Mask{}, &attn);
-      const auto& ret = entry.at("returns");
-      out[ret.at(0).get<std::string>()] = o;
-      if (ret.size() > 1 && ret.at(1).is_string()) out[ret.at(1).get<std::string>()] = attn;
+      out[returned(c, entry, 0)] = o;
+      const nlohmann::json& ret = call_field(c, entry, "returns");
+      if (ret.is_array() && ret.size() > 1 && ret[1].is_string()) out[returned(c, entry, 1)] = attn;
       continue;
     }
-    const bool update = entry.value("kwargs", nlohmann::json::object()).value("update_state", true);
+    bool update = true;
+    if (const nlohmann::json* kwargs = call_field_opt(c, entry, "kwargs"))
+      if (const nlohmann::json* u = call_field_opt(c, *kwargs, "update_state")) {
+        check(u->is_boolean(), c.file.path(), ": case call: update_state: expected a boolean, got ", u->dump());
+        update = u->get<bool>();
+      }
     Tensor y;
     if (method == "forward_steps")
       y = layer->forward_steps(q, k, v, update);
@@ -81,22 +99,27 @@ Outputs run(const Case& c) {
       y = layer->forward_step(q, k, v, update);
     else
       fail(c.file.path(), ": case call: unknown method '", method, "'");
-    const auto& ret = entry.at("returns");
-    if (ret.is_string()) {
-      if (!y.empty()) out[ret.get<std::string>()] = y;  // else reported as not produced
+    if (call_field(c, entry, "returns").is_string()) {
+      if (!y.empty()) out[returned(c, entry, 0)] = y;  // else reported as not produced
     } else {
       check(y.empty(), c.file.path(), ": ", method, " returned an output of shape ", y.shape(),
             " where the reference returned None");
     }
   }
   // out.winfwd.<t>: forward() on the window of L tokens ending at t.
-  const int time_axis = static_cast<int>(meta_int(c, "time_axis"));
+  const int64_t time_axis = meta_int(c, "time_axis");
+  check(time_axis >= 0 && time_axis < 3, c.file.path(), ": __metadata__ 'time_axis': expected 0, 1 or 2, got ",
+        time_axis);
   const int64_t L = layer->sequence_len();
   const bool qkv = c.file.contains("in.q");
   for (const auto& name : c.file.names()) {
     if (name.rfind("out.winfwd.", 0) != 0) continue;
-    const int64_t t = std::stoll(name.substr(11));
-    auto window = [&](const char* input) { return slice(c.file.tensor(input), time_axis, t - L + 1, t + 1); };
+    const int64_t t = parse_int(c, name.substr(11), "token index of an out.winfwd.<t> tensor");
+    check(t >= L - 1 && t < limits::kMaxStreamTokens, c.file.path(), ": ", name, ": expected a token index >= ",
+          L - 1, " (sequence_len - 1), got ", t);
+    auto window = [&](const char* input) {
+      return slice(c.file.tensor(input), static_cast<int>(time_axis), t - L + 1, t + 1);
+    };
     out[name] = qkv ? layer->forward(window("in.q"), window("in.k"), window("in.v"), Mask{}, Mask{}, nullptr)
                     : layer->forward(window("in.x"), Tensor{}, Tensor{}, Mask{}, Mask{}, nullptr);
   }

@@ -14,22 +14,32 @@ std::unique_ptr<EspnetMultiHeadedAttention> build(const Case& c) {
 Outputs run(const Case& c) {
   const auto layer = build(c);
   Outputs out;
+  const auto optional = [&](const nlohmann::json& args, const char* key) {
+    const nlohmann::json* v = call_field_opt(c, args, key);
+    return v ? *v : nlohmann::json();
+  };
   if (c.call.is_object()) {  // forward(query, memory, mask)
-    const auto& args = c.call.at("args");
+    const auto& args = call_field(c, c.call, "args");
+    const auto& returns = call_field(c, c.call, "returns");
+    check(returns.is_array() && !returns.empty(), c.file.path(), ": case call: returns: expected a list of names, got ",
+          returns.dump());
     Tensor attn;
-    out[c.call.at("returns").at(0).get<std::string>()] =
-        layer->forward(resolve_tensor(c, args.at("query")), resolve_tensor(c, args.value("memory", nlohmann::json())),
-                       resolve_mask(c, args.value("mask", nlohmann::json())), &attn);
-    if (c.call.contains("attrs_after")) out[c.call["attrs_after"].at("attn").get<std::string>()] = attn;
+    out[call_string(c, returns[0], "returns entry")] =
+        layer->forward(resolve_tensor(c, call_field(c, args, "query")), resolve_tensor(c, optional(args, "memory")),
+                       resolve_mask(c, optional(args, "mask")), &attn);
+    if (const nlohmann::json* after = call_field_opt(c, c.call, "attrs_after"))
+      out[call_string(c, call_field(c, *after, "attn"), "attrs_after.attn")] = attn;
     return out;
   }
+  check(c.call.is_array() && !c.call.empty(), c.file.path(), ": case call: expected a call or a list of step calls");
   // step sequence: stack step outputs (and attn) on axis 0.
   std::vector<Tensor> ys, attns;
   for (const auto& step : c.call) {
-    const auto& args = step.at("args");
+    const auto& args = call_field(c, step, "args");
     Tensor attn;
-    ys.push_back(layer->step(resolve_tensor(c, args.at("query")), resolve_tensor(c, args.value("memory", nlohmann::json())),
-                             resolve_mask(c, args.value("mask", nlohmann::json())), &attn));
+    ys.push_back(layer->step(resolve_tensor(c, call_field(c, args, "query")),
+                             resolve_tensor(c, optional(args, "memory")), resolve_mask(c, optional(args, "mask")),
+                             &attn));
     attns.push_back(attn);
   }
   out["out.steps"] = stack(ys);

@@ -13,12 +13,17 @@ std::unique_ptr<FastSelfAttention> build(const Case& c) {
 
 Outputs run(const Case& c) {
   const auto layer = build(c);
-  check(c.call.is_object() && c.call.value("method", "") == "forward",
-        "fastformer case: call: expected one forward call, got ", c.call.dump());
-  const auto& args = c.call.at("args");
+  const nlohmann::json* method = c.call.is_object() ? call_field_opt(c, c.call, "method") : nullptr;
+  check(method && method->is_string() && method->get<std::string>() == "forward", c.file.path(),
+        ": case call: expected one forward call, got ", c.call.dump());
+  const auto& args = call_field(c, c.call, "args");
+  const auto& returns = call_field(c, c.call, "returns");
+  check(returns.is_array() && !returns.empty(), c.file.path(), ": case call: returns: expected a list of names, got ",
+        returns.dump());
+  const nlohmann::json* mask = call_field_opt(c, args, "mask");
   Outputs out;
-  out[c.call.at("returns").at(0).get<std::string>()] =
-      layer->forward_upstream(resolve_tensor(c, args.at("xs_pad")), resolve_mask(c, args.value("mask", nlohmann::json())));
+  out[call_string(c, returns[0], "returns entry")] = layer->forward_upstream(
+      resolve_tensor(c, call_field(c, args, "xs_pad")), resolve_mask(c, mask ? *mask : nlohmann::json()));
   return out;
 }
 

@@ -21,13 +21,16 @@ std::unique_ptr<HyperMixing> build(const Case& c) {
 // as upstream.
 Outputs run(const Case& c) {
   const auto layer = build(c);
-  const auto& args = c.call.at("args");
-  const auto& returns = c.call.at("returns");
+  const auto& args = call_field(c, c.call, "args");
+  const auto& returns = call_field(c, c.call, "returns");
+  check(returns.is_array() && !returns.empty(), c.file.path(), ": case call: returns: expected a list of names, got ",
+        returns.dump());
+  const nlohmann::json* kpm = call_field_opt(c, args, "key_padding_mask");
   Tensor attn;
   Outputs out;
-  out[returns.at(0).get<std::string>()] = layer->forward(
-      resolve_tensor(c, args.at("query")), resolve_mask(c, args.value("key_padding_mask", nlohmann::json())), &attn);
-  if (returns.size() > 1) out[returns.at(1).get<std::string>()] = attn;
+  out[call_string(c, returns[0], "returns entry")] = layer->forward(
+      resolve_tensor(c, call_field(c, args, "query")), resolve_mask(c, kpm ? *kpm : nlohmann::json()), &attn);
+  if (returns.size() > 1) out[call_string(c, returns[1], "returns entry")] = attn;
   return out;
 }
 

@@ -41,15 +41,20 @@ std::unique_ptr<LabmlMultiHeadAttention> build_attention(const Case& c) {
 
 Outputs run(const Case& c) {
   check(c.call.is_object(), c.file.path(), ": case call: expected a single forward call");
-  const auto& args = c.call.at("args");
-  const std::string returns = c.call.value("returns", std::string("out.y"));
+  const auto& args = call_field(c, c.call, "args");
+  const nlohmann::json* ret = call_field_opt(c, c.call, "returns");
+  const std::string returns = ret ? call_string(c, *ret, "returns") : std::string("out.y");
+  const auto optional = [&](const char* key) {
+    const nlohmann::json* v = call_field_opt(c, args, key);
+    return v ? *v : nlohmann::json();
+  };
   Outputs out;
   if (attention_modules().count(c.module)) {
     const auto layer = build_attention(c);
-    const Tensor q = resolve_tensor(c, args.at("query")), k = resolve_tensor(c, args.at("key")),
-                 v = resolve_tensor(c, args.at("value"));
+    const Tensor q = resolve_tensor(c, call_field(c, args, "query")), k = resolve_tensor(c, call_field(c, args, "key")),
+                 v = resolve_tensor(c, call_field(c, args, "value"));
     Tensor attn;
-    out[returns] = layer->forward(q, k, v, resolve_mask(c, args.value("mask", nlohmann::json())), &attn);
+    out[returns] = layer->forward(q, k, v, resolve_mask(c, optional("mask")), &attn);
     out["out.attn"] = attn;
     using P = LabmlMultiHeadAttention::Projection;
     out["out.q"] = layer->project(P::kQuery, q);
@@ -58,9 +63,9 @@ Outputs run(const Case& c) {
   } else if (conv_modules().count(c.module)) {
     const SpatialDepthWiseConvolution conv(conv_modules().at(c.module), config_int(c, "heads", 0),
                                            config_int(c, "d_k", 0), config_int(c, "kernel_size", 3), params(c));
-    out[returns] = conv.forward(resolve_tensor(c, args.at("x")));
+    out[returns] = conv.forward(resolve_tensor(c, call_field(c, args, "x")));
   } else {  // SquaredReLU
-    out[returns] = squared_relu(resolve_tensor(c, args.at("x")));
+    out[returns] = squared_relu(resolve_tensor(c, call_field(c, args, "x")));
   }
   return out;
 }

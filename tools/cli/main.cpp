@@ -1,5 +1,6 @@
 // tokenmix: command-line front end. `tokenmix --help` lists the subcommands.
 #include <iostream>
+#include <new>
 
 #include "cli/commands.h"
 #include "tokenmix/core/error.h"
@@ -12,14 +13,22 @@ int main(int argc, char** argv) {
   tokenmix::cli::add_run_command(app, &status);
   tokenmix::cli::add_stream_command(app, &status);
   tokenmix::cli::add_bench_command(app, &status);
+  // A failure that reaches here is the command line's or the whole command's (a case's own failure
+  // is reported by `run` itself).
+  const auto bad_input = [&app] {
+    return app.got_subcommand("run") ? tokenmix::cli::kRunUsageStatus : tokenmix::cli::kBadInputStatus;
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  } catch (const tokenmix::Error& e) {
+    return rc == 0 ? 0 : bad_input();
+  } catch (const std::bad_alloc&) {
+    std::cerr << "tokenmix: error: out of memory\n";
+    return bad_input();
+  } catch (const std::exception& e) {
     std::cerr << "tokenmix: error: " << e.what() << "\n";
-    return 2;
+    return bad_input();
   }
   return status;
 }

@@ -7,6 +7,7 @@
 #include "alloc/alloc_counter.h"
 #include "cases/case.h"
 #include "cli/commands.h"
+#include "tokenmix/layers/hypermixing.h"
 
 namespace tokenmix::cli {
 
@@ -14,13 +15,27 @@ namespace {
 
 struct StreamCliOptions {
   std::string path;
-  int64_t chunk = 1, window = 16, position = -1, left_context = 0, length = 256, batch = 1;
+  // window 0: the layer's own (continual: sequence_len), else min(16, T) (HyperMixing: <= max_length).
+  int64_t chunk = 1, window = 0, position = -1, left_context = 0, length = 256, batch = 1;
 };
+
+constexpr int64_t kDefaultWindow = 16;
+
+// The window the stream runs with: --window when given, else the family's default for T tokens.
+int64_t stream_window(const Layer& layer, const std::string& family, int64_t T, const StreamCliOptions& o) {
+  if (o.window != 0 || family == "continual") return o.window;
+  int64_t w = std::min(kDefaultWindow, T);
+  if (const auto* hm = dynamic_cast<const HyperMixing*>(&layer)) w = std::min(w, hm->max_length());
+  return w;
+}
 
 // The case's (B, T, E) input when it has one in that layout, else a seeded random (batch, length, E).
 Tensor stream_input(const SafetensorsFile& f, int64_t E, const StreamCliOptions& o) {
   for (const char* name : {"in.x", "in.query", "in.xs_pad"})
     if (f.contains(name) && f.info(name).dims.size() == 3 && f.info(name).dims[2] == E) return f.tensor(name);
+  const char* fn = "tokenmix stream";
+  check_range(o.length, 1, limits::kMaxTokens, fn, "--length");
+  check_range(o.batch, 1, 1024, fn, "--batch");
   Tensor x{Shape{o.batch, o.length, E}};
   uint32_t s = 12345;
   for (auto& v : x) {
@@ -38,12 +53,14 @@ int run_stream(const StreamCliOptions& o) {
   std::unique_ptr<Layer> layer = fam.build_layer(c);
   check(layer != nullptr, "tokenmix stream: ", c.module, " has no streaming form");
   check(o.chunk >= 1, "tokenmix stream: --chunk: expected >= 1, got ", o.chunk);
-  StreamOptions opts;
-  opts.window = o.window;
-  opts.position = o.position;
-  opts.left_context = o.left_context;
   const Tensor x = stream_input(f, layer->d_model(), o);
   const int64_t B = x.dim(0), T = x.dim(1), E = x.dim(2);
+  check(B >= 1 && T >= 1, "tokenmix stream: ", o.path, ": input: expected at least 1 batch row and 1 token, got shape ",
+        x.shape());
+  StreamOptions opts;
+  opts.window = stream_window(*layer, fam.family, T, o);
+  opts.position = o.position;
+  opts.left_context = o.left_context;
   const Tensor want = layer->stream_reference(x, opts);
   auto stream = layer->open_stream(B, opts);
 
@@ -54,6 +71,8 @@ int run_stream(const StreamCliOptions& o) {
     for (int64_t b = 0; b < B; ++b) std::copy(&x.at(b, t, 0), &x.at(b, t, 0) + C * E, &ch.at(b, 0, 0));
     chunks.push_back(ch);
   }
+  // Outputs are compared row by row in time order: (B, C_out, ...) of any rank (retroactive
+  // attention emits a whole window, (B, C_out, L, E), per token).
   std::vector<double> ms;
   std::vector<std::vector<float>> rows(B);
   int64_t allocations = 0;
@@ -64,22 +83,23 @@ int run_stream(const StreamCliOptions& o) {
     const auto t1 = std::chrono::steady_clock::now();
     if (i >= 1 && chunks[i].dim(1) == o.chunk) allocations += alloc::allocation_count() - a0;
     ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-    for (int64_t b = 0; b < B; ++b)
-      rows[b].insert(rows[b].end(), &y.at(b, 0, 0), &y.at(b, 0, 0) + y.dim(1) * E);
+    const int64_t per_row = y.numel() / B;
+    for (int64_t b = 0; b < B; ++b) rows[b].insert(rows[b].end(), y.data() + b * per_row, y.data() + (b + 1) * per_row);
   }
-  const int64_t produced = static_cast<int64_t>(rows[0].size()) / E;
-  check(produced == want.dim(1), "tokenmix stream: the stream produced ", produced, " outputs, the offline definition ",
-        want.dim(1));
+  const int64_t want_per_row = want.numel() / B, per_output = want.dim(1) > 0 ? want_per_row / want.dim(1) : E;
+  const int64_t produced = static_cast<int64_t>(rows[0].size()) / per_output;
+  check(static_cast<int64_t>(rows[0].size()) == want_per_row, "tokenmix stream: the stream produced ", produced,
+        " outputs per row, the offline definition ", want.dim(1));
   double max_diff = 0;
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = 0; i < produced * E; ++i)
-      max_diff = std::max(max_diff, static_cast<double>(std::fabs(rows[b][i] - want.data()[b * produced * E + i])));
+    for (int64_t i = 0; i < want_per_row; ++i)
+      max_diff = std::max(max_diff, static_cast<double>(std::fabs(rows[b][i] - want.data()[b * want_per_row + i])));
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2], p99 = ms[std::min(ms.size() - 1, ms.size() * 99 / 100)];
   std::printf("layer            %s (%s)\n", layer->name().c_str(), c.module.c_str());
   std::printf("input            (B=%lld, T=%lld, E=%lld), chunk %lld, window %lld, position %lld, left_context %lld\n",
               static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(E),
-              static_cast<long long>(o.chunk), static_cast<long long>(o.window), static_cast<long long>(o.position),
+              static_cast<long long>(o.chunk), static_cast<long long>(opts.window), static_cast<long long>(o.position),
               static_cast<long long>(o.left_context));
   std::printf("outputs          %lld per row\n", static_cast<long long>(produced));
   std::printf("max |stream - offline|  %.3g\n", max_diff);
@@ -100,7 +120,10 @@ void add_stream_command(CLI::App& app, int* status) {
       "after warm-up. Exit status: 0 when the difference is <= 1e-4, 1 otherwise, 2 on bad input.");
   cmd->add_option("CASE", o->path, "Reference case (.safetensors) whose layer and weights are used")->required();
   cmd->add_option("--chunk", o->chunk, "Tokens per push")->capture_default_str();
-  cmd->add_option("--window", o->window, "Window length L for Fastformer and HyperMixing")->capture_default_str();
+  cmd->add_option("--window", o->window,
+                  "Window length L for Fastformer and HyperMixing (0: min(16, T), and <= max_length for HyperMixing; "
+                  "continual attention streams over its sequence_len and takes 0 or that value)")
+      ->capture_default_str();
   cmd->add_option("--position", o->position, "Window position emitted (-1 = newest token)")->capture_default_str();
   cmd->add_option("--left-context", o->left_context, "KV-cache limit for the attention families (0 = unlimited)")
       ->capture_default_str();

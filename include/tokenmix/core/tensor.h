@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "tokenmix/core/checked.h"
 #include "tokenmix/core/error.h"
 
 namespace tokenmix {
@@ -27,7 +28,8 @@ class Shape {
  public:
   static constexpr int kMaxAxes = 4;
   Shape() = default;
-  // Throws Error when more than 4 axes or a negative size are given.
+  // Throws Error when more than 4 axes or a negative size are given, or when the element count
+  // exceeds limits::kMaxElements (so numel() never overflows).
   Shape(std::initializer_list<int64_t> dims);
   explicit Shape(const std::vector<int64_t>& dims);
 
@@ -54,7 +56,8 @@ template <typename T>
 class BasicTensor {
  public:
   BasicTensor() = default;
-  // Owning, zero-initialised tensor.
+  // Owning, zero-initialised tensor. Throws Error "Tensor: cannot allocate N bytes for shape ..."
+  // when the memory cannot be had (as do uninitialized() and the values constructor).
   explicit BasicTensor(const Shape& shape);
   // Owning tensor whose elements are left uninitialised, for outputs that the code filling them
   // overwrites completely (a GEMM with beta = 0, the attention kernel): no serial zero-fill pass,

@@ -5,7 +5,8 @@
 // then the raw little-endian, row-major data section.
 //
 // Files are untrusted input. SafetensorsFile validates everything when it opens a file and throws
-// tokenmix::Error naming the file (and the tensor) when: the file is shorter than 8 bytes or than the
+// tokenmix::Error naming the file (and the tensor) when: the path is not a regular file (a directory,
+// a FIFO or a device is refused before it is read, so a FIFO cannot block); the file is shorter than 8 bytes or than the
 // header; the header length is absurd (> 100 MiB or past the end of the file); the header is not
 // valid JSON or not an object; an entry lacks dtype/shape/data_offsets or has values of the wrong type;
 // the dtype is unknown; a size is negative or the element count overflows; data_offsets are reversed,
@@ -17,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tokenmix/core/tensor.h"
@@ -82,7 +84,9 @@ class SafetensorsWriter {
   // A 1-D I64 tensor (counters, positions).
   void add_int64s(const std::string& name, const std::vector<int64_t>& values);
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
-  // Throws Error when the file cannot be written.
+  // Writes to a temporary file next to path and renames it into place once complete, so path holds
+  // either its old content or the whole new file, never a partial one. Throws Error (and removes
+  // the temporary file) when the file cannot be written (missing directory, no space, read-only).
   void write(const std::string& path) const;
 
  private:
@@ -94,5 +98,10 @@ class SafetensorsWriter {
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> metadata_;
 };
+
+// Writes the concatenation of pieces (pointer, byte count) to path atomically, as
+// SafetensorsWriter::write; fn prefixes the error.
+void write_file_atomically(const std::string& path, const std::vector<std::pair<const void*, size_t>>& pieces,
+                           const char* fn);
 
 }  // namespace tokenmix

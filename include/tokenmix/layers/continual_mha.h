@@ -48,14 +48,14 @@ namespace tokenmix {
 
 // Constructor arguments (PyTorch MHA's plus continual's own; SPEC section 2).
 struct ContinualMhaOptions {
-  int64_t embed_dim = 0;     // E >= 1
+  int64_t embed_dim = 0;     // E, 1 <= E <= 2^16 (limits::kMaxFeatures)
   int64_t num_heads = 0;     // H >= 1, E % H == 0
-  int64_t sequence_len = 0;  // L >= 1, the window
+  int64_t sequence_len = 0;  // L, the window: 1 <= L <= 2^20 (limits::kMaxTokens)
   double dropout = 0.0;      // accepted, never applied (inference)
   bool bias = true;          // false removes in_proj_bias and out_proj.bias
   bool add_bias_kv = false;  // forward() only; streaming throws
   bool add_zero_attn = false;  // forward() only; streaming throws
-  int64_t kdim = 0, vdim = 0;  // 0 = E; != E gives separate q/k/v weights, forward() only
+  int64_t kdim = 0, vdim = 0;  // 0 = E, else <= 2^16; != E gives separate q/k/v weights, forward() only
   // Layout of forward()/forward_steps(): batch_first (N, T, E), else seq-first (T, N, E); unset =
   // the class default (SingleOutput true, Retroactive false, as upstream).
   std::optional<bool> batch_first;

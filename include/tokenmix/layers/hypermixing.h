@@ -40,12 +40,13 @@ namespace tokenmix {
 
 // Constructor arguments of the upstream module (same names and defaults).
 struct HyperMixingOptions {
-  int64_t input_output_dim = 0;     // E: even (sinusoidal PE) and divisible by num_heads
-  int64_t hypernet_size = 0;        // token-mixing width H·K in total (divisible by num_heads)
+  int64_t input_output_dim = 0;     // E: even (sinusoidal PE), divisible by num_heads, <= 2^16
+  int64_t hypernet_size = 0;        // token-mixing width H·K in total (divisible by num_heads), <= 2^16
   bool tied = false;                // W2 = W1 (one hypernetwork)
   int64_t num_heads = 1;            // H >= 1
   bool fix_tm_hidden_size = false;  // K = hypernet_size instead of hypernet_size / H
-  int64_t max_length = 3000;        // rows of the positional table; forward needs T <= max_length
+  int64_t max_length = 3000;        // rows of the positional table (1 <= max_length <= 2^20,
+                                    // limits::kMaxTokens); forward needs T <= max_length
 };
 
 class HyperMixing : public Layer {

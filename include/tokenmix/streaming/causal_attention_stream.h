@@ -48,6 +48,8 @@ class CausalAttentionStream : public Stream {
   }
   virtual void reset_extra(int64_t b) { (void)b; }
   virtual void save_extra(SafetensorsWriter& w) const { (void)w; }
+  // Reads the extra state back. All or nothing: it checks everything it reads before it changes
+  // anything (restore calls it after the KV cache has been read and before either is committed).
   virtual void restore_extra(const SafetensorsFile& f) { (void)f; }
 
   const std::string name_, push_fn_;

@@ -16,7 +16,8 @@ namespace tokenmix {
 
 class SlidingWindow {
  public:
-  // batch >= 1 rows, window length L >= 1, row width W >= 1. Throws Error otherwise.
+  // batch >= 1 rows, window length 1 <= L <= limits::kMaxTokens, row width W >= 1. Throws Error
+  // otherwise or when the buffer's size overflows.
   SlidingWindow(int64_t batch, int64_t length, int64_t width);
 
   // Appends one row (W floats) to batch row b, evicting the oldest once L rows are held.
@@ -36,8 +37,13 @@ class SlidingWindow {
   void reset_row(int64_t b);
   // State under prefix: "<prefix>rows.<b>" (count x W, oldest first), "<prefix>seen" (I64 per row).
   void save(SafetensorsWriter& w, const std::string& prefix) const;
-  // Throws Error naming the file and tensor when missing or not matching (L, W, batch).
-  void restore(const SafetensorsFile& f, const std::string& prefix);
+  // A window of this one's (batch, L, W) holding the state saved under prefix; this window is left
+  // unchanged. Throws Error naming the file and tensor when a tensor is missing or does not match
+  // (batch, L, W), or a row's seen count is outside [0, limits::kMaxStreamTokens].
+  SlidingWindow restored(const SafetensorsFile& f, const std::string& prefix) const;
+  // Throws Error "<fn>: row b has seen N tokens; C more would pass the limit ..." when pushing C more
+  // tokens to some row would take its seen count past limits::kMaxStreamTokens.
+  void check_room(int64_t C, const char* fn) const;
 
  private:
   int64_t length_, width_;

@@ -48,7 +48,8 @@ class WindowedStream : public Stream {
   void save(SafetensorsWriter& writer) const final;
   // Throws Error "<name>::restore: <path>: not a <name> state file" when the file was saved by another
   // kind of stream, "... 'config' (<config names>) does not match this stream" when it was saved with
-  // another configuration, and SlidingWindow::restore's errors for a damaged window.
+  // another configuration, and SlidingWindow::restored's errors for a damaged window or a counter
+  // out of range. A failed restore leaves the stream as it was.
   void restore(const SafetensorsFile& file) final;
   using Stream::restore;
   using Stream::save;
@@ -63,7 +64,7 @@ class WindowedStream : public Stream {
 
  protected:
   // push(): chunk (B, C, E), C >= 1. Throws Error "<name>::push: chunk: expected shape (B, C, E)
-  // with C >= 1, got ...". Returns (B, C_out, E) as described above, a view of the stream's buffer
+  // with C >= 1, got ...", and Error when a row would pass limits::kMaxStreamTokens. Returns (B, C_out, E) as described above, a view of the stream's buffer
   // valid until the next call.
   Tensor push_chunk(const Tensor& chunk) final;
   // name: the class name used in errors and saved as metadata "stream". batch >= 1 and options
@@ -84,7 +85,7 @@ class WindowedStream : public Stream {
   // Zeros in the leading slots of rows with emitted(b) < C_out must be kept.
   virtual void finish(int64_t c_out, float* out) { (void)c_out, (void)out; }
 
-  const std::string name_;
+  const std::string name_, push_fn_;
   const int64_t batch_, d_model_, length_, position_;  // B, E, L, P
 
  private:
