@@ -1,12 +1,15 @@
 # tokenmix: the two set-up commands of the README.
 #   make demo   installs missing packages, builds Release, replays every shipped reference case
 #   make test   installs missing packages, builds Release, runs the test suite (CTest)
-# Also: make sanitize (ASan+UBSan test run), make bench, make install PREFIX=..., make example.
+# Also: make sanitize (ASan+UBSan test run), make clang-test (the suite built with clang), make fuzz
+# (libFuzzer harnesses, FUZZ_TIME seconds each), make bench, make install PREFIX=..., make example.
 BUILD ?= build
 JOBS ?= $(shell nproc)
 PREFIX ?= /usr/local
 
-.PHONY: setup build demo test sanitize bench example install clean
+FUZZ_TIME ?= 60
+
+.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean
 
 setup:
 	@./scripts/setup.sh
@@ -24,7 +27,33 @@ test: build
 sanitize: setup
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DTOKENMIX_SANITIZE=ON -DTOKENMIX_BUILD_BENCHMARKS=OFF
 	cmake --build $(BUILD)-asan -j $(JOBS)
-	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
+	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
+
+# The library, CLI and suite built with clang (Debian's clang 14) and run.
+clang-test:
+	@./scripts/setup.sh clang
+	cmake -S . -B $(BUILD)-clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Release -DTOKENMIX_BUILD_BENCHMARKS=OFF
+	cmake --build $(BUILD)-clang -j $(JOBS)
+	cd $(BUILD)-clang && ctest --output-on-failure -j $(JOBS)
+
+# libFuzzer harnesses (clang, ASan + UBSan), each run for FUZZ_TIME seconds from seed corpora made
+# from the reference cases; a finding is written to $(BUILD)-fuzz/findings/ and fails the target.
+FUZZ_HARNESSES = safetensors state_dict stream_restore run_case
+fuzz:
+	@./scripts/setup.sh clang
+	cmake -S . -B $(BUILD)-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTOKENMIX_FUZZ=ON \
+	  -DTOKENMIX_BUILD_TESTS=OFF -DTOKENMIX_BUILD_BENCHMARKS=OFF -DTOKENMIX_NATIVE=OFF
+	cmake --build $(BUILD)-fuzz -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_HARNESSES))
+	./fuzz/make_corpus.sh $(BUILD)-fuzz
+	mkdir -p $(BUILD)-fuzz/findings
+	for h in $(FUZZ_HARNESSES); do \
+	  echo "== fuzz_$$h for $(FUZZ_TIME) s"; \
+	  OMP_NUM_THREADS=1 ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  $(BUILD)-fuzz/fuzz/fuzz_$$h -max_total_time=$(FUZZ_TIME) -timeout=20 -rss_limit_mb=4096 -malloc_limit_mb=2048 \
+	    -dict=fuzz/safetensors.dict -print_final_stats=1 -artifact_prefix=$(BUILD)-fuzz/findings/$$h- \
+	    $(BUILD)-fuzz/corpus/$$h 2>&1 | grep -E "^#[0-9]+ +DONE|ERROR|WARNING|SUMMARY|==[0-9]+==|stat::number_of_executed_units|Test unit written" ; \
+	  test -z "$$(ls $(BUILD)-fuzz/findings/$$h-* 2>/dev/null)" || { echo "fuzz_$$h: finding(s) in $(BUILD)-fuzz/findings"; exit 1; }; \
+	done
 
 bench: build
 	./$(BUILD)/tokenmix bench
@@ -40,4 +69,4 @@ example: build
 	./$(BUILD)/consumer/tokenmix_consumer tests/data/reference/espnet_mha/espnet_mha_self_nomask_E32_H4_B3_T5.safetensors
 
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-clang $(BUILD)-fuzz

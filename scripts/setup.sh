@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what tokenmix needs on Debian 12 (only the packages that are missing). Run as root or with sudo.
+# `setup.sh clang` adds clang 14 with its OpenMP and sanitizer/libFuzzer runtimes (make clang-test, make fuzz).
 set -euo pipefail
 packages=(g++ cmake make libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
           libbenchmark-dev)
+if [ "${1:-}" = clang ]; then packages+=(clang libomp-14-dev libclang-rt-14-dev); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
