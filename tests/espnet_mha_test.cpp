@@ -191,7 +191,7 @@ TEST(EspnetMha, ErrorsNameFunctionArgumentAndShapes) {
   EspnetMultiHeadedAttention mha(8, 2, w);
   const Tensor x = test::random_tensor(Shape{2, 5, 8}, 1);
   expect_error([&] { mha.forward(test::random_tensor(Shape{2, 5, 6}, 1), Tensor{}, Mask{}, nullptr); },
-               "EspnetMultiHeadedAttention::forward: query: expected shape (B, T1, 8), got (2, 5, 6)");
+               "EspnetMultiHeadedAttention::forward: query: expected shape (B, T1, 8) or (B, 8), got (2, 5, 6)");
   expect_error([&] { mha.forward(x, test::random_tensor(Shape{3, 5, 8}, 1), Mask{}, nullptr); }, "memory");
   expect_error([&] { mha.forward(x, Tensor{}, Mask{Shape{2, 5}}, nullptr); }, "2-D masks are rejected");
   expect_error([&] { mha.forward(x, Tensor{}, Mask{Shape{2, 1, 4}}, nullptr); }, "mask: expected shape");
@@ -203,6 +203,25 @@ TEST(EspnetMha, ErrorsNameFunctionArgumentAndShapes) {
   bad.left_context = -1;
   expect_error([&] { mha.open_stream(2, bad); }, "left_context");
   expect_error([&] { mha.open_stream(0); }, "batch");
+}
+
+// Upstream reads a 2-D (B, E) query (and memory) as one token and returns (B, 1, E) (SPEC section 4,
+// "Shape leniency"; found by the differential run, shared/differential).
+TEST(EspnetMha, TwoDimensionalQueryIsOneToken) {
+  const StateDict w = random_weights(8, 11);
+  const EspnetMultiHeadedAttention mha(8, 2, w);
+  const Tensor q = test::random_tensor(Shape{3, 8}, 2), mem = test::random_tensor(Shape{3, 4, 8}, 3);
+  const Tensor q3 = q.reshape(Shape{3, 1, 8});
+  for (const Tensor& m : {Tensor{}, mem, test::random_tensor(Shape{3, 1, 8}, 6)}) {
+    const Tensor y = mha.forward(q, m, Mask{}, nullptr);
+    ASSERT_EQ(y.shape(), (Shape{3, 1, 8}));
+    EXPECT_TRUE(test::bit_equal(y, mha.forward(q3, m, Mask{}, nullptr)));
+  }
+  const Tensor m2 = test::random_tensor(Shape{3, 8}, 4);
+  EXPECT_TRUE(test::bit_equal(mha.forward(q, m2, Mask{}, nullptr),
+                              mha.forward(q3, m2.reshape(Shape{3, 1, 8}), Mask{}, nullptr)));
+  test::expect_error([&] { mha.forward(q, test::random_tensor(Shape{2, 8}, 5), Mask{}, nullptr); },
+               "memory: expected shape (3, T2, 8) or (3, 8), got (2, 8)");
 }
 
 }  // namespace

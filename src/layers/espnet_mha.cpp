@@ -73,10 +73,20 @@ Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v,
   return linear(ctx, w_o_, b_o_, fn);
 }
 
-Tensor EspnetMultiHeadedAttention::forward(const Tensor& query, const Tensor& memory, const Mask& mask,
+namespace {
+// Upstream's head split flattens the axes between batch and features into time, so a 2-D (B, E)
+// query or memory is one token: (B, 1, E) (SPEC espnet_mha section 4, "Shape leniency").
+Tensor as_sequence(const Tensor& t) {
+  return t.ndim() == 2 ? t.reshape(Shape{t.dim(0), 1, t.dim(1)}) : t;
+}
+}  // namespace
+
+Tensor EspnetMultiHeadedAttention::forward(const Tensor& query_in, const Tensor& memory_in, const Mask& mask,
                                            Tensor* attn) const {
   const char* fn = "EspnetMultiHeadedAttention::forward";
-  check_shape(query, {-1, -1, n_feat_}, fn, "query", {"B", "T1"});
+  const Tensor query = as_sequence(query_in), memory = as_sequence(memory_in);
+  if (query.ndim() != 3 || query.dim(2) != n_feat_)
+    fail(fn, ": query: expected shape (B, T1, ", n_feat_, ") or (B, ", n_feat_, "), got ", query_in.shape());
   if (memory.empty()) {  // self-attention: q, k, v from one GEMM into (B, T, 3E)
     const int64_t B = query.dim(0), T = query.dim(1), E = n_feat_;
     const Tensor qkv = linear(query, w_qkv_, b_qkv_, fn);
@@ -85,7 +95,9 @@ Tensor EspnetMultiHeadedAttention::forward(const Tensor& query, const Tensor& me
                   HeadsView{p + 2 * E, T * 3 * E, 3 * E}, B, T, T, mask, fn, attn);
   }
   const Tensor& mem = memory;
-  check_shape(memory, {query.dim(0), -1, n_feat_}, fn, "memory", {"B", "T2"});
+  if (memory.ndim() != 3 || memory.dim(0) != query.dim(0) || memory.dim(2) != n_feat_)
+    fail(fn, ": memory: expected shape (", query.dim(0), ", T2, ", n_feat_, ") or (", query.dim(0), ", ", n_feat_,
+         "), got ", memory_in.shape());
   const Tensor q = linear(query, w_q_, b_q_, fn);
   const Tensor k = linear(mem, w_k_, b_k_, fn);
   const Tensor v = linear(mem, w_v_, b_v_, fn);
@@ -105,8 +117,7 @@ Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const Tensor& memor
   check(query.ndim() == 2 || query.ndim() == 3, fn, ": query: expected (B, E) or (B, T1, E), got shape ",
         query.shape());
   const bool squeeze = query.ndim() == 2 || query.dim(1) == 1;
-  const Tensor q3 = query.ndim() == 2 ? query.reshape(Shape{query.dim(0), 1, query.dim(1)}) : query;
-  Tensor y = forward(q3, memory, mask, attn);
+  Tensor y = forward(as_sequence(query), memory, mask, attn);
   return squeeze ? y.reshape(Shape{y.dim(0), y.dim(2)}) : y;
 }
 
@@ -128,7 +139,7 @@ Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const ProjectedMemo
   check(query.ndim() == 2 || query.ndim() == 3, fn, ": query: expected (B, E) or (B, T1, E), got shape ",
         query.shape());
   const bool squeeze = query.ndim() == 2 || query.dim(1) == 1;
-  const Tensor q3 = query.ndim() == 2 ? query.reshape(Shape{query.dim(0), 1, query.dim(1)}) : query;
+  const Tensor q3 = as_sequence(query);
   check_shape(q3, {memory.key.dim(0), -1, n_feat_}, fn, "query", {"B", "T1"});
   Tensor y = attend(linear(q3, w_q_, b_q_, fn), memory.key, memory.value, memory.mask, fn, attn);
   return squeeze ? y.reshape(Shape{y.dim(0), y.dim(2)}) : y;

@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -139,9 +138,8 @@ int run(const BenchOptions& o) {
     }
   }
   if (!o.json.empty()) {
-    std::ofstream f(o.json);
-    check(static_cast<bool>(f), "tokenmix bench: --json: cannot write '", o.json, "'");
-    f << out.dump(1) << "\n";
+    const std::string text = out.dump(1) + "\n";
+    write_file_atomically(o.json, {{text.data(), text.size()}}, "tokenmix bench: --json");
   }
   return 0;
 }

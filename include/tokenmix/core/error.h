@@ -3,7 +3,7 @@
 // Every error tokenmix raises is a tokenmix::Error (derived from std::invalid_argument, so callers that
 // catch std::exception or std::invalid_argument see it too). Messages start with the function name,
 // then name the argument and give expected vs. actual, e.g.
-//   "EspnetMultiHeadedAttention::forward: query: expected shape (B, T1, 32), got (3, 5, 16)".
+//   "EspnetMultiHeadedAttention::forward: query: expected shape (B, T1, 32) or (B, 32), got (3, 5, 16)".
 #pragma once
 
 #include <sstream>

@@ -35,12 +35,12 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
   int64_t head_dim() const { return head_dim_; }
 
   // Upstream forward(query, memory, mask).
-  //   query:  (B, T1, E)
-  //   memory: (B, T2, E), or empty for self-attention (memory = query)
+  //   query:  (B, T1, E), or (B, E) read as T1 = 1 (as upstream's head split does)
+  //   memory: (B, T2, E) or (B, E) (T2 = 1), or empty for self-attention (memory = query)
   //   mask:   (B, 1, T2) key padding or (B, T1, T2) per query row, True = keep; or empty.
   //           2-D masks are rejected (upstream silently mis-broadcasts them when B == H).
   //   attn:   when non-null, receives the probabilities (B, H, T1, T2).
-  // Returns (B, T1, E). Throws Error on any shape mismatch.
+  // Returns (B, T1, E) ((B, 1, E) for a 2-D query). Throws Error on any shape mismatch.
   Tensor forward(const Tensor& query, const Tensor& memory, const Mask& mask, Tensor* attn) const;
 
   // Unified API: self-attention with key_padding_mask (B, T), True = padded (ignored).

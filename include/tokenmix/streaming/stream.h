@@ -47,11 +47,15 @@ class Stream {
   // b is not in [0, B).
   virtual void reset_row(int64_t b) = 0;
   // Writes every state tensor (and counters) of the stream into writer / reads them back. A restored
-  // stream continues bit-for-bit like the original. restore throws Error naming the tensor when the
-  // file does not match this stream's layer, batch size and options.
+  // stream continues bit-for-bit like the original. The file is untrusted: restore throws Error
+  // naming the file and tensor when it was saved by another kind of stream or with another batch
+  // size or options, when a tensor is missing or mis-shaped, or when a counter is out of range
+  // (tokens seen outside [0, limits::kMaxStreamTokens], windows that disagree); it checks everything
+  // before it changes anything, so a failed restore leaves the stream exactly as it was.
   virtual void save(SafetensorsWriter& writer) const = 0;
   virtual void restore(const SafetensorsFile& file) = 0;
-  // Convenience wrappers over save/restore with a file path.
+  // Convenience wrappers over save/restore with a file path; save writes a temporary file renamed
+  // into place (the file is whole or absent) and throws Error when it cannot be written.
   void save(const std::string& path) const;
   void restore(const std::string& path);
 
