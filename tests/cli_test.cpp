@@ -166,6 +166,19 @@ TEST(Cli, StreamValidatesItsInput) {
   EXPECT_EQ(r.status, 0) << r.out;
 }
 
+TEST(Cli, InfoDescribesFileAndLayer) {
+  Result r = cli("info " + kGood);
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("tensor    param.linear_q.weight                    F32   (32, 32)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("layer     espnet_mha, d_model 32"), std::string::npos) << r.out;
+  r = cli("info --modules");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("speechbrain.nnet.hypermixing.HyperMixing (hypermixing)"), std::string::npos) << r.out;
+  r = cli("info " + kRegressions + "/run-alloc-sequence_len-2p62.safetensors");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("sequence_len: expected 1 <= sequence_len <= 1048576"), std::string::npos) << r.out;
+}
+
 // Every reference case of a sequence layer streams with the default options and matches.
 TEST(Cli, StreamsEveryReferenceCase) {
   int streamed = 0;

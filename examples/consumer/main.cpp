@@ -1,6 +1,8 @@
-// Loads ESPnet multi-head attention weights from a safetensors file (keys param.linear_q.weight, ...),
-// runs self-attention offline and streamed through the KV cache, and prints the largest difference.
+// Builds the layer a checkpoint describes (load_layer: module, config and weights from the file alone),
+// runs it offline (its causal stream reference) and streamed token by token, and prints the largest
+// difference. Given an ESPnet MHA reference case, the stream is the causal KV cache.
 #include <cstdio>
+#include <memory>
 
 #include <tokenmix/tokenmix.h>
 
@@ -10,13 +12,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    const tokenmix::SafetensorsFile file(argv[1]);
-    const tokenmix::StateDict weights = tokenmix::StateDict::from_file(file, "param.");
-    const int64_t E = weights.get("linear_q.weight").dim(0);
-    const tokenmix::EspnetMultiHeadedAttention mha(E, /*n_head=*/4, weights);
-    const tokenmix::Tensor x = file.tensor("in.query");  // (B, T, E)
-    const tokenmix::Tensor offline = mha.stream_reference(x, {});
-    auto stream = mha.open_stream(x.dim(0));
+    const std::unique_ptr<tokenmix::Layer> layer = tokenmix::load_layer(argv[1]);
+    const int64_t E = layer->d_model();
+    const tokenmix::Tensor x = tokenmix::SafetensorsFile(argv[1]).tensor("in.query");  // (B, T, E)
+    const tokenmix::Tensor offline = layer->stream_reference(x, {});
+    auto stream = layer->open_stream(x.dim(0));
     float worst = 0.f;
     for (int64_t t = 0; t < x.dim(1); ++t) {
       tokenmix::Tensor token{tokenmix::Shape{x.dim(0), 1, E}};

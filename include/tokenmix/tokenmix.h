@@ -14,4 +14,5 @@
 #include "tokenmix/layers/fastformer.h"
 #include "tokenmix/layers/hypermixing.h"
 #include "tokenmix/layers/primer_ez.h"
+#include "tokenmix/layers/registry.h"
 #include "tokenmix/streaming/stream.h"

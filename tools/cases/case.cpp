@@ -40,6 +40,15 @@ Case parse_case(const SafetensorsFile& file) {
 
 StateDict params(const Case& c) { return StateDict::from_file(c.file, "param."); }
 
+std::vector<std::string> registry_modules(const std::string& family) {
+  std::vector<std::string> out;
+  for (const auto& m : supported_modules())
+    if (m.family == family) out.push_back(m.module);
+  return out;
+}
+
+std::unique_ptr<Layer> build_layer(const Case& c) { return make_layer(c.module, c.config.dump(), params(c)); }
+
 namespace {
 
 Comparison compare(const std::string& name, const Tensor& got, const SafetensorsFile& file, Tolerance tol) {

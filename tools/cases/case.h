@@ -16,6 +16,7 @@
 
 #include "tokenmix/io/safetensors.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/layers/registry.h"
 #include "tokenmix/streaming/stream.h"
 
 namespace tokenmix::cases {
@@ -107,5 +108,18 @@ bool config_bool(const Case& c, const std::string& key, bool fallback);
 double config_double(const Case& c, const std::string& key, double fallback);
 // The case's param.* tensors as a state_dict (keys without the prefix).
 StateDict params(const Case& c);
+// The modules of the library's registry (supported_modules()) of one family.
+std::vector<std::string> registry_modules(const std::string& family);
+// The case's layer from the library's registry (make_layer with module, config and params).
+std::unique_ptr<Layer> build_layer(const Case& c);
+// build_layer as the concrete class L the family's call replay needs.
+template <typename L>
+std::unique_ptr<L> build_as(const Case& c) {
+  std::unique_ptr<Layer> layer = build_layer(c);
+  L* concrete = dynamic_cast<L*>(layer.get());
+  check(concrete != nullptr, c.file.path(), ": module '", c.module, "' built a ", layer->name(), " layer");
+  layer.release();
+  return std::unique_ptr<L>(concrete);
+}
 
 }  // namespace tokenmix::cases

@@ -11,28 +11,7 @@ namespace tokenmix::cases {
 
 namespace {
 
-const char* kSingleOutput = "continual.multihead_attention.single_output_mha.SingleOutputMultiheadAttention";
 const char* kRetroactive = "continual.multihead_attention.retroactive_mha.RetroactiveMultiheadAttention";
-
-std::unique_ptr<ContinualMultiheadAttention> build(const Case& c) {
-  ContinualMhaOptions o;
-  o.embed_dim = config_int(c, "embed_dim", 0);
-  o.num_heads = config_int(c, "num_heads", 0);
-  o.sequence_len = config_int(c, "sequence_len", 0);
-  o.dropout = config_double(c, "dropout", 0.0);
-  o.bias = config_bool(c, "bias", true);
-  o.add_bias_kv = config_bool(c, "add_bias_kv", false);
-  o.add_zero_attn = config_bool(c, "add_zero_attn", false);
-  o.kdim = config_int(c, "kdim", 0);
-  o.vdim = config_int(c, "vdim", 0);
-  if (c.config.contains("batch_first") && !c.config["batch_first"].is_null())
-    o.batch_first = config_bool(c, "batch_first", true);
-  o.embed_dim_second = config_bool(c, "embed_dim_second", false);
-  o.query_index = config_int(c, "query_index", -1);
-  o.single_output_forward = config_bool(c, "single_output_forward", true);
-  if (c.module == kSingleOutput) return std::make_unique<SingleOutputMultiheadAttention>(o, params(c));
-  return std::make_unique<RetroactiveMultiheadAttention>(o, params(c));
-}
 
 int64_t meta_int(const Case& c, const char* key) {
   const auto& meta = c.file.metadata();
@@ -67,7 +46,7 @@ std::string returned(const Case& c, const nlohmann::json& entry, size_t i) {
 }
 
 Outputs run(const Case& c) {
-  const auto layer = build(c);
+  const auto layer = build_as<ContinualMultiheadAttention>(c);
   check(c.call.is_array(), c.file.path(), ": case call: expected a list of calls");
   Outputs out;
   std::string first_input;  // the name of the query stream (for out.winfwd.*)
@@ -130,7 +109,7 @@ Outputs run(const Case& c) {
 
 CaseFamily continual_family() {
   CaseFamily f{"continual",
-               {kSingleOutput, kRetroactive},
+               registry_modules("continual"),
                [](const std::string& name, const Case& c) {
                  // SPEC section 8: SingleOutput 1e-5; Retroactive stream outputs (and the window
                  // forwards they equal) atol 2e-5, rtol 1e-5.
@@ -139,7 +118,7 @@ CaseFamily continual_family() {
                  return Tolerance{1e-5, 1e-5};
                },
                run,
-               [](const Case& c) -> std::unique_ptr<Layer> { return build(c); }};
+               build_layer};
   f.optional = [](const std::string& name) { return name.rfind("out.final_state.", 0) == 0; };
   return f;
 }

@@ -6,13 +6,8 @@ namespace tokenmix::cases {
 
 namespace {
 
-std::unique_ptr<EspnetMultiHeadedAttention> build(const Case& c) {
-  return std::make_unique<EspnetMultiHeadedAttention>(config_int(c, "n_feat", 0), config_int(c, "n_head", 0),
-                                                      params(c));
-}
-
 Outputs run(const Case& c) {
-  const auto layer = build(c);
+  const auto layer = build_as<EspnetMultiHeadedAttention>(c);
   Outputs out;
   const auto optional = [&](const nlohmann::json& args, const char* key) {
     const nlohmann::json* v = call_field_opt(c, args, key);
@@ -51,10 +46,10 @@ Outputs run(const Case& c) {
 
 CaseFamily espnet_mha_family() {
   return {"espnet_mha",
-          {"espnet2.asr.state_spaces.attention.MultiHeadedAttention"},
+          registry_modules("espnet_mha"),
           [](const std::string&, const Case&) { return Tolerance{1e-5, 1e-5}; },
           run,
-          [](const Case& c) -> std::unique_ptr<Layer> { return build(c); }};
+          build_layer};
 }
 
 }  // namespace tokenmix::cases

@@ -6,13 +6,8 @@ namespace tokenmix::cases {
 
 namespace {
 
-std::unique_ptr<FastSelfAttention> build(const Case& c) {
-  return std::make_unique<FastSelfAttention>(config_int(c, "size", 0), config_int(c, "attention_heads", 0),
-                                             config_double(c, "dropout_rate", 0.0), params(c));
-}
-
 Outputs run(const Case& c) {
-  const auto layer = build(c);
+  const auto layer = build_as<FastSelfAttention>(c);
   const nlohmann::json* method = c.call.is_object() ? call_field_opt(c, c.call, "method") : nullptr;
   check(method && method->is_string() && method->get<std::string>() == "forward", c.file.path(),
         ": case call: expected one forward call, got ", c.call.dump());
@@ -31,10 +26,10 @@ Outputs run(const Case& c) {
 
 CaseFamily fastformer_family() {
   return {"fastformer",
-          {"espnet2.asr.layers.fastformer.FastSelfAttention"},
+          registry_modules("fastformer"),
           [](const std::string&, const Case&) { return Tolerance{1e-5, 1e-5}; },
           run,
-          [](const Case& c) -> std::unique_ptr<Layer> { return build(c); }};
+          build_layer};
 }
 
 }  // namespace tokenmix::cases

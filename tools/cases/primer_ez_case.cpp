@@ -7,20 +7,7 @@ namespace tokenmix::cases {
 
 namespace {
 
-const std::string kMha = "labml_nn.transformers.mha.MultiHeadAttention";
 const std::string kPrimer = "labml_nn.transformers.primer_ez.";
-
-// Attention modules and their q/k/v convolution.
-const std::map<std::string, QkvConv>& attention_modules() {
-  static const std::map<std::string, QkvConv> m = {
-      {kMha, QkvConv::kNone},
-      {kPrimer + "MultiDConvHeadAttention", QkvConv::kPerChannel},
-      {kPrimer + "variations.MultiDSharedConvHeadAttention", QkvConv::kShared},
-      {kPrimer + "variations.MultiDPHConvHeadAttention", QkvConv::kPerHead},
-      {kPrimer + "efficient.MultiDConvHeadAttention", QkvConv::kEfficient},
-  };
-  return m;
-}
 
 // Stand-alone convolution modules.
 const std::map<std::string, QkvConv>& conv_modules() {
@@ -33,12 +20,6 @@ const std::map<std::string, QkvConv>& conv_modules() {
   return m;
 }
 
-std::unique_ptr<LabmlMultiHeadAttention> build_attention(const Case& c) {
-  return std::make_unique<LabmlMultiHeadAttention>(attention_modules().at(c.module), config_int(c, "heads", 0),
-                                                   config_int(c, "d_model", 0), params(c),
-                                                   config_bool(c, "bias", true));
-}
-
 Outputs run(const Case& c) {
   check(c.call.is_object(), c.file.path(), ": case call: expected a single forward call");
   const auto& args = call_field(c, c.call, "args");
@@ -49,8 +30,8 @@ Outputs run(const Case& c) {
     return v ? *v : nlohmann::json();
   };
   Outputs out;
-  if (attention_modules().count(c.module)) {
-    const auto layer = build_attention(c);
+  if (!conv_modules().count(c.module) && c.module != kPrimer + "SquaredReLU") {  // an attention module
+    const auto layer = build_as<LabmlMultiHeadAttention>(c);
     const Tensor q = resolve_tensor(c, call_field(c, args, "query")), k = resolve_tensor(c, call_field(c, args, "key")),
                  v = resolve_tensor(c, call_field(c, args, "value"));
     Tensor attn;
@@ -73,14 +54,13 @@ Outputs run(const Case& c) {
 }  // namespace
 
 CaseFamily primer_ez_family() {
-  std::vector<std::string> modules;
-  for (const auto& [m, _] : attention_modules()) modules.push_back(m);
+  std::vector<std::string> modules = registry_modules("primer_ez");
   for (const auto& [m, _] : conv_modules()) modules.push_back(m);
   modules.push_back(kPrimer + "SquaredReLU");
   return {"primer_ez", modules, [](const std::string&, const Case&) { return Tolerance{1e-5, 1e-5}; }, run,
           [](const Case& c) -> std::unique_ptr<Layer> {
-            if (!attention_modules().count(c.module)) return nullptr;
-            return build_attention(c);
+            if (conv_modules().count(c.module) || c.module == kPrimer + "SquaredReLU") return nullptr;
+            return build_layer(c);
           }};
 }
 

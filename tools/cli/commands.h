@@ -17,6 +17,8 @@ inline constexpr int kBadInputStatus = 2;
 void add_run_command(CLI::App& app, int* status);
 // `tokenmix stream CASE --chunk N [--window L] [--position P] [--left-context N]`
 void add_stream_command(CLI::App& app, int* status);
+// `tokenmix info [FILE] [--modules]`
+void add_info_command(CLI::App& app, int* status);
 // `tokenmix bench [--threads N...] [--json FILE] [--filter REGEX] [--repeats N] [--steps N] [--sweep]`
 void add_bench_command(CLI::App& app, int* status);
 

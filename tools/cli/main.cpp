@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   tokenmix::cli::add_run_command(app, &status);
   tokenmix::cli::add_stream_command(app, &status);
   tokenmix::cli::add_bench_command(app, &status);
+  tokenmix::cli::add_info_command(app, &status);
   // A failure that reaches here is the command line's or the whole command's (a case's own failure
   // is reported by `run` itself).
   const auto bad_input = [&app] {

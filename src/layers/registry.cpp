@@ -1,0 +1,199 @@
+#include "tokenmix/layers/registry.h"
+
+#include <functional>
+#include <optional>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "tokenmix/layers/continual_mha.h"
+#include "tokenmix/layers/espnet_mha.h"
+#include "tokenmix/layers/fastformer.h"
+#include "tokenmix/layers/hypermixing.h"
+#include "tokenmix/layers/primer_ez.h"
+
+namespace tokenmix {
+
+namespace {
+
+// A module's constructor arguments, read strictly: every key must be one of the module's options,
+// every value of the expected JSON type; null counts as absent (Python's None).
+class Config {
+ public:
+  Config(const std::string& module, const std::string& text, const std::vector<std::string>& options)
+      : module_(module) {
+    try {
+      json_ = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      fail("make_layer: ", module, ": config is not valid JSON: ", e.what());
+    }
+    check(json_.is_object(), "make_layer: ", module, ": config: expected a JSON object, got ", json_.dump());
+    for (auto it = json_.begin(); it != json_.end(); ++it) {
+      bool known = false;
+      for (const auto& o : options) known = known || o == it.key();
+      if (known) continue;
+      std::string list;
+      for (const auto& o : options) list += (list.empty() ? "" : ", ") + o;
+      fail("make_layer: ", module, ": config: unknown option '", it.key(), "' (accepted: ", list, ")");
+    }
+  }
+
+  // Required integer.
+  int64_t integer(const char* key) const {
+    const nlohmann::json* v = find(key);
+    check(v != nullptr, "make_layer: ", module_, ": config: '", key, "' is required");
+    return as_integer(key, *v);
+  }
+  int64_t integer(const char* key, int64_t fallback) const {
+    const nlohmann::json* v = find(key);
+    return v ? as_integer(key, *v) : fallback;
+  }
+  bool boolean(const char* key, bool fallback) const {
+    const std::optional<bool> v = optional_boolean(key);
+    return v.value_or(fallback);
+  }
+  std::optional<bool> optional_boolean(const char* key) const {
+    const nlohmann::json* v = find(key);
+    if (!v) return std::nullopt;
+    check(v->is_boolean(), "make_layer: ", module_, ": config '", key, "': expected a boolean, got ", v->dump());
+    return v->get<bool>();
+  }
+  double number(const char* key, double fallback) const {
+    const nlohmann::json* v = find(key);
+    if (!v) return fallback;
+    check(v->is_number(), "make_layer: ", module_, ": config '", key, "': expected a number, got ", v->dump());
+    return v->get<double>();
+  }
+
+ private:
+  const nlohmann::json* find(const char* key) const {
+    const auto it = json_.find(key);
+    return it == json_.end() || it->is_null() ? nullptr : &*it;
+  }
+  int64_t as_integer(const char* key, const nlohmann::json& v) const {
+    const bool fits = v.is_number_integer() &&
+                      (!v.is_number_unsigned() ||
+                       v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+    check(fits, "make_layer: ", module_, ": config '", key, "': expected an integer, got ", v.dump());
+    return v.get<int64_t>();
+  }
+
+  std::string module_;
+  nlohmann::json json_;
+};
+
+using Builder = std::function<std::unique_ptr<Layer>(const Config&, const StateDict&)>;
+
+struct Entry {
+  ModuleSpec spec;
+  Builder build;
+};
+
+ContinualMhaOptions continual_options(const Config& c) {
+  ContinualMhaOptions o;
+  o.embed_dim = c.integer("embed_dim");
+  o.num_heads = c.integer("num_heads");
+  o.sequence_len = c.integer("sequence_len");
+  o.dropout = c.number("dropout", 0.0);
+  o.bias = c.boolean("bias", true);
+  o.add_bias_kv = c.boolean("add_bias_kv", false);
+  o.add_zero_attn = c.boolean("add_zero_attn", false);
+  o.kdim = c.integer("kdim", 0);
+  o.vdim = c.integer("vdim", 0);
+  o.batch_first = c.optional_boolean("batch_first");
+  o.embed_dim_second = c.boolean("embed_dim_second", false);
+  o.query_index = c.integer("query_index", -1);
+  o.single_output_forward = c.boolean("single_output_forward", true);
+  return o;
+}
+
+Entry labml(const std::string& cls, QkvConv conv, bool has_bias) {
+  std::vector<std::string> options = {"heads", "d_model", "dropout_prob"};
+  if (has_bias) options.push_back("bias");
+  return {{cls, "primer_ez", options, "left_context"}, [conv](const Config& c, const StateDict& w) {
+            return std::make_unique<LabmlMultiHeadAttention>(conv, c.integer("heads"), c.integer("d_model"), w,
+                                                             c.boolean("bias", true));
+          }};
+}
+
+const std::vector<Entry>& entries() {
+  static const std::string primer = "labml_nn.transformers.primer_ez.";
+  static const std::vector<std::string> continual = {
+      "embed_dim", "num_heads",  "sequence_len",     "dropout",     "bias",
+      "add_bias_kv", "add_zero_attn", "kdim",        "vdim",        "batch_first",
+      "embed_dim_second", "query_index", "single_output_forward"};
+  static const std::vector<Entry> all = {
+      {{"espnet2.asr.state_spaces.attention.MultiHeadedAttention", "espnet_mha",
+        {"n_feat", "n_head", "dropout", "transposed"}, "left_context"},
+       [](const Config& c, const StateDict& w) {
+         c.boolean("transposed", false);  // accepted and ignored, as upstream (SPEC espnet_mha section 2)
+         c.number("dropout", 0.0);
+         return std::make_unique<EspnetMultiHeadedAttention>(c.integer("n_feat"), c.integer("n_head"), w);
+       }},
+      {{"continual.multihead_attention.single_output_mha.SingleOutputMultiheadAttention", "continual", continual,
+        "none (the window is sequence_len)"},
+       [](const Config& c, const StateDict& w) {
+         return std::make_unique<SingleOutputMultiheadAttention>(continual_options(c), w);
+       }},
+      {{"continual.multihead_attention.retroactive_mha.RetroactiveMultiheadAttention", "continual", continual,
+        "none (the window is sequence_len)"},
+       [](const Config& c, const StateDict& w) {
+         return std::make_unique<RetroactiveMultiheadAttention>(continual_options(c), w);
+       }},
+      {{"speechbrain.nnet.hypermixing.HyperMixing", "hypermixing",
+        {"input_output_dim", "hypernet_size", "tied", "num_heads", "fix_tm_hidden_size", "max_length"},
+        "window, position"},
+       [](const Config& c, const StateDict& w) {
+         HyperMixingOptions o;
+         o.input_output_dim = c.integer("input_output_dim");
+         o.hypernet_size = c.integer("hypernet_size");
+         o.tied = c.boolean("tied", false);
+         o.num_heads = c.integer("num_heads", 1);
+         o.fix_tm_hidden_size = c.boolean("fix_tm_hidden_size", false);
+         o.max_length = c.integer("max_length", 3000);
+         return std::make_unique<HyperMixing>(o, w);
+       }},
+      labml("labml_nn.transformers.mha.MultiHeadAttention", QkvConv::kNone, true),
+      labml(primer + "MultiDConvHeadAttention", QkvConv::kPerChannel, false),
+      labml(primer + "variations.MultiDSharedConvHeadAttention", QkvConv::kShared, false),
+      labml(primer + "variations.MultiDPHConvHeadAttention", QkvConv::kPerHead, false),
+      labml(primer + "efficient.MultiDConvHeadAttention", QkvConv::kEfficient, false),
+      {{"espnet2.asr.layers.fastformer.FastSelfAttention", "fastformer", {"size", "attention_heads", "dropout_rate"},
+        "window, position"},
+       [](const Config& c, const StateDict& w) {
+         return std::make_unique<FastSelfAttention>(c.integer("size"), c.integer("attention_heads"),
+                                                    c.number("dropout_rate", 0.0), w);
+       }},
+  };
+  return all;
+}
+
+}  // namespace
+
+const std::vector<ModuleSpec>& supported_modules() {
+  static const std::vector<ModuleSpec> specs = [] {
+    std::vector<ModuleSpec> out;
+    for (const auto& e : entries()) out.push_back(e.spec);
+    return out;
+  }();
+  return specs;
+}
+
+std::unique_ptr<Layer> make_layer(const std::string& module, const std::string& config, const StateDict& weights) {
+  for (const auto& e : entries())
+    if (e.spec.module == module) return e.build(Config(module, config, e.spec.options), weights);
+  std::string list;
+  for (const auto& e : entries()) list += "\n  " + e.spec.module + " (" + e.spec.family + ")";
+  fail("make_layer: module: unknown or not a sequence layer: '", module, "'; supported:", list);
+}
+
+std::unique_ptr<Layer> load_layer(const std::string& path) {
+  const SafetensorsFile f(path);
+  const auto& meta = f.metadata();
+  for (const char* key : {"module", "config"})
+    check(meta.count(key) != 0, "load_layer: ", path, ": __metadata__ has no '", key,
+          "' (a self-describing checkpoint stores the upstream module and its constructor arguments)");
+  const std::string prefix = meta.count("call") ? "param." : "";
+  return make_layer(meta.at("module"), meta.at("config"), StateDict::from_file(f, prefix));
+}
+
+}  // namespace tokenmix

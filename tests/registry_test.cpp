@@ -1,0 +1,90 @@
+// The registry: make_layer / load_layer build the layer a checkpoint describes, with the upstream
+// module name, constructor arguments and state_dict keys, and refuse what they cannot build.
+#include <gtest/gtest.h>
+
+#include "cases/case.h"
+#include "test_util.h"
+#include "tokenmix/layers/espnet_mha.h"
+#include "tokenmix/layers/registry.h"
+
+namespace tokenmix {
+namespace {
+
+const std::string kEspnet = "espnet2.asr.state_spaces.attention.MultiHeadedAttention";
+
+StateDict espnet_weights(int64_t E) {
+  StateDict sd;
+  uint32_t seed = 1;
+  for (const char* p : {"linear_q", "linear_k", "linear_v", "linear_out"}) {
+    test::add_random(sd, std::string(p) + ".weight", Shape{E, E}, seed++);
+    test::add_random(sd, std::string(p) + ".bias", Shape{E}, seed++);
+  }
+  return sd;
+}
+
+TEST(Registry, EveryReferenceLayerBuildsFromItsFileAlone) {
+  int built = 0;
+  for (const auto& fam : cases::families())
+    for (const auto& path : test::reference_cases(fam.family)) {
+      const SafetensorsFile f(path);
+      const cases::Case c = cases::parse_case(f);
+      if (!fam.build_layer || !fam.build_layer(c)) continue;  // stand-alone convolutions, SquaredReLU
+      const auto layer = load_layer(path);
+      ASSERT_NE(layer, nullptr) << path;
+      EXPECT_EQ(layer->name(), fam.build_layer(c)->name()) << path;
+      const Tensor x = test::random_tensor(Shape{2, 3, layer->d_model()}, 5);
+      EXPECT_TRUE(test::bit_equal(layer->forward(x), fam.build_layer(c)->forward(x))) << path;
+      ++built;
+    }
+  EXPECT_GT(built, 60);
+}
+
+TEST(Registry, SelfDescribingCheckpointRoundTrip) {
+  const StateDict w = espnet_weights(8);
+  const std::string path = test::temp_path("registry_ckpt.safetensors");
+  SafetensorsWriter out;
+  for (const auto& k : w.keys()) out.add(k, w.get(k));
+  out.set_metadata("module", kEspnet);
+  out.set_metadata("config", R"({"n_feat": 8, "n_head": 2, "dropout": 0.1})");
+  out.write(path);
+  const auto layer = load_layer(path);
+  const EspnetMultiHeadedAttention direct(8, 2, w);
+  const Tensor x = test::random_tensor(Shape{2, 5, 8}, 3);
+  EXPECT_EQ(layer->name(), "espnet_mha");
+  EXPECT_TRUE(test::bit_equal(layer->forward(x), direct.forward(x)));
+}
+
+TEST(Registry, ErrorsNameModuleOptionAndFile) {
+  const StateDict w = espnet_weights(8);
+  test::expect_error([&] { make_layer("torch.nn.Linear", "{}", w); },
+                     "make_layer: module: unknown or not a sequence layer: 'torch.nn.Linear'; supported:");
+  test::expect_error([&] { make_layer("torch.nn.Linear", "{}", w); }, kEspnet + " (espnet_mha)");
+  test::expect_error([&] { make_layer(kEspnet, "[1]", w); }, "config: expected a JSON object, got [1]");
+  test::expect_error([&] { make_layer(kEspnet, "{", w); }, "config is not valid JSON");
+  test::expect_error([&] { make_layer(kEspnet, R"({"n_feat": 8, "n_head": 2, "heads": 2})", w); },
+                     "config: unknown option 'heads' (accepted: n_feat, n_head, dropout, transposed)");
+  test::expect_error([&] { make_layer(kEspnet, R"({"n_feat": "8", "n_head": 2})", w); },
+                     "config 'n_feat': expected an integer, got \"8\"");
+  test::expect_error([&] { make_layer(kEspnet, R"({"n_feat": 8, "n_head": 2, "transposed": 1})", w); },
+                     "config 'transposed': expected a boolean, got 1");
+  test::expect_error([&] { make_layer(kEspnet, R"({"n_head": 2})", w); }, "config: 'n_feat' is required");
+  test::expect_error([&] { make_layer(kEspnet, R"({"n_feat": 18446744073709551615, "n_head": 2})", w); },
+                     "expected an integer");
+  test::expect_error([&] { make_layer(kEspnet, R"({"n_feat": 16, "n_head": 2})", w); }, "shape mismatches");
+  const std::string bare = test::temp_path("registry_bare.safetensors");
+  w.save(bare);
+  test::expect_error([&] { load_layer(bare); }, "load_layer: " + bare + ": __metadata__ has no 'module'");
+}
+
+TEST(Registry, ListsEveryFamily) {
+  std::set<std::string> families;
+  for (const auto& m : supported_modules()) {
+    families.insert(m.family);
+    EXPECT_FALSE(m.options.empty()) << m.module;
+    EXPECT_FALSE(m.stream_options.empty()) << m.module;
+  }
+  EXPECT_EQ(families, (std::set<std::string>{"espnet_mha", "continual", "hypermixing", "primer_ez", "fastformer"}));
+}
+
+}  // namespace
+}  // namespace tokenmix
