@@ -189,7 +189,7 @@ TEST_P(CounterCheck, EveryCounterOutOfRangeIsRefused) {
   StreamOptions want;
   want.left_context = 3;
   want.window = 2;
-  const StreamOptions opts = test::accepted_options(*layer, 2, want);
+  const StreamOptions opts = test::accepted_options(*layer, want);
   auto stream = layer->open_stream(2, opts);
   stream->push(test::random_tensor(Shape{2, 5, E}, 3));
   stream->reset_row(1);

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -14,15 +15,18 @@
 
 namespace tokenmix::test {
 
-// want with the options this layer accepts: attention families take left_context, windowed ones a
-// window and position; continual attention has its own window (sequence_len) and takes neither.
-inline StreamOptions accepted_options(const Layer& layer, int64_t batch, StreamOptions want) {
-  try {
-    layer.open_stream(batch, want);
-    return want;
-  } catch (const Error&) {
-    return StreamOptions{};
+// want restricted to the options this layer takes (Layer::stream_options_accepted): attention
+// families take left_context, windowed ones a window (capped at their largest) and position;
+// continual attention has its own window (sequence_len) and takes neither.
+inline StreamOptions accepted_options(const Layer& layer, StreamOptions want) {
+  const StreamOptionSpec spec = layer.stream_options_accepted();
+  StreamOptions o;
+  if (spec.left_context) o.left_context = want.left_context;
+  if (spec.window) {
+    o.window = std::min(want.window, spec.max_window);
+    o.position = std::min(want.position, o.window - 1);
   }
+  return o;
 }
 
 // Pushes x (B, T, E) through a fresh stream (or `stream`) in chunks of the given sizes (cycled) and

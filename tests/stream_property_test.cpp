@@ -57,7 +57,7 @@ TEST_P(StreamContract, StreamEqualsReferenceRestoresAndResetsRows) {
     for (const int64_t position : {-1, 1}) {
       opts.position = position;
       SCOPED_TRACE("left_context " + std::to_string(left_context) + " position " + std::to_string(position));
-      opts = test::accepted_options(*layer_, 2, opts);
+      opts = test::accepted_options(*layer_, opts);
       test::expect_stream_matches_reference(*layer_, x, opts, 2e-5f);
       test::expect_restore_continues_identically(*layer_, x, opts,
                                                  test::temp_path(GetParam().label + ".state.safetensors"));
@@ -71,7 +71,7 @@ TEST_P(StreamContract, NoHeapAllocationPerPushAfterWarmUp) {
   StreamOptions opts;
   opts.left_context = 6;  // bounded KV cache (unlimited context grows the cache by doubling)
   opts.window = 4;
-  opts = test::accepted_options(*layer_, 2, opts);
+  opts = test::accepted_options(*layer_, opts);
   for (const int64_t C : {1, 3}) test::expect_no_allocations_per_push(*layer_, x, opts, C);
 }
 

@@ -131,13 +131,29 @@ void HyperMixing::mixing_hidden(int64_t h, const float* x, int64_t ldx, const fl
   gelu_erf(R, d_ * K_);
 }
 
+bool HyperMixing::forms_w2() const { return 2 * K_ <= d_; }
+
+int64_t HyperMixing::mixing_scratch(int64_t rows) const {
+  return forms_w2() ? std::max(d_ * d_ + d_, rows * K_) : d_ * d_ + d_;
+}
+
 void HyperMixing::mixing_output(int64_t h, const float* R, const float* G2, int64_t ldg, int64_t rows, float* M,
                                 float* out, int64_t ldo) const {
   const float* C2 = gen2_.fc2_w.data() + h * K_ * d_;  // (K, d)
+  const float* gamma = gen2_.fc2_b.data() + h * K_;
+  if (forms_w2()) {
+    // Upstream's order: W2_h (rows, K) = G2_h·C2_hᵀ + γ2_h, then out = W2_h·Rᵀ. Cheaper when 2K <= d,
+    // and it keeps each token's output a combination of K generated scalars rounded once: at K = 1
+    // the output row is s·g, whose scalar s the final LayerNorm divides out (the factored form below
+    // rounds every channel separately, and LayerNorm amplifies that where s nearly cancels).
+    linear_raw(G2, rows, d_, ldg, C2, gamma, K_, M, K_);
+    gemm(M, K_, R, K_, /*b_transposed=*/true, out, ldo, rows, d_, K_);
+    return;
+  }
   // M (d, d) = C2_hᵀ·Rᵀ and c (d) = R·γ2_h (stored after M).
   gemm_tn(C2, d_, R, K_, /*b_transposed=*/true, M, d_, d_, d_, K_);
   float* c = M + d_ * d_;
-  gemv(R, K_, false, gen2_.fc2_b.data() + h * K_, c, d_, K_);
+  gemv(R, K_, false, gamma, c, d_, K_);
   // out = G2_h·M + 1·cᵀ.
   for (int64_t t = 0; t < rows; ++t) std::copy(c, c + d_, out + t * ldo);
   gemm(G2, ldg, M, d_, /*b_transposed=*/false, out, ldo, rows, d_, d_, 1.f, 1.f);
@@ -208,7 +224,7 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
     const int64_t b = w / H_, h = w % H_;
     thread_local std::vector<float> R, P;
     grow(R, d_ * K_);
-    grow(P, d_ * d_ + d_);
+    grow(P, mixing_scratch(T));
     const int64_t row0 = b * T * E_ + h * d_;
     mixing_hidden(h, xt.data() + row0, E_, g1 + row0, E_, T, P.data(), R.data());
     mixing_output(h, R.data(), g2 + row0, E_, T, P.data(), o.data() + row0, E_);

@@ -7,7 +7,6 @@
 #include "alloc/alloc_counter.h"
 #include "cases/case.h"
 #include "cli/commands.h"
-#include "tokenmix/layers/hypermixing.h"
 
 namespace tokenmix::cli {
 
@@ -21,12 +20,12 @@ struct StreamCliOptions {
 
 constexpr int64_t kDefaultWindow = 16;
 
-// The window the stream runs with: --window when given, else the family's default for T tokens.
-int64_t stream_window(const Layer& layer, const std::string& family, int64_t T, const StreamCliOptions& o) {
-  if (o.window != 0 || family == "continual") return o.window;
-  int64_t w = std::min(kDefaultWindow, T);
-  if (const auto* hm = dynamic_cast<const HyperMixing*>(&layer)) w = std::min(w, hm->max_length());
-  return w;
+// The window the stream runs with: --window when given, else min(16, T, the layer's largest) for a
+// windowed layer (0 for the others).
+int64_t stream_window(const Layer& layer, int64_t T, const StreamCliOptions& o) {
+  const StreamOptionSpec spec = layer.stream_options_accepted();
+  if (o.window != 0 || !spec.window) return o.window;
+  return std::min({kDefaultWindow, T, spec.max_window});
 }
 
 // The case's (B, T, E) input when it has one in that layout, else a seeded random (batch, length, E).
@@ -58,7 +57,7 @@ int run_stream(const StreamCliOptions& o) {
   check(B >= 1 && T >= 1, "tokenmix stream: ", o.path, ": input: expected at least 1 batch row and 1 token, got shape ",
         x.shape());
   StreamOptions opts;
-  opts.window = stream_window(*layer, fam.family, T, o);
+  opts.window = stream_window(*layer, T, o);
   opts.position = o.position;
   opts.left_context = o.left_context;
   const Tensor want = layer->stream_reference(x, opts);

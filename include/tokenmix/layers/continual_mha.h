@@ -122,6 +122,7 @@ class ContinualMultiheadAttention : public Layer {
   // options.window must be 0 or L and options.left_context 0 (the window is sequence_len);
   // options.position is ignored (SingleOutput uses query_index). Throws Error on other options, on
   // batch < 1 and for configurations that cannot stream.
+  StreamOptionSpec stream_options_accepted() const override { return {}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
 
  protected:

@@ -69,6 +69,7 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
   Tensor stream_reference(const Tensor& x, const StreamOptions& options) const override;
   // Causal self-attention with a KV cache: each pushed token is projected once; a new token costs
   // O(t·E + E²) for t cached tokens. options.left_context limits the cache (0 = unlimited).
+  StreamOptionSpec stream_options_accepted() const override { return {true, false, 0}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
 
 

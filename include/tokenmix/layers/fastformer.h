@@ -78,6 +78,7 @@ class FastSelfAttention : public Layer {
 
   // Opens a FastSelfAttentionStream (batch >= 1 rows, options as in stream_reference). Throws Error
   // on invalid batch or options.
+  StreamOptionSpec stream_options_accepted() const override { return {false, true, limits::kMaxTokens}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
 
   // Shared building blocks of forward and the stream (rows of width cache_width()):

@@ -91,6 +91,7 @@ class HyperMixing : public Layer {
   Tensor stream_reference(const Tensor& x, const StreamOptions& options) const override;
   // Opens a HyperMixingStream (below). Throws Error as stream_reference for invalid options and for
   // batch < 1. The layer must outlive the stream.
+  StreamOptionSpec stream_options_accepted() const override { return {false, true, max_length_}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
 
  private:
@@ -123,7 +124,11 @@ class HyperMixing : public Layer {
   void mixing_hidden(int64_t h, const float* x, int64_t ldx, const float* G1, int64_t ldg, int64_t rows, float* P,
                      float* R) const;
   // out (rows, stride ldo; head h's d columns) = W2_h·Rᵀ from hypernetwork 2's hidden layer G2 (rows,
-  // stride ldg; head h's d columns). M: (d·d + d) scratch.
+  // stride ldg; head h's d columns). M: mixing_scratch(rows) floats of scratch. When 2K <= d
+  // (forms_w2()), W2_h is formed as upstream does (cheaper there, and exact where LayerNorm cancels a
+  // per-token scale, e.g. K = 1); otherwise it is applied factored, as above.
+  bool forms_w2() const;
+  int64_t mixing_scratch(int64_t rows) const;
   void mixing_output(int64_t h, const float* R, const float* G2, int64_t ldg, int64_t rows, float* M, float* out,
                      int64_t ldo) const;
   // y (rows, E) = LayerNorm(o (rows, E)).

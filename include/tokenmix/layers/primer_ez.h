@@ -161,6 +161,7 @@ class LabmlMultiHeadAttention : public Layer, private CausalAttentionCore {
   // KV-cache stream; the Primer classes also keep, per row, the last 2 projected q/k/v rows (the
   // causal conv history), saved/restored with the stream and cleared by reset_row. Equals
   // stream_reference for any chunking. Throws Error when batch < 1 or left_context < 0.
+  StreamOptionSpec stream_options_accepted() const override { return {true, false, 0}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
 
   // The convolution after projection `which` (null for kNone); used by the stream.

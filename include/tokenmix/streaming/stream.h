@@ -28,6 +28,13 @@ struct StreamOptions {
   int64_t position = -1;
 };
 
+// The StreamOptions fields a layer's streams read; the others must stay at their defaults (0, 0, -1).
+struct StreamOptionSpec {
+  bool left_context = false;  // KV-cache families: options.left_context (0 = unlimited, <= max_left_context)
+  bool window = false;        // windowed families: options.window (1 <= window <= max_window) and position
+  int64_t max_window = 0;     // the largest window accepted (when window)
+};
+
 class Stream {
  public:
   virtual ~Stream() = default;
@@ -80,6 +87,8 @@ class Layer {
   // families the causal (left-context banded) forward; for the windowed families the stacked window
   // outputs. x: (B, T, E); returns (B, T_out, E). Throws Error on invalid options.
   virtual Tensor stream_reference(const Tensor& x, const StreamOptions& options) const = 0;
+  // Which stream options this layer takes (continual attention: none, its window is sequence_len).
+  virtual StreamOptionSpec stream_options_accepted() const = 0;
   // Opens a stream for `batch` rows. Throws Error on invalid options or for configurations the
   // math cannot stream.
   virtual std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const = 0;
