@@ -63,6 +63,28 @@ TEST(Safetensors, RoundTripFloatBoolInt64AndMetadata) {
   EXPECT_THROW(f.tensor("nope"), Error);
 }
 
+// bytes() is exactly the file write() writes, and from_bytes reads it (and refuses a truncated copy).
+TEST(Safetensors, InMemoryBytesMatchTheFile) {
+  SafetensorsWriter w;
+  const Tensor a = test::random_tensor(Shape{3, 4}, 3);
+  w.add("a", a);
+  w.add_int64s("n", {1, 2});
+  w.set_metadata("stream", "S");
+  const std::string path = temp_path("inmemory.safetensors");
+  w.write(path);
+  const std::vector<uint8_t> bytes = w.bytes();
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<uint8_t> on_disk((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(bytes, on_disk);
+  const SafetensorsFile f = SafetensorsFile::from_bytes(bytes, "state");
+  EXPECT_EQ(f.path(), "state");
+  EXPECT_EQ(max_abs_diff(f.tensor("a"), a), 0.f);
+  EXPECT_EQ(f.int64s("n"), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(f.metadata().at("stream"), "S");
+  test::expect_error([&] { SafetensorsFile::from_bytes({bytes.begin(), bytes.end() - 1}, "cut"); }, "cut");
+  test::expect_error([&] { SafetensorsFile::from_bytes({1, 2, 3}, "tiny"); }, "tiny: truncated");
+}
+
 TEST(Safetensors, HalfAndBfloat16AreConvertedToFloat) {
   // F16: 1.0 = 0x3c00, -2.5 = 0xc100, 65504 = 0x7bff, smallest subnormal 2^-24 = 0x0001.
   // BF16: 1.0 = 0x3f80, -0.15625 = 0xbe20.

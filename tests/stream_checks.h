@@ -59,7 +59,8 @@ inline void expect_stream_matches_reference(const Layer& layer, const Tensor& x,
   }
 }
 
-// Saving mid-stream and restoring into a fresh stream continues bit-for-bit.
+// Saving mid-stream (to a file, and in memory with state()) and restoring into a fresh stream
+// continues bit-for-bit.
 inline void expect_restore_continues_identically(const Layer& layer, const Tensor& x, const StreamOptions& opts,
                                                  const std::string& path) {
   const int64_t B = x.dim(0), T = x.dim(1), half = T / 2;
@@ -74,11 +75,16 @@ inline void expect_restore_continues_identically(const Layer& layer, const Tenso
   auto b = layer.open_stream(B, opts);
   b->restore(path);
   std::remove(path.c_str());
+  auto m = layer.open_stream(B, opts);
+  m->load_state(a->state());
   const Tensor rest = first(half, T);
   const Tensor ya = a->push(rest).clone();
   const Tensor yb = b->push(rest).clone();
+  const Tensor ym = m->push(rest).clone();
   ASSERT_EQ(ya.shape(), yb.shape());
+  ASSERT_EQ(ya.shape(), ym.shape());
   EXPECT_EQ(max_abs_diff(ya, yb), 0.f) << layer.name() << ": restored stream diverged";
+  EXPECT_EQ(max_abs_diff(ya, ym), 0.f) << layer.name() << ": stream restored from memory diverged";
 }
 
 // Resetting row 0 midway and replaying its sequence from the start leaves row 1 untouched and makes

@@ -39,9 +39,23 @@ TEST_F(ThreadsTest, LimitLowersAndRestores) {
   EXPECT_EQ(omp_get_max_threads(), 3);
 }
 
+// A stream without state (the threading tests only push).
+class StatelessStream : public Stream {
+ public:
+  void reset() override {}
+  void reset_row(int64_t) override {}
+
+ protected:
+  std::string state_name() const override { return "StatelessStream"; }
+  std::vector<int64_t> state_config() const override { return {}; }
+  std::string state_config_names() const override { return ""; }
+  void save_state(SafetensorsWriter&) const override {}
+  void restore_state(const SafetensorsFile&) override {}
+};
+
 // A stream that records the OpenMP setting its push_chunk runs under; min_tokens is its
 // parallel_min_tokens().
-class RecordingStream final : public Stream {
+class RecordingStream final : public StatelessStream {
  public:
   explicit RecordingStream(int64_t min_tokens = kParallelMinTokens) : min_tokens_(min_tokens) {}
   int seen_threads = 0;
@@ -50,10 +64,6 @@ class RecordingStream final : public Stream {
     return chunk;
   }
   int64_t parallel_min_tokens() const override { return min_tokens_; }
-  void reset() override {}
-  void reset_row(int64_t) override {}
-  void save(SafetensorsWriter&) const override {}
-  void restore(const SafetensorsFile&) override {}
 
  private:
   int64_t min_tokens_;
@@ -81,13 +91,9 @@ TEST_F(ThreadsTest, HeavyStreamsParallelizeSingleTokens) {
 
 TEST_F(ThreadsTest, RestoredWhenPushThrows) {
   omp_set_num_threads(2);
-  class Throwing final : public Stream {
+  class Throwing final : public StatelessStream {
    public:
     Tensor push_chunk(const Tensor&) override { throw Error("Throwing::push: chunk: bad"); }
-    void reset() override {}
-    void reset_row(int64_t) override {}
-    void save(SafetensorsWriter&) const override {}
-    void restore(const SafetensorsFile&) override {}
   } s;
   test::expect_error([&] { s.push(Tensor(Shape{1, 1, 4})); }, "Throwing::push: chunk: bad");
   EXPECT_EQ(omp_get_max_threads(), 2);

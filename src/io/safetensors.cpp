@@ -117,8 +117,26 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   check(addr != MAP_FAILED, fn, ": ", path, ": mmap failed: ", std::strerror(errno));
-  mapping_ = std::shared_ptr<void>(addr, [size](void* p) { ::munmap(p, size); });
-  const auto* bytes = static_cast<const uint8_t*>(addr);
+  parse(std::shared_ptr<void>(addr, [size](void* p) { ::munmap(p, size); }), size);
+}
+
+SafetensorsFile SafetensorsFile::from_bytes(std::vector<uint8_t> bytes, const std::string& name) {
+  SafetensorsFile f;
+  f.path_ = name;
+  check(bytes.size() >= 8, "SafetensorsFile: ", name, ": truncated: ", bytes.size(),
+        " bytes, expected at least 8 (header length)");
+  auto owned = std::make_shared<std::vector<uint8_t>>(std::move(bytes));
+  const uint64_t size = owned->size();
+  void* data = owned->data();
+  f.parse(std::shared_ptr<void>(owned, data), size);
+  return f;
+}
+
+void SafetensorsFile::parse(std::shared_ptr<void> mapping, uint64_t size) {
+  const char* fn = "SafetensorsFile";
+  const std::string& path = path_;
+  mapping_ = std::move(mapping);
+  const auto* bytes = static_cast<const uint8_t*>(mapping_.get());
 
   uint64_t header_len = 0;
   for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(bytes[i]) << (8 * i);
@@ -311,7 +329,8 @@ void SafetensorsWriter::add_int64s(const std::string& name, const std::vector<in
   entries_[name] = std::move(e);
 }
 
-void SafetensorsWriter::write(const std::string& path) const {
+std::vector<std::pair<const void*, size_t>> SafetensorsWriter::pieces(std::string& header_text,
+                                                                      uint8_t (&len)[8]) const {
   nlohmann::json header = nlohmann::json::object();
   uint64_t offset = 0;
   for (const auto& [name, e] : entries_) {
@@ -322,13 +341,27 @@ void SafetensorsWriter::write(const std::string& path) const {
   }
   if (!metadata_.empty()) header["__metadata__"] = metadata_;
   // (replace: a metadata value that is not valid UTF-8, e.g. a file name, must not make dump throw)
-  std::string text = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  text.append((8 - text.size() % 8) % 8, ' ');
+  header_text = header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  header_text.append((8 - header_text.size() % 8) % 8, ' ');
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(header_text.size()) >> (8 * i));
+  std::vector<std::pair<const void*, size_t>> out = {{len, 8}, {header_text.data(), header_text.size()}};
+  for (const auto& kv : entries_) out.emplace_back(kv.second.bytes.data(), kv.second.bytes.size());
+  return out;
+}
+
+void SafetensorsWriter::write(const std::string& path) const {
+  std::string text;
   uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
-  std::vector<std::pair<const void*, size_t>> pieces = {{len, 8}, {text.data(), text.size()}};
-  for (const auto& kv : entries_) pieces.emplace_back(kv.second.bytes.data(), kv.second.bytes.size());
-  write_file_atomically(path, pieces, "SafetensorsWriter::write");
+  write_file_atomically(path, pieces(text, len), "SafetensorsWriter::write");
+}
+
+std::vector<uint8_t> SafetensorsWriter::bytes() const {
+  std::string text;
+  uint8_t len[8];
+  std::vector<uint8_t> out;
+  for (const auto& [data, n] : pieces(text, len))
+    out.insert(out.end(), static_cast<const uint8_t*>(data), static_cast<const uint8_t*>(data) + n);
+  return out;
 }
 
 namespace {

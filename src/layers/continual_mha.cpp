@@ -56,22 +56,19 @@ class ContinualStreamImpl : public Stream {
     check(b >= 0 && b < B_, name_, "::reset_row: b: expected 0 <= b < ", B_, ", got ", b);
     for (auto& w : windows_) w.reset_row(b);
   }
-  // State: metadata stream = name, "config", "seen", the windows under their prefixes, then
+  // State: header config (batch, E, H, L, ...), "seen", the windows under their prefixes, then
   // whatever save_extra adds.
-  void save(SafetensorsWriter& w) const override {
-    w.set_metadata("stream", name_);
-    w.add_int64s("config", config_);
+  std::string state_name() const override { return name_; }
+  std::vector<int64_t> state_config() const override { return config_; }
+  std::string state_config_names() const override { return "batch, E, H, L, ..."; }
+  void save_state(SafetensorsWriter& w) const override {
     w.add_int64s("seen", {seen_});
     for (size_t i = 0; i < windows_.size(); ++i) windows_[i].save(w, prefixes_[i]);
     save_extra(w);
   }
   // Checks everything before it changes anything: a failed restore leaves the stream as it was.
-  void restore(const SafetensorsFile& f) override {
+  void restore_state(const SafetensorsFile& f) override {
     const std::string fn = std::string(name_) + "::restore";
-    check(f.metadata().count("stream") && f.metadata().at("stream") == name_, fn, ": ", f.path(), ": not a ", name_,
-          " state file");
-    check(f.contains("config") && f.int64s("config") == config_, fn, ": ", f.path(),
-          ": 'config' (batch, E, H, L, ...) does not match this stream");
     const auto seen = f.int64s("seen");
     check(seen.size() == 1 && seen[0] >= 0 && seen[0] <= limits::kMaxStreamTokens, fn, ": ", f.path(),
           ": 'seen': expected one count in [0, ", limits::kMaxStreamTokens, "]");
@@ -88,8 +85,6 @@ class ContinualStreamImpl : public Stream {
     windows_ = std::move(windows);
     seen_ = seen[0];
   }
-  using Stream::restore;
-  using Stream::save;
 
  protected:
   Tensor push_chunk(const Tensor& chunk) override {

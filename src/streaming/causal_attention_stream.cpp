@@ -67,18 +67,12 @@ void CausalAttentionStream::reset_row(int64_t b) {
   reset_extra(b);
 }
 
-void CausalAttentionStream::save(SafetensorsWriter& w) const {
-  w.set_metadata("stream", name_);
-  w.add_int64s("config", {batch_, width_, heads_, left_context_});
+void CausalAttentionStream::save_state(SafetensorsWriter& w) const {
   cache_.save(w, "kv.");
   save_extra(w);
 }
 
-void CausalAttentionStream::restore(const SafetensorsFile& f) {
-  check(f.metadata().count("stream") && f.metadata().at("stream") == name_, name_, "::restore: ",
-        f.path(), ": not a ", name_, " state file");
-  check(f.contains("config") && f.int64s("config") == std::vector<int64_t>{batch_, width_, heads_, left_context_},
-        name_, "::restore: ", f.path(), ": 'config' (batch, E, H, left_context) does not match this stream");
+void CausalAttentionStream::restore_state(const SafetensorsFile& f) {
   KvCache cache = cache_.restored(f, "kv.");  // throws before anything changes
   restore_extra(f);                            // all or nothing
   cache_ = std::move(cache);

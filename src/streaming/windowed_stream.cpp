@@ -80,18 +80,9 @@ int64_t WindowedStream::emitted(int64_t b) const {
   return emitted_[b];
 }
 
-void WindowedStream::save(SafetensorsWriter& w) const {
-  w.set_metadata("stream", name_);
-  w.add_int64s("config", config_);
-  window_.save(w, "window.");
-}
+void WindowedStream::save_state(SafetensorsWriter& w) const { window_.save(w, "window."); }
 
-void WindowedStream::restore(const SafetensorsFile& f) {
-  const std::string fn = name_ + "::restore";
-  check(f.metadata().count("stream") && f.metadata().at("stream") == name_, fn, ": ", f.path(), ": not a ", name_,
-        " state file");
-  check(f.contains("config") && f.int64s("config") == config_, fn, ": ", f.path(), ": 'config' (", config_names_,
-        ") does not match this stream");
+void WindowedStream::restore_state(const SafetensorsFile& f) {
   window_ = window_.restored(f, "window.");  // throws before anything changes
   std::fill(emitted_.begin(), emitted_.end(), 0);
 }

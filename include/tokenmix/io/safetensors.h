@@ -43,6 +43,9 @@ class SafetensorsFile {
  public:
   // Maps and validates path. Throws Error (see above) or when the file cannot be opened.
   explicit SafetensorsFile(const std::string& path);
+  // The same, over the bytes of a safetensors file held in memory (e.g. SafetensorsWriter::bytes());
+  // name stands for the path in path() and in errors.
+  static SafetensorsFile from_bytes(std::vector<uint8_t> bytes, const std::string& name = "<memory>");
 
   const std::string& path() const { return path_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
@@ -71,6 +74,9 @@ class SafetensorsFile {
   std::map<std::string, TensorInfo> infos_;
   std::map<std::string, std::string> metadata_;
   Tensor float_tensor(const std::string& name, const Shape& shape) const;
+  SafetensorsFile() = default;
+  // Validates the size bytes held by mapping (the header and every entry; see above).
+  void parse(std::shared_ptr<void> mapping, uint64_t size);
 };
 
 // Collects tensors and metadata and writes one safetensors file (F32 for Tensor, BOOL for Mask,
@@ -84,6 +90,8 @@ class SafetensorsWriter {
   // A 1-D I64 tensor (counters, positions).
   void add_int64s(const std::string& name, const std::vector<int64_t>& values);
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
+  // The file's bytes in memory (what write() would write).
+  std::vector<uint8_t> bytes() const;
   // Writes to a temporary file next to path and renames it into place once complete, so path holds
   // either its old content or the whole new file, never a partial one. Throws Error (and removes
   // the temporary file) when the file cannot be written (missing directory, no space, read-only).
@@ -97,6 +105,9 @@ class SafetensorsWriter {
   };
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> metadata_;
+  // The file as (pointer, size) pieces: the length prefix (in len), the header (in header_text), then
+  // every tensor's bytes.
+  std::vector<std::pair<const void*, size_t>> pieces(std::string& header_text, uint8_t (&len)[8]) const;
 };
 
 // Writes the concatenation of pieces (pointer, byte count) to path atomically, as

@@ -34,13 +34,15 @@ class CausalAttentionStream : public Stream {
                         const StreamOptions& options);
   void reset() override;
   void reset_row(int64_t b) override;
-  void save(SafetensorsWriter& writer) const override;
-  void restore(const SafetensorsFile& file) override;
-  using Stream::restore;
-  using Stream::save;
 
  protected:
   Tensor push_chunk(const Tensor& chunk) override;
+  // State: header config (batch, E, H, left_context), the KV cache under "kv.", then save_extra.
+  std::string state_name() const override { return name_; }
+  std::vector<int64_t> state_config() const override { return {batch_, width_, heads_, left_context_}; }
+  std::string state_config_names() const override { return "batch, E, H, left_context"; }
+  void save_state(SafetensorsWriter& writer) const override;
+  void restore_state(const SafetensorsFile& file) override;
   // Hook between projection and cache: row b's C new q/k/v rows (row stride E), in place. Layers
   // with per-stream history (Primer-EZ's causal convolutions) override it and the three state hooks.
   virtual void transform_qkv(int64_t b, float* q, float* k, float* v, int64_t C) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/core/threads.h"
@@ -54,17 +55,25 @@ class Stream {
   // b is not in [0, B).
   virtual void reset_row(int64_t b) = 0;
   // Writes every state tensor (and counters) of the stream into writer / reads them back. A restored
-  // stream continues bit-for-bit like the original. The file is untrusted: restore throws Error
-  // naming the file and tensor when it was saved by another kind of stream or with another batch
-  // size or options, when a tensor is missing or mis-shaped, or when a counter is out of range
-  // (tokens seen outside [0, limits::kMaxStreamTokens], windows that disagree); it checks everything
-  // before it changes anything, so a failed restore leaves the stream exactly as it was.
-  virtual void save(SafetensorsWriter& writer) const = 0;
-  virtual void restore(const SafetensorsFile& file) = 0;
+  // stream continues bit-for-bit like the original. Every state starts with the same header, written
+  // and checked here for every stream: metadata "stream" = the stream's class name and an I64
+  // "config" tensor of the values that must match (batch, E, ... as the error names them). The file
+  // is untrusted: restore throws Error naming the file and tensor when it was saved by another kind
+  // of stream or with another batch size or options, when a tensor is missing or mis-shaped, or when
+  // a counter is out of range (tokens seen outside [0, limits::kMaxStreamTokens], windows that
+  // disagree); it checks everything before it changes anything, so a failed restore leaves the
+  // stream exactly as it was.
+  void save(SafetensorsWriter& writer) const;
+  void restore(const SafetensorsFile& file);
   // Convenience wrappers over save/restore with a file path; save writes a temporary file renamed
   // into place (the file is whole or absent) and throws Error when it cannot be written.
   void save(const std::string& path) const;
   void restore(const std::string& path);
+  // The state in memory: the bytes of the safetensors file save() would write (named tensors: read
+  // them with SafetensorsFile::from_bytes), for pickling or moving a stream between processes.
+  std::vector<uint8_t> state() const;
+  // restore() from such bytes.
+  void load_state(const std::vector<uint8_t>& bytes);
 
  protected:
   // The family's push: everything push() documents except the thread limit, which push() has set.
@@ -72,6 +81,15 @@ class Stream {
   // Tokens (B·C) from which a push may use more threads than the calling one: kParallelMinTokens,
   // or 1 for a stream whose every token costs far more than waking a thread (HyperMixing's window).
   virtual int64_t parallel_min_tokens() const { return kParallelMinTokens; }
+  // The state header: the class name saved as metadata "stream", the config values that must match
+  // on restore, and their names for the error (e.g. "batch, E, H, left_context").
+  virtual std::string state_name() const = 0;
+  virtual std::vector<int64_t> state_config() const = 0;
+  virtual std::string state_config_names() const = 0;
+  // The family's state after the header. restore_state is all or nothing: it checks everything it
+  // reads before it changes anything.
+  virtual void save_state(SafetensorsWriter& writer) const = 0;
+  virtual void restore_state(const SafetensorsFile& file) = 0;
 };
 
 class Layer {

@@ -43,17 +43,6 @@ class WindowedStream : public Stream {
   void reset() final;
   // Throws Error "<name>::reset_row: b: expected 0 <= b < B, got ..." when b is out of range.
   void reset_row(int64_t b) final;
-  // State: metadata stream = <name>, "config" (batch, E, <family config...>, window, position) as
-  // I64, the windows under "window." (see SlidingWindow::save).
-  void save(SafetensorsWriter& writer) const final;
-  // Throws Error "<name>::restore: <path>: not a <name> state file" when the file was saved by another
-  // kind of stream, "... 'config' (<config names>) does not match this stream" when it was saved with
-  // another configuration, and SlidingWindow::restored's errors for a damaged window or a counter
-  // out of range. A failed restore leaves the stream as it was.
-  void restore(const SafetensorsFile& file) final;
-  using Stream::restore;
-  using Stream::save;
-
   int64_t window() const { return length_; }
   int64_t position() const { return position_; }  // resolved, 0 <= P < L
   // Tokens pushed to batch row b since its last reset (its window is full once seen(b) >= L).
@@ -67,6 +56,14 @@ class WindowedStream : public Stream {
   // with C >= 1, got ...", and Error when a row would pass limits::kMaxStreamTokens. Returns (B, C_out, E) as described above, a view of the stream's buffer
   // valid until the next call.
   Tensor push_chunk(const Tensor& chunk) final;
+  // State: header config (batch, E, <family config...>, window, position) as named by config_names,
+  // the windows under "window." (see SlidingWindow::save); SlidingWindow::restored's errors for a
+  // damaged window or a counter out of range.
+  std::string state_name() const final { return name_; }
+  std::vector<int64_t> state_config() const final { return config_; }
+  std::string state_config_names() const final { return config_names_; }
+  void save_state(SafetensorsWriter& writer) const final;
+  void restore_state(const SafetensorsFile& file) final;
   // name: the class name used in errors and saved as metadata "stream". batch >= 1 and options
   // (window = L >= 1, -1 <= position < L) must have been validated by the family (with its own
   // messages). d_model = E; row_width = W, the floats cached per token. family_config: the
