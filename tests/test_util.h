@@ -88,6 +88,19 @@ inline ::testing::AssertionResult all_close(const Tensor& got, const Tensor& wan
   return ::testing::AssertionSuccess();
 }
 
+// Largest |a - b| over all elements (NaN when any difference is NaN); throws Error when the shapes
+// differ.
+inline float max_abs_diff(const Tensor& a, const Tensor& b) {
+  check(a.shape() == b.shape(), "max_abs_diff: shapes differ: ", a.shape(), " vs ", b.shape());
+  float m = 0.f;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const float d = std::fabs(a.data()[i] - b.data()[i]);
+    if (std::isnan(d)) return NAN;
+    m = std::max(m, d);
+  }
+  return m;
+}
+
 // Same shape and the same bits in every element.
 inline bool bit_equal(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(float) * a.numel()) == 0;
@@ -132,3 +145,8 @@ inline Tensor run_stream(Stream& s, const Tensor& x, const std::vector<int64_t>&
 }
 
 }  // namespace tokenmix::test
+
+// Tests across the suite compare with it unqualified.
+namespace tokenmix {
+using test::max_abs_diff;
+}  // namespace tokenmix

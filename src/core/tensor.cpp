@@ -141,16 +141,4 @@ template void check_shape(const BasicTensor<float>&, std::initializer_list<int64
 template void check_shape(const BasicTensor<uint8_t>&, std::initializer_list<int64_t>, const char*,
                           const char*, std::initializer_list<const char*>);
 
-float max_abs_diff(const Tensor& a, const Tensor& b) {
-  check(a.shape() == b.shape(), "max_abs_diff: shapes differ: ", a.shape(), " vs ",
-        b.shape());
-  float m = 0.f;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const float d = std::fabs(a.data()[i] - b.data()[i]);
-    if (std::isnan(d)) return NAN;
-    m = std::max(m, d);
-  }
-  return m;
-}
-
 }  // namespace tokenmix

@@ -124,7 +124,4 @@ template <typename T>
 void check_shape(const BasicTensor<T>& t, std::initializer_list<int64_t> want, const char* fn,
                  const char* arg, std::initializer_list<const char*> axis_names = {});
 
-// Largest |a - b| over all elements; throws Error when the shapes differ.
-float max_abs_diff(const Tensor& a, const Tensor& b);
-
 }  // namespace tokenmix

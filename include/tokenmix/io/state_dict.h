@@ -45,8 +45,6 @@ class WeightReader {
   Tensor take(const std::string& key, const Shape& shape);
   // As take(), but absence is not an error (returns an empty tensor).
   Tensor take_optional(const std::string& key, const Shape& shape);
-  // Marks key as known without loading it (aliases such as tied weights).
-  void ignore(const std::string& key) { used_.insert(key); }
   void finish() const;
 
  private:
