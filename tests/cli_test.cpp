@@ -104,7 +104,7 @@ TEST(Cli, OutNeverOverwritesTheCase) {
   const fs::path c = d / "case.safetensors";
   fs::copy_file(kGood, c);
   const auto before = fs::file_size(c);
-  for (const std::string out : {c.string(), (d / "x" / ".." / "case.safetensors").string()}) {
+  for (const std::string& out : {c.string(), (d / "x" / ".." / "case.safetensors").string()}) {
     const Result r = cli("run '" + c.string() + "' --out '" + out + "'");
     EXPECT_EQ(r.status, 1) << r.out;
     EXPECT_NE(r.out.find("is the case file itself"), std::string::npos) << r.out;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "tokenmix/core/threads.h"
 #include "tokenmix/kernels/linear.h"
 #include "attention_tiles.h"
 #include "simd_math.h"
@@ -483,8 +484,7 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
   // Fork only when there is enough to share: a decode step over a short cache (e.g. 8 heads x 257
   // keys x 64) is a few microseconds, less than waking a second thread on a busy machine.
   const double macs = static_cast<double>(s.batch) * s.heads * s.q_len * std::max<int64_t>(s.k_len, 1) * s.head_dim;
-  constexpr double kParallelMacs = 1 << 20;
-  const bool parallel = macs >= kParallelMacs;
+  const bool parallel = macs >= threshold::kAttentionMacs;
   // Work items: (b, h, query tile), or (b, h, query row) on the decode path.
   const bool rowwise = !probs && s.q_len < kDecodeRows;
   const int64_t tile = probs ? kQueryTile : rowwise ? 1 : flash_rows(s.head_dim);

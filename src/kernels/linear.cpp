@@ -11,14 +11,9 @@
 namespace tokenmix {
 
 namespace {
-// Thin GEMMs: at most this many output columns; split over the threads from this many rows per
-// thread, single-threaded below.
-constexpr int64_t kThinColumns = 16, kThinRowsPerThread = 1024;
-// Matrix-vector products of fewer matrix elements than this (4 MB) run on the calling thread.
-// OpenBLAS threads any sgemv above about 9k elements, and waking a sleeping thread (about 0.1 ms
-// under OMP_WAIT_POLICY=PASSIVE on the benchmark machine) costs more than one core takes to stream
-// 4 MB (0.06 ms): a 1536 x 512 sgemv took 67 us on one thread and 215 us on two (medians).
-constexpr int64_t kSerialGemvElements = int64_t{1} << 20;
+using threshold::kSerialGemvElements;
+using threshold::kThinColumns;
+using threshold::kThinRowsPerThread;
 
 void sgemm_call(bool a_transposed, const float* A, int64_t lda, const float* B, int64_t ldb, bool b_transposed,
                 float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, float alpha, float beta) {
@@ -114,7 +109,7 @@ void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, 
   if (rows == 0 || out_features == 0) return;
   if (b) {
     // In parallel for large outputs: this pass is the first touch of a fresh output's pages.
-#pragma omp parallel for schedule(static) if (rows * out_features >= (1 << 18))
+#pragma omp parallel for schedule(static) if (rows * out_features >= threshold::kFirstTouchElements)
     for (int64_t m = 0; m < rows; ++m) {
       float* yr = y + m * ldy;
       if (accumulate)

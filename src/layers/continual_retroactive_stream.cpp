@@ -159,21 +159,20 @@ class RetroactiveStream final : public ContinualStreamImpl {
       if (y) init_row(y);
       for (int64_t h = 0; h < H_; ++h) {
         if (redo_[r * H_ + h]) continue;
-        const float f = coef_[h].f, wn = coef_[h].wn, wo = coef_[h].wo;  // (clang 14: no structured bindings in omp simd)
+        const float f = coef_[h].f, wn = coef_[h].wn, wo = coef_[h].wo;
         const int64_t i = acc(b, token, h);
-        float* A = a_.data() + i * E_;
-        const float* un = y_.data() + h * 3 * E_;
-        const float* uo = full ? un + 2 * E_ : un;  // weight 0 when nothing leaves
+        float* __restrict A = a_.data() + i * E_;
+        const float* __restrict un = y_.data() + h * 3 * E_;
+        const float* __restrict uo = full ? un + 2 * E_ : un;  // weight 0 when nothing leaves
         if (y) {
+          float* __restrict yr = y;
           const float inv = 1.f / d_[i];
-#pragma omp simd
           for (int64_t e = 0; e < E_; ++e) {
             const float a = f * A[e] + (wn * un[e] - wo * uo[e]);
             A[e] = a;
-            y[e] += a * inv;
+            yr[e] += a * inv;
           }
         } else {
-#pragma omp simd
           for (int64_t e = 0; e < E_; ++e) A[e] = f * A[e] + (wn * un[e] - wo * uo[e]);
         }
       }

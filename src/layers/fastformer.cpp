@@ -4,16 +4,13 @@
 #include <cmath>
 #include <limits>
 
+#include "tokenmix/core/threads.h"
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/layers/masks.h"
 
 namespace tokenmix {
 
 namespace {
-
-// Sequence length from which pooled_key() pools its heads in parallel (below it, waking a second
-// thread costs more than a head's pooling).
-constexpr int64_t kParallelPoolT = 2048;
 
 // w[t] (t < T, contiguous) = softmax over the kept t of logits[t * stride]; exactly 0 for padded t
 // (keep non-null and keep[t] == 0) and everywhere when no t is kept. This equals ESPnet's
@@ -93,13 +90,12 @@ void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* 
   // (a single sequence, or the stream), for long enough T. Below that the pooling stays on this
   // thread; its BLAS calls (16 GEMVs, the thin logit GEMM) stay there too at these sizes
   // (src/kernels/linear.cpp), since each wake-up of a second thread cost more than the call.
-  const bool parallel = T >= kParallelPoolT;
+  const bool parallel = T >= threshold::kPoolTokens;
   // Query pooling: α_h = pool(a[:, h]); gq_h = α_h · q[:, h-slice].
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t h = 0; h < H; ++h) {
+  parallel_for(H, parallel, [&](int64_t h) {
     pool_weights(rows + 2 * E + h, W, T, keep ? keep + h * keep_head_stride : nullptr, alpha + h * T);
     gemm(alpha + h * T, T, rows + h * d, W, false, gq + h * d, E, 1, d, T);
-  }
+  });
   // Key logits c[t, h] = (k_t ⊙ gq)·W_key_att[h] + b = k_t·(W_key_att[h] ⊙ gq) + b, then / sqrt(d).
   float* scores = s.scores.data();
   for (int64_t h = 0; h < H; ++h)
@@ -109,11 +105,10 @@ void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* 
   for (int64_t i = 0; i < T * H; ++i) c[i] /= scale_;
   // Key pooling: β_h = pool(c[:, h]); gk_h = Σ_t β_h[t] (k_t ⊙ gq)_h = gq_h ⊙ (β_h · k[:, h-slice]).
   float* beta = s.weights.data();
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t h = 0; h < H; ++h) {
+  parallel_for(H, parallel, [&](int64_t h) {
     pool_weights(c + h, H, T, keep ? keep + h * keep_head_stride : nullptr, beta + h * T);
     gemm(beta + h * T, T, rows + E + h * d, W, false, gk + h * d, E, 1, d, T);
-  }
+  });
   for (int64_t e = 0; e < E; ++e) gk[e] *= gq[e];
 }
 
@@ -138,19 +133,20 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
   // The pooled key of each batch row: rows pool independently, one per thread (the BLAS calls
   // inside then run single-threaded).
   std::vector<float> gk(static_cast<size_t>(B * E));
-#pragma omp parallel if (B > 1)
-  {
-    Scratch scratch;
-    scratch.reserve(T, E, H);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b)
-      pooled_key(proj.data() + b * T * W, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride,
-                 mask_head_stride, gk.data() + b * E, scratch);
-  }
+  parallel_for_each_thread(
+      B, B > 1,
+      [&] {
+        Scratch scratch;
+        scratch.reserve(T, E, H);
+        return scratch;
+      },
+      [&](int64_t b, Scratch& scratch) {
+        pooled_key(proj.data() + b * T * W, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride,
+                   mask_head_stride, gk.data() + b * E, scratch);
+      });
   // u = gk ⊙ q and the residual y = q, over all B·T tokens.
   Tensor u = Tensor::uninitialized(Shape{B, T, E});
-#pragma omp parallel for schedule(static) if (B * T >= 64)
-  for (int64_t r = 0; r < B * T; ++r) {
+  parallel_for(B * T, B * T >= threshold::kRows, [&](int64_t r) {
     const float* q = proj.data() + r * W;
     const float* g = gk.data() + (r / T) * E;
     float* ut = u.data() + r * E;
@@ -159,7 +155,7 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
       ut[e] = g[e] * q[e];
       yt[e] = q[e];
     }
-  }
+  });
   // y = transform(u) + q (accumulate adds the bias too).
   linear_raw(u.data(), B * T, E, E, w_transform_.data(), b_transform_.data(), E, y.data(), E, true);
   return y;

@@ -5,7 +5,9 @@
 #include <cstring>
 #include <limits>
 
+#include "tokenmix/core/threads.h"
 #include "tokenmix/kernels/activations.h"
+#include "tokenmix/kernels/layer_norm.h"
 #include "tokenmix/kernels/linear.h"
 
 namespace tokenmix {
@@ -102,13 +104,15 @@ HyperMixing::HyperMixing(const HyperMixingOptions& o, const StateDict& state_dic
 }
 
 void HyperMixing::hidden(const Generator& g, const float* z, int64_t rows, float* G) const {
-  // Heads are independent: one per OpenMP work item (the GEMMs inside run on one thread each).
-#pragma omp parallel for schedule(dynamic) if (H_ > 1 && rows > 1)
-  for (int64_t h = 0; h < H_; ++h) {
-    float* gh = G + h * d_;
-    linear_raw(z + h * d_, rows, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_, gh, E_);
-    for (int64_t t = 0; t < rows; ++t) gelu_erf(gh + t * E_, d_);
-  }
+  // Heads are independent: one per work item (the GEMMs inside run on one thread each).
+  parallel_for(
+      H_, rows > 1,
+      [&](int64_t h) {
+        float* gh = G + h * d_;
+        linear_raw(z + h * d_, rows, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_, gh, E_);
+        for (int64_t t = 0; t < rows; ++t) gelu_erf(gh + t * E_, d_);
+      },
+      Schedule::kDynamic);
 }
 
 void HyperMixing::generated_row(const Generator& g, int64_t h, const float* g_row, float* w) const {
@@ -160,26 +164,7 @@ void HyperMixing::mixing_output(int64_t h, const float* R, const float* G2, int6
 }
 
 void HyperMixing::layer_norm(const float* o, int64_t rows, float* y) const {
-  const float* w = ln_w_.data();
-  const float* bias = ln_b_.data();
-  // Rows are independent; the double sums are vectorised (omp simd lets the compiler split them
-  // into lanes).
-#pragma omp parallel for schedule(static) if (rows >= 64)
-  for (int64_t t = 0; t < rows; ++t) {
-    const float* x = o + t * E_;
-    float* out = y + t * E_;
-    double mean = 0;
-#pragma omp simd reduction(+ : mean)
-    for (int64_t i = 0; i < E_; ++i) mean += x[i];
-    mean /= static_cast<double>(E_);
-    double var = 0;
-#pragma omp simd reduction(+ : var)
-    for (int64_t i = 0; i < E_; ++i) var += (x[i] - mean) * (x[i] - mean);
-    var /= static_cast<double>(E_);
-    const float m = static_cast<float>(mean);
-    const float rstd = static_cast<float>(1.0 / std::sqrt(var + 1e-5));
-    for (int64_t i = 0; i < E_; ++i) out[i] = (x[i] - m) * rstd * w[i] + bias[i];
-  }
+  tokenmix::layer_norm(o, rows, E_, ln_w_.data(), ln_b_.data(), 1e-5f, y);
 }
 
 Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tensor* attn_weights) const {
@@ -202,9 +187,9 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
   for (auto* buf : {&z, &G1}) grow(*buf, B * T * E_);
   if (!tied_) grow(G2, B * T * E_);
   float* zp = z.data();  // (the worker threads' z is their own thread_local)
-#pragma omp parallel for schedule(static) if (B * T >= 64)
-  for (int64_t r = 0; r < B * T; ++r)
+  parallel_for(B * T, B * T >= threshold::kRows, [&](int64_t r) {
     for (int64_t c = 0; c < E_; ++c) zp[r * E_ + c] = xt.data()[r * E_ + c] + pe_.data()[(r % T) * E_ + c];
+  });
 
   // The hypernetworks' hidden layers G1, G2 (B·T, E). Their last layers are applied inside the
   // token mixing (mixing_hidden / mixing_output), so the generated W1, W2 (B·T, H·K) never exist.
@@ -216,19 +201,20 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
   const float* g2 = tied_ ? G1.data() : G2.data();
 
   // Token mixing per (b, h): R = GELU(x̃ᵀ·W1) (d x K), o = W2·Rᵀ (T x d). The (b, h) pairs are
-  // independent: one per OpenMP work item (the GEMMs inside then run on one thread each).
+  // independent: one per work item (the GEMMs inside then run on one thread each).
   Tensor o = Tensor::uninitialized(Shape{B, T, E_});  // the H column slices of d cover every row
-  const int64_t work = B * H_;
-#pragma omp parallel for schedule(dynamic) if (work > 1)
-  for (int64_t w = 0; w < work; ++w) {
-    const int64_t b = w / H_, h = w % H_;
-    thread_local std::vector<float> R, P;
-    grow(R, d_ * K_);
-    grow(P, mixing_scratch(T));
-    const int64_t row0 = b * T * E_ + h * d_;
-    mixing_hidden(h, xt.data() + row0, E_, g1 + row0, E_, T, P.data(), R.data());
-    mixing_output(h, R.data(), g2 + row0, E_, T, P.data(), o.data() + row0, E_);
-  }
+  parallel_for(
+      B * H_, true,
+      [&](int64_t w) {
+        const int64_t b = w / H_, h = w % H_;
+        thread_local std::vector<float> R, P;
+        grow(R, d_ * K_);
+        grow(P, mixing_scratch(T));
+        const int64_t row0 = b * T * E_ + h * d_;
+        mixing_hidden(h, xt.data() + row0, E_, g1 + row0, E_, T, P.data(), R.data());
+        mixing_output(h, R.data(), g2 + row0, E_, T, P.data(), o.data() + row0, E_);
+      },
+      Schedule::kDynamic);
   // Upstream zeroes the generated rows of padded tokens: their W1 rows meet zero x̃ rows anyway, and
   // their W2 rows make their o rows zero.
   if (masked) zero_padded_rows(key_padding_mask, E_, o.data());
@@ -311,9 +297,8 @@ void HyperMixingStream::window_output(int64_t, const float* R, int64_t, float* y
     for (int64_t c = 0; c < E_; ++c) z_[c] = xp[c] + pe[c];
     layer_.hidden(layer_.gen2_, z_.data(), 1, h2_.data());
   }
-  // Heads are independent (each has its own scratch): one per OpenMP work item.
-#pragma omp parallel for schedule(static) if (H_ > 1)
-  for (int64_t h = 0; h < H_; ++h) {
+  // Heads are independent (each has its own scratch): one per work item.
+  parallel_for(H_, true, [&](int64_t h) {
     float* hidden = hidden_.data() + h * L * d_;
     float* p = p_.data() + h * d_ * d_;
     float* s = s_.data() + h * d_ * K_;
@@ -334,7 +319,7 @@ void HyperMixingStream::window_output(int64_t, const float* R, int64_t, float* y
     else
       layer_.generated_row(layer_.gen2_, h, h2_.data() + h * d_, w2);
     linear_raw(w2, 1, K_, K_, s, nullptr, d_, o_.data() + h * d_, d_);
-  }
+  });
   layer_.layer_norm(o_.data(), 1, y);
 }
 
