@@ -105,6 +105,20 @@ BasicTensor<T> BasicTensor<T>::operator[](int64_t i) const {
   return t;
 }
 
+template <typename T>
+BasicTensor<T> BasicTensor<T>::narrow(int64_t start, int64_t length) const {
+  check(ndim() >= 1 && start >= 0 && length >= 0 && start <= shape_[0] - length, "Tensor::narrow: [", start, ", ",
+        start + length, ") out of range for shape ", shape_);
+  std::vector<int64_t> d = shape_.dims();
+  const int64_t stride = d[0] > 0 ? numel() / d[0] : 0;
+  d[0] = length;
+  BasicTensor t;
+  t.shape_ = Shape(d);
+  t.data_ = data_ + start * stride;
+  t.owner_ = owner_;
+  return t;
+}
+
 template class BasicTensor<float>;
 template class BasicTensor<uint8_t>;
 

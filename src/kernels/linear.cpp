@@ -138,4 +138,25 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn)
   return y;
 }
 
+Linear::Linear(Tensor weight, Tensor bias) : weight_(std::move(weight)), bias_(std::move(bias)) {
+  check_ndim(weight_, 2, "Linear", "weight");
+  if (!bias_.empty()) check_shape(bias_, {weight_.dim(0)}, "Linear", "bias");
+}
+
+Linear Linear::rows(int64_t first, int64_t count) const {
+  check(first >= 0 && count >= 0 && first <= out_features() - count, "Linear::rows: [", first, ", ", first + count,
+        ") out of range for ", out_features(), " output features");
+  Linear part;
+  part.weight_ = weight_.narrow(first, count);
+  if (!bias_.empty()) part.bias_ = bias_.narrow(first, count);
+  return part;
+}
+
+void Linear::apply(const float* x, int64_t rows, int64_t ldx, float* y, int64_t ldy, bool accumulate) const {
+  linear_raw(x, rows, in_features(), ldx, weight_.data(), bias_.empty() ? nullptr : bias_.data(), out_features(),
+             y, ldy, accumulate);
+}
+
+Tensor Linear::operator()(const Tensor& x, const char* fn) const { return linear(x, weight_, bias_, fn); }
+
 }  // namespace tokenmix

@@ -13,6 +13,7 @@
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/kernels/permute.h"
 #include "continual_stream.h"
+#include "weights.h"
 
 namespace tokenmix {
 
@@ -36,28 +37,24 @@ ContinualMultiheadAttention::ContinualMultiheadAttention(const char* cls, const 
         "inconsistent)");
   scale_ = 1.f / std::sqrt(static_cast<float>(D_));
   WeightReader r(sd, cls);
-  if (kdim_ == E_ && vdim_ == E_) {
-    const Tensor w = r.take("in_proj_weight", Shape{3 * E_, E_});
-    if (!w.empty()) {
-      w_q_ = w.reshape(Shape{3, E_, E_})[0];
-      w_k_ = w.reshape(Shape{3, E_, E_})[1];
-      w_v_ = w.reshape(Shape{3, E_, E_})[2];
-    }
+  const bool packed = kdim_ == E_ && vdim_ == E_;
+  Tensor w_in, w[3];
+  if (packed) {
+    w_in = r.take("in_proj_weight", Shape{3 * E_, E_});
   } else {
-    w_q_ = r.take("q_proj_weight", Shape{E_, E_});
-    w_k_ = r.take("k_proj_weight", Shape{E_, kdim_});
-    w_v_ = r.take("v_proj_weight", Shape{E_, vdim_});
+    w[0] = r.take("q_proj_weight", Shape{E_, E_});
+    w[1] = r.take("k_proj_weight", Shape{E_, kdim_});
+    w[2] = r.take("v_proj_weight", Shape{E_, vdim_});
   }
-  if (o.bias) {
-    const Tensor b = r.take("in_proj_bias", Shape{3 * E_});
-    if (!b.empty()) {
-      b_q_ = b.reshape(Shape{3, E_})[0];
-      b_k_ = b.reshape(Shape{3, E_})[1];
-      b_v_ = b.reshape(Shape{3, E_})[2];
-    }
+  const Tensor b_in = o.bias ? r.take("in_proj_bias", Shape{3 * E_}) : Tensor{};
+  const bool have_bias = !o.bias || !b_in.empty();  // (a missing bias is reported by finish())
+  if (packed && !w_in.empty() && have_bias) {
+    in_proj_ = Linear(w_in, b_in);
+    for (int i = 0; i < 3; ++i) qkv_[i] = in_proj_.rows(i * E_, E_);
+  } else if (!packed && !w[0].empty() && !w[1].empty() && !w[2].empty() && have_bias) {
+    for (int i = 0; i < 3; ++i) qkv_[i] = Linear(w[i], o.bias ? b_in.narrow(i * E_, E_) : Tensor{});
   }
-  w_o_ = r.take("out_proj.weight", Shape{E_, E_});
-  if (o.bias) b_o_ = r.take("out_proj.bias", Shape{E_});
+  out_ = take_linear(r, "out_proj.", E_, E_, o.bias);
   if (o.add_bias_kv) {
     bias_k_ = r.take("bias_k", Shape{1, 1, E_});
     bias_v_ = r.take("bias_v", Shape{1, 1, E_});
@@ -68,13 +65,11 @@ ContinualMultiheadAttention::ContinualMultiheadAttention(const char* cls, const 
 ContinualMultiheadAttention::~ContinualMultiheadAttention() = default;
 
 void ContinualMultiheadAttention::project(int part, const float* x, int64_t rows, float* y) const {
-  const Tensor& w = part == 0 ? w_q_ : part == 1 ? w_k_ : w_v_;
-  const Tensor& b = part == 0 ? b_q_ : part == 1 ? b_k_ : b_v_;
-  linear_raw(x, rows, w.dim(1), w.dim(1), w.data(), b.empty() ? nullptr : b.data(), E_, y, E_);
+  qkv_[part].apply(x, rows, qkv_[part].in_features(), y, E_);
 }
 
 void ContinualMultiheadAttention::project_out(const float* ctx, int64_t rows, float* y) const {
-  linear_raw(ctx, rows, E_, E_, w_o_.data(), b_o_.empty() ? nullptr : b_o_.data(), E_, y, E_);
+  out_.apply(ctx, rows, E_, y, E_);
 }
 
 void ContinualMultiheadAttention::project_value_head(int64_t h, const float* x, int64_t rows, int64_t ldx,
@@ -82,7 +77,7 @@ void ContinualMultiheadAttention::project_value_head(int64_t h, const float* x, 
   // y[r][e] = x[r] · W_o[e, hD:(h+1)D]: the single-query scores kernel with the E rows of the head's
   // W_o slice as keys. BLAS is slower here: sgemm packs the whole (E, D) slice for a few rows, and
   // sgemv over a 64-column slice runs below the register-blocked kernel.
-  for (int64_t r = 0; r < rows; ++r) attention_scores(x + r * ldx, w_o_.data() + h * D_, E_, E_, D_, 1.f, y + r * ldy);
+  for (int64_t r = 0; r < rows; ++r) attention_scores(x + r * ldx, out_.weight().data() + h * D_, E_, E_, D_, 1.f, y + r * ldy);
 }
 
 
@@ -96,20 +91,16 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   const int64_t extra = (opt_.add_bias_kv ? 1 : 0) + (opt_.add_zero_attn ? 1 : 0), S2 = S + extra;
   // Self-attention on the packed in_proj_weight (3E, E): one GEMM into (N, T, 3E), read through
   // strided views (row stride 3E), instead of three GEMMs.
-  const bool packed = extra == 0 && q_in.data() == k_in.data() && k_in.data() == v_in.data() && kdim_ == E_ &&
-                      vdim_ == E_ && w_k_.data() == w_q_.data() + E_ * E_ && w_v_.data() == w_q_.data() + 2 * E_ * E_ &&
-                      (b_q_.empty() || (b_k_.data() == b_q_.data() + E_ && b_v_.data() == b_q_.data() + 2 * E_));
+  const bool packed = extra == 0 && q_in.data() == k_in.data() && k_in.data() == v_in.data() && !in_proj_.empty();
   Tensor q, k, v, qkv;
   int64_t ld = E_;
   if (packed) {
-    const Tensor w = Tensor::view(Shape{3 * E_, E_}, const_cast<float*>(w_q_.data()));
-    const Tensor b = b_q_.empty() ? Tensor{} : Tensor::view(Shape{3 * E_}, const_cast<float*>(b_q_.data()));
-    qkv = linear(q_in, w, b, fn);
+    qkv = in_proj_(q_in, fn);
     ld = 3 * E_;
   } else {
-    q = linear(q_in, w_q_, b_q_, fn);
-    k = linear(k_in, w_k_, b_k_, fn);
-    v = linear(v_in, w_v_, b_v_, fn);
+    q = qkv_[0](q_in, fn);
+    k = qkv_[1](k_in, fn);
+    v = qkv_[2](v_in, fn);
   }
   if (extra) {
     const Tensor k0 = k, v0 = v;
@@ -170,7 +161,7 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
     for (auto& x : avg) x /= static_cast<float>(H_);
     *attn_weights = avg;
   }
-  return linear(ctx, w_o_, b_o_, fn);
+  return out_(ctx, fn);
 }
 
 Tensor ContinualMultiheadAttention::to_batch_first(const Tensor& x, const char* fn, const char* arg,
@@ -227,7 +218,7 @@ std::unique_ptr<Stream> ContinualMultiheadAttention::open_stream(int64_t batch, 
 ContinualMultiheadAttention::Projected ContinualMultiheadAttention::project_all(const Tensor& x,
                                                                                 const char* fn) const {
   check_shape(x, {-1, -1, E_}, fn, "x", {"B", "T"});
-  return {linear(x, w_q_, b_q_, fn), linear(x, w_k_, b_k_, fn), linear(x, w_v_, b_v_, fn)};
+  return {qkv_[0](x, fn), qkv_[1](x, fn), qkv_[2](x, fn)};
 }
 
 void ContinualMultiheadAttention::clean_state() { state_.reset(); }
@@ -329,7 +320,7 @@ Tensor SingleOutputMultiheadAttention::stream_reference(const Tensor& x, const S
   s.left_context = L_;
   attention(s, HeadsView{p.q.data() + (L_ - 1 - delay()) * E_, T * E_, E_}, HeadsView{p.k.data(), T * E_, E_},
             HeadsView{p.v.data(), T * E_, E_}, nullptr, HeadsOut{ctx.data(), T_out * E_, E_});
-  return linear(ctx, w_o_, b_o_, fn);
+  return out_(ctx, fn);
 }
 
 std::unique_ptr<detail::ContinualStreamImpl> SingleOutputMultiheadAttention::make_stream(int64_t batch) const {
@@ -361,7 +352,7 @@ Tensor RetroactiveMultiheadAttention::stream_reference(const Tensor& x, const St
     attention(s, HeadsView{p.q.data() + i * E_, T * E_, E_}, HeadsView{p.k.data() + i * E_, T * E_, E_},
               HeadsView{p.v.data() + i * E_, T * E_, E_}, nullptr,
               HeadsOut{ctx.data() + i * L_ * E_, T_out * L_ * E_, E_});
-  return linear(ctx, w_o_, b_o_, fn);
+  return out_(ctx, fn);
 }
 
 std::unique_ptr<detail::ContinualStreamImpl> RetroactiveMultiheadAttention::make_stream(int64_t batch) const {

@@ -118,7 +118,7 @@ class ContinualStreamImpl : public Stream {
   void project_value_head(int64_t h, const float* x, int64_t rows, int64_t ldx, float* y, int64_t ldy) const {
     layer_.project_value_head(h, x, rows, ldx, y, ldy);
   }
-  const float* out_bias() const { return layer_.b_o_.empty() ? nullptr : layer_.b_o_.data(); }
+  const float* out_bias() const { return layer_.out_.bias().empty() ? nullptr : layer_.out_.bias().data(); }
 
   const ContinualMultiheadAttention& layer_;
   const char* name_;

@@ -1,5 +1,7 @@
 #include "tokenmix/layers/espnet_mha.h"
 
+#include "weights.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -18,27 +20,23 @@ EspnetMultiHeadedAttention::EspnetMultiHeadedAttention(int64_t n_feat, int64_t n
   check(n_head >= 1, fn, ": n_head: expected >= 1, got ", n_head);
   check(n_feat % n_head == 0, fn, ": n_feat (", n_feat, ") must be divisible by n_head (", n_head, ")");
   WeightReader r(state_dict, fn);
-  const Shape w{n_feat, n_feat}, b{n_feat};
-  const Tensor wq = r.take("linear_q.weight", w), bq = r.take("linear_q.bias", b);
-  const Tensor wk = r.take("linear_k.weight", w), bk = r.take("linear_k.bias", b);
-  const Tensor wv = r.take("linear_v.weight", w), bv = r.take("linear_v.bias", b);
-  w_o_ = r.take("linear_out.weight", w);
-  b_o_ = r.take("linear_out.bias", b);
+  const Linear q = take_linear(r, "linear_q.", n_feat, n_feat), k = take_linear(r, "linear_k.", n_feat, n_feat),
+               v = take_linear(r, "linear_v.", n_feat, n_feat);
+  out_ = take_linear(r, "linear_out.", n_feat, n_feat);
   r.finish();
+  // q, k, v stacked into one (3E, E) projection (self-attention projects them in one GEMM); q_, k_,
+  // v_ are views of its rows.
   const int64_t E = n_feat;
-  w_qkv_ = Tensor{Shape{3 * E, E}};
-  b_qkv_ = Tensor{Shape{3 * E}};
-  const Tensor* ws[] = {&wq, &wk, &wv};
-  const Tensor* bs[] = {&bq, &bk, &bv};
-  Tensor* wv_[] = {&w_q_, &w_k_, &w_v_};
-  Tensor* bv_[] = {&b_q_, &b_k_, &b_v_};
+  Tensor w_qkv{Shape{3 * E, E}}, b_qkv{Shape{3 * E}};
+  const Linear* parts[] = {&q, &k, &v};
   for (int i = 0; i < 3; ++i) {
-    std::copy(ws[i]->begin(), ws[i]->end(), w_qkv_.data() + i * E * E);
-    std::copy(bs[i]->begin(), bs[i]->end(), b_qkv_.data() + i * E);
-    // Views into the stacked storage; w_qkv_ (a member) keeps it alive.
-    *wv_[i] = Tensor::view(w, w_qkv_.data() + i * E * E);
-    *bv_[i] = Tensor::view(b, b_qkv_.data() + i * E);
+    std::copy(parts[i]->weight().begin(), parts[i]->weight().end(), w_qkv.data() + i * E * E);
+    std::copy(parts[i]->bias().begin(), parts[i]->bias().end(), b_qkv.data() + i * E);
   }
+  qkv_ = Linear(w_qkv, b_qkv);
+  q_ = qkv_.rows(0, E);
+  k_ = qkv_.rows(E, E);
+  v_ = qkv_.rows(2 * E, E);
 }
 
 Tensor EspnetMultiHeadedAttention::attend(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -70,7 +68,7 @@ Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v,
   Tensor ctx = Tensor::uninitialized(Shape{B, T1, E});  // attention() writes every row
   if (attn) *attn = Tensor{Shape{B, n_head_, T1, T2}};
   attention(s, q, k, v, mask.empty() ? nullptr : &m, HeadsOut{ctx.data(), T1 * E, E}, attn ? attn->data() : nullptr);
-  return linear(ctx, w_o_, b_o_, fn);
+  return out_(ctx, fn);
 }
 
 namespace {
@@ -89,7 +87,7 @@ Tensor EspnetMultiHeadedAttention::forward(const Tensor& query_in, const Tensor&
     fail(fn, ": query: expected shape (B, T1, ", n_feat_, ") or (B, ", n_feat_, "), got ", query_in.shape());
   if (memory.empty()) {  // self-attention: q, k, v from one GEMM into (B, T, 3E)
     const int64_t B = query.dim(0), T = query.dim(1), E = n_feat_;
-    const Tensor qkv = linear(query, w_qkv_, b_qkv_, fn);
+    const Tensor qkv = qkv_(query, fn);
     const float* p = qkv.data();
     return attend(HeadsView{p, T * 3 * E, 3 * E}, HeadsView{p + E, T * 3 * E, 3 * E},
                   HeadsView{p + 2 * E, T * 3 * E, 3 * E}, B, T, T, mask, fn, attn);
@@ -98,9 +96,9 @@ Tensor EspnetMultiHeadedAttention::forward(const Tensor& query_in, const Tensor&
   if (memory.ndim() != 3 || memory.dim(0) != query.dim(0) || memory.dim(2) != n_feat_)
     fail(fn, ": memory: expected shape (", query.dim(0), ", T2, ", n_feat_, ") or (", query.dim(0), ", ", n_feat_,
          "), got ", memory_in.shape());
-  const Tensor q = linear(query, w_q_, b_q_, fn);
-  const Tensor k = linear(mem, w_k_, b_k_, fn);
-  const Tensor v = linear(mem, w_v_, b_v_, fn);
+  const Tensor q = q_(query, fn);
+  const Tensor k = k_(mem, fn);
+  const Tensor v = v_(mem, fn);
   return attend(q, k, v, mask, fn, attn);
 }
 
@@ -130,7 +128,7 @@ EspnetMultiHeadedAttention::ProjectedMemory EspnetMultiHeadedAttention::project_
               mask.dim(2) == memory.dim(1),
           fn, ": mask: expected (B, 1, T2) or (B, T1, T2) with B = ", memory.dim(0), ", T2 = ", memory.dim(1),
           ", got ", mask.shape());
-  return {linear(memory, w_k_, b_k_, fn), linear(memory, w_v_, b_v_, fn), mask};
+  return {k_(memory, fn), v_(memory, fn), mask};
 }
 
 Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const ProjectedMemory& memory,
@@ -141,7 +139,7 @@ Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const ProjectedMemo
   const bool squeeze = query.ndim() == 2 || query.dim(1) == 1;
   const Tensor q3 = as_sequence(query);
   check_shape(q3, {memory.key.dim(0), -1, n_feat_}, fn, "query", {"B", "T1"});
-  Tensor y = attend(linear(q3, w_q_, b_q_, fn), memory.key, memory.value, memory.mask, fn, attn);
+  Tensor y = attend(q_(q3, fn), memory.key, memory.value, memory.mask, fn, attn);
   return squeeze ? y.reshape(Shape{y.dim(0), y.dim(2)}) : y;
 }
 
@@ -163,19 +161,19 @@ void EspnetMultiHeadedAttention::project_qkv(const float* x, int64_t rows, float
   if (rows == 1) {  // one token: a single GEMV over the stacked (3E, E) weight
     thread_local std::vector<float> qkv;
     qkv.resize(3 * E);
-    linear_raw(x, 1, E, E, w_qkv_.data(), b_qkv_.data(), 3 * E, qkv.data(), 3 * E);
+    qkv_.apply(x, 1, E, qkv.data(), 3 * E);
     std::copy(qkv.begin(), qkv.begin() + E, q);
     std::copy(qkv.begin() + E, qkv.begin() + 2 * E, k);
     std::copy(qkv.begin() + 2 * E, qkv.end(), v);
     return;
   }
-  linear_raw(x, rows, E, E, w_q_.data(), b_q_.data(), E, q, E);
-  linear_raw(x, rows, E, E, w_k_.data(), b_k_.data(), E, k, E);
-  linear_raw(x, rows, E, E, w_v_.data(), b_v_.data(), E, v, E);
+  q_.apply(x, rows, E, q, E);
+  k_.apply(x, rows, E, k, E);
+  v_.apply(x, rows, E, v, E);
 }
 
 void EspnetMultiHeadedAttention::project_out(const float* ctx, int64_t rows, float* out) const {
-  linear_raw(ctx, rows, n_feat_, n_feat_, w_o_.data(), b_o_.data(), n_feat_, out, n_feat_);
+  out_.apply(ctx, rows, n_feat_, out, n_feat_);
 }
 
 }  // namespace tokenmix

@@ -1,5 +1,7 @@
 #include "tokenmix/layers/fastformer.h"
 
+#include "weights.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -50,17 +52,11 @@ FastSelfAttention::FastSelfAttention(int64_t size, int64_t attention_heads, doub
         dropout_rate);
   scale_ = std::sqrt(static_cast<float>(head_dim_));
   WeightReader r(state_dict, fn);
-  const Shape w{size, size}, b{size}, wa{attention_heads, size}, ba{attention_heads};
-  w_query_ = r.take("query.weight", w);
-  b_query_ = r.take("query.bias", b);
-  w_query_att_ = r.take("query_att.weight", wa);
-  b_query_att_ = r.take("query_att.bias", ba);
-  w_key_ = r.take("key.weight", w);
-  b_key_ = r.take("key.bias", b);
-  w_key_att_ = r.take("key_att.weight", wa);
-  b_key_att_ = r.take("key_att.bias", ba);
-  w_transform_ = r.take("transform.weight", w);
-  b_transform_ = r.take("transform.bias", b);
+  query_ = take_linear(r, "query.", size, size);
+  query_att_ = take_linear(r, "query_att.", attention_heads, size);
+  key_ = take_linear(r, "key.", size, size);
+  key_att_ = take_linear(r, "key_att.", attention_heads, size);
+  transform_ = take_linear(r, "transform.", size, size);
   r.finish();
 }
 
@@ -74,9 +70,9 @@ void FastSelfAttention::Scratch::reserve(int64_t T, int64_t E, int64_t H) {
 void FastSelfAttention::project_rows(const float* x, int64_t rows, float* out) const {
   if (rows == 0) return;
   const int64_t E = size_, H = heads_, W = cache_width();
-  linear_raw(x, rows, E, E, w_query_.data(), b_query_.data(), E, out, W);
-  linear_raw(x, rows, E, E, w_key_.data(), b_key_.data(), E, out + E, W);
-  linear_raw(out, rows, E, W, w_query_att_.data(), b_query_att_.data(), H, out + 2 * E, W);
+  query_.apply(x, rows, E, out, W);
+  key_.apply(x, rows, E, out + E, W);
+  query_att_.apply(out, rows, W, out + 2 * E, W);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t h = 0; h < H; ++h) out[r * W + 2 * E + h] /= scale_;
 }
@@ -99,9 +95,9 @@ void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* 
   // Key logits c[t, h] = (k_t ⊙ gq)·W_key_att[h] + b = k_t·(W_key_att[h] ⊙ gq) + b, then / sqrt(d).
   float* scores = s.scores.data();
   for (int64_t h = 0; h < H; ++h)
-    for (int64_t e = 0; e < E; ++e) scores[h * E + e] = w_key_att_.data()[h * E + e] * gq[e];
+    for (int64_t e = 0; e < E; ++e) scores[h * E + e] = key_att_.weight().data()[h * E + e] * gq[e];
   float* c = s.logits.data();  // (T, H)
-  linear_raw(rows + E, T, E, W, scores, b_key_att_.data(), H, c, H);
+  linear_raw(rows + E, T, E, W, scores, key_att_.bias().data(), H, c, H);
   for (int64_t i = 0; i < T * H; ++i) c[i] /= scale_;
   // Key pooling: β_h = pool(c[:, h]); gk_h = Σ_t β_h[t] (k_t ⊙ gq)_h = gq_h ⊙ (β_h · k[:, h-slice]).
   float* beta = s.weights.data();
@@ -157,7 +153,7 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
     }
   });
   // y = transform(u) + q (accumulate adds the bias too).
-  linear_raw(u.data(), B * T, E, E, w_transform_.data(), b_transform_.data(), E, y.data(), E, true);
+  transform_.apply(u.data(), B * T, E, y.data(), E, /*accumulate=*/true);
   return y;
 }
 
@@ -224,8 +220,7 @@ void FastSelfAttentionStream::finish(int64_t c_out, float* out) {
   for (int64_t b = 0; b < batch_; ++b)  // rows still warming up: zeros in their leading slots
     std::fill_n(u_.data() + b * c_out * E, (c_out - emitted(b)) * E, 0.f);
   // y = transform(u) + q (accumulate adds the bias too).
-  linear_raw(u_.data(), batch_ * c_out, E, E, layer_.w_transform_.data(), layer_.b_transform_.data(), E, out, E,
-             true);
+  layer_.transform_.apply(u_.data(), batch_ * c_out, E, out, E, /*accumulate=*/true);
   for (int64_t b = 0; b < batch_; ++b)
     std::fill_n(out + b * c_out * E, (c_out - emitted(b)) * E, 0.f);
 }

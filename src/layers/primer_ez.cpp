@@ -1,5 +1,7 @@
 #include "tokenmix/layers/primer_ez.h"
 
+#include "weights.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -159,18 +161,11 @@ LabmlMultiHeadAttention::LabmlMultiHeadAttention(QkvConv conv, int64_t heads, in
         "with conv = ",
         qkv_conv_name(conv));
   WeightReader r(state_dict, fn);
-  const Shape w{d_model, d_model}, b{d_model};
   const std::string sub = conv == QkvConv::kNone ? ".linear." : ".0.linear.";
-  w_q_ = r.take("query" + sub + "weight", w);
-  w_k_ = r.take("key" + sub + "weight", w);
-  w_v_ = r.take("value" + sub + "weight", w);
-  if (bias) {
-    b_q_ = r.take("query" + sub + "bias", b);
-    b_k_ = r.take("key" + sub + "bias", b);
-  }
-  b_v_ = r.take("value" + sub + "bias", b);
-  w_o_ = r.take("output.weight", w);
-  b_o_ = r.take("output.bias", b);
+  qkv_[0] = take_linear(r, "query" + sub, d_model, d_model, bias);
+  qkv_[1] = take_linear(r, "key" + sub, d_model, d_model, bias);
+  qkv_[2] = take_linear(r, "value" + sub, d_model, d_model);
+  out_ = take_linear(r, "output.", d_model, d_model);
   if (conv != QkvConv::kNone) {
     const char* names[3] = {"query", "key", "value"};
     for (int i = 0; i < 3; ++i)
@@ -181,12 +176,9 @@ LabmlMultiHeadAttention::LabmlMultiHeadAttention(QkvConv conv, int64_t heads, in
 }
 
 Tensor LabmlMultiHeadAttention::project_rows(int which, const Tensor& x, const SeqLayout& l) const {
-  const Tensor* W[3] = {&w_q_, &w_k_, &w_v_};
-  const Tensor* b[3] = {&b_q_, &b_k_, &b_v_};
   const int64_t D = d_model_, rows = l.B * l.T;
   Tensor y = Tensor::uninitialized(Shape{rows, D});
-  linear_raw(x.data(), rows, D, D, W[which]->data(), b[which]->empty() ? nullptr : b[which]->data(), D,
-             y.data(), D);
+  qkv_[which].apply(x.data(), rows, D, y.data(), D);
   if (convs_[which]) convs_[which]->apply(y.data(), l.T, l.B, l.ts * D, l.bs * D, D);
   return y;
 }
@@ -208,7 +200,7 @@ Tensor LabmlMultiHeadAttention::attend(const Tensor& q, const SeqLayout& ql, con
   attention(s, HeadsView{q.data(), ql.bs * D, ql.ts * D}, HeadsView{k.data(), kl.bs * D, kl.ts * D},
             HeadsView{v.data(), kl.bs * D, kl.ts * D}, mask, HeadsOut{ctx.data(), ql.bs * D, ql.ts * D}, probs);
   Tensor out = Tensor::uninitialized(Shape{rows, D});
-  linear_raw(ctx.data(), rows, D, D, w_o_.data(), b_o_.data(), D, out.data(), D);
+  out_.apply(ctx.data(), rows, D, out.data(), D);
   return out;
 }
 
@@ -282,13 +274,13 @@ Tensor LabmlMultiHeadAttention::stream_reference(const Tensor& x, const StreamOp
 
 void LabmlMultiHeadAttention::project_qkv(const float* x, int64_t rows, float* q, float* k, float* v) const {
   const int64_t D = d_model_;
-  linear_raw(x, rows, D, D, w_q_.data(), b_q_.empty() ? nullptr : b_q_.data(), D, q, D);
-  linear_raw(x, rows, D, D, w_k_.data(), b_k_.empty() ? nullptr : b_k_.data(), D, k, D);
-  linear_raw(x, rows, D, D, w_v_.data(), b_v_.data(), D, v, D);
+  qkv_[0].apply(x, rows, D, q, D);
+  qkv_[1].apply(x, rows, D, k, D);
+  qkv_[2].apply(x, rows, D, v, D);
 }
 
 void LabmlMultiHeadAttention::project_out(const float* ctx, int64_t rows, float* out) const {
-  linear_raw(ctx, rows, d_model_, d_model_, w_o_.data(), b_o_.data(), d_model_, out, d_model_);
+  out_.apply(ctx, rows, d_model_, out, d_model_);
 }
 
 namespace {

@@ -87,6 +87,9 @@ class BasicTensor {
   BasicTensor clone() const;
   // View of index i along axis 0 (shape without axis 0). Throws Error when i is out of range.
   BasicTensor operator[](int64_t i) const;
+  // View of indices [start, start + length) along axis 0 (as torch.narrow(0, start, length)); the
+  // storage stays alive as long as the view. Throws Error when the range is out of bounds.
+  BasicTensor narrow(int64_t start, int64_t length) const;
 
   // Element access by 1 to 4 indices (no bounds checks: use for tests and reference paths).
   T& at(int64_t i0) { return data_[i0]; }

@@ -22,6 +22,35 @@ void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, 
 // has the wrong size.
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn = "linear");
 
+// A projection's weights in PyTorch nn.Linear layout, y = x·Wᵀ + b. Every projection of every layer
+// applies its weights through it, so the GEMM is chosen in one place; float32 today (dtype() is the
+// seam for bf16 / int8 weights prepacked at load).
+class Linear {
+ public:
+  Linear() = default;
+  // weight (out_features, in_features); bias (out_features) or empty (no bias). The tensors are
+  // shared, not copied. Throws Error "Linear: ..." on other shapes.
+  explicit Linear(Tensor weight, Tensor bias = {});
+  // Output features [first, first + count) as their own projection (a view of the same storage),
+  // e.g. the query part of a packed in_proj. Throws Error when the range is out of bounds.
+  Linear rows(int64_t first, int64_t count) const;
+
+  bool empty() const { return weight_.empty(); }
+  int64_t in_features() const { return weight_.dim(1); }
+  int64_t out_features() const { return weight_.dim(0); }
+  const char* dtype() const { return "F32"; }
+  const Tensor& weight() const { return weight_; }  // (out_features, in_features)
+  const Tensor& bias() const { return bias_; }      // (out_features) or empty
+  // y (rows, stride ldy) = x (rows, stride ldx) · Wᵀ + b; accumulate adds to y instead (the bias
+  // too). No checks (callers validate shapes).
+  void apply(const float* x, int64_t rows, int64_t ldx, float* y, int64_t ldy, bool accumulate = false) const;
+  // x (..., in_features) -> (..., out_features). Throws Error "<fn>: input: ..." on a mismatch.
+  Tensor operator()(const Tensor& x, const char* fn) const;
+
+ private:
+  Tensor weight_, bias_;
+};
+
 // C (M x N, ldc) = alpha * A (M x K, lda) · op(B) + beta * C, row-major; op(B) = Bᵀ when
 // b_transposed (B stored N x K), else B (stored K x N). Thin wrapper over cblas_sgemm (cblas_sgemv
 // when M or N is 1). Threads: a matrix-vector product of fewer than 2^20 matrix elements runs on the

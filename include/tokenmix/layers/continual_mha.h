@@ -42,6 +42,7 @@
 
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/linear.h"
 #include "tokenmix/streaming/stream.h"
 
 namespace tokenmix {
@@ -156,9 +157,10 @@ class ContinualMultiheadAttention : public Layer {
   bool batch_first_, single_output_ = false;
   int64_t E_, H_, D_, L_, kdim_, vdim_;
   float scale_;  // 1 / sqrt(D)
-  Tensor w_q_, w_k_, w_v_;  // rows of in_proj_weight (E, E) each, or q/k/v_proj_weight (E, E|kdim|vdim)
-  Tensor b_q_, b_k_, b_v_;  // slices of in_proj_bias (E) each, or empty without bias
-  Tensor w_o_, b_o_;        // out_proj.weight (E, E), out_proj.bias (E) or empty
+  Linear in_proj_;  // in_proj_weight (3E, E), in_proj_bias (3E) or none; empty when kdim/vdim != E
+  Linear qkv_[3];   // q, k, v: rows of in_proj_ (E, E), or q/k/v_proj_weight (E, E|kdim|vdim) with
+                    // slices of in_proj_bias (E) or no bias
+  Linear out_;      // out_proj.weight (E, E), out_proj.bias (E) or none
   Tensor bias_k_, bias_v_;  // (1, 1, E) with add_bias_kv, else empty
 
  private:

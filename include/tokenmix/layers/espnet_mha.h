@@ -17,6 +17,7 @@
 
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/linear.h"
 #include "tokenmix/kernels/attention.h"
 #include "tokenmix/streaming/causal_attention_stream.h"
 
@@ -76,12 +77,10 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
  private:
   int64_t n_feat_, n_head_, head_dim_;
   // linear_q, linear_k, linear_v stacked: (3E, E), (3E), so self-attention projects x once with one
-  // GEMM (N = 3E); w_q_/w_k_/w_v_ and their biases view its row blocks (no copies).
-  Tensor w_qkv_, b_qkv_;
-  Tensor w_q_, b_q_;  // linear_q: (E, E), (E)
-  Tensor w_k_, b_k_;  // linear_k: (E, E), (E)
-  Tensor w_v_, b_v_;  // linear_v: (E, E), (E)
-  Tensor w_o_, b_o_;  // linear_out: (E, E), (E)
+  // GEMM (N = 3E); q_, k_, v_ view its row blocks (no copies): (E, E), (E) each.
+  Linear qkv_;
+  Linear q_, k_, v_;
+  Linear out_;        // linear_out: (E, E), (E)
   // Attention of projected q (B, T1, E) over projected k, v (B, T2, E) with a checked mask, then the
   // output projection. fn names the caller in errors.
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Mask& mask, const char* fn,

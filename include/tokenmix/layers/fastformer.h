@@ -38,6 +38,7 @@
 
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/linear.h"
 #include "tokenmix/streaming/stream.h"
 #include "tokenmix/streaming/windowed_stream.h"
 
@@ -103,11 +104,11 @@ class FastSelfAttention : public Layer {
   int64_t size_, heads_, head_dim_;
   double dropout_rate_;
   float scale_;                         // sqrt(d): the score logits are divided by it
-  Tensor w_query_, b_query_;            // query: (E, E), (E)
-  Tensor w_query_att_, b_query_att_;    // query_att: (H, E), (H)
-  Tensor w_key_, b_key_;                // key: (E, E), (E)
-  Tensor w_key_att_, b_key_att_;        // key_att: (H, E), (H)
-  Tensor w_transform_, b_transform_;    // transform: (E, E), (E)
+  Linear query_;      // query: (E, E), (E)
+  Linear query_att_;  // query_att: (H, E), (H)
+  Linear key_;        // key: (E, E), (E)
+  Linear key_att_;    // key_att: (H, E), (H)
+  Linear transform_;  // transform: (E, E), (E)
   // Checks options.window >= 1 and -1 <= options.position < window; fn names the caller.
   void check_stream_options(const StreamOptions& options, const char* fn) const;
   friend class FastSelfAttentionStream;

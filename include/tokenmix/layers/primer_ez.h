@@ -46,6 +46,7 @@
 
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/linear.h"
 #include "tokenmix/kernels/attention.h"
 #include "tokenmix/streaming/causal_attention_stream.h"
 
@@ -170,10 +171,9 @@ class LabmlMultiHeadAttention : public Layer, private CausalAttentionCore {
  private:
   QkvConv conv_;
   int64_t heads_, d_model_, d_k_;
-  Tensor w_q_, b_q_;  // query projection: (D, D), (D) or empty when bias = false
-  Tensor w_k_, b_k_;  // key projection:   (D, D), (D) or empty when bias = false
-  Tensor w_v_, b_v_;  // value projection: (D, D), (D)
-  Tensor w_o_, b_o_;  // output:           (D, D), (D)
+  // query, key, value projections: (D, D), (D) (the query and key bias empty when bias = false)
+  Linear qkv_[3];
+  Linear out_;  // output: (D, D), (D)
   std::unique_ptr<CausalDepthwiseConv> convs_[3];  // q, k, v convolutions (width D), or null
 
   // Rows of D floats for B sequences of T steps: step t of sequence b is row b*bs + t*ts (in rows).
