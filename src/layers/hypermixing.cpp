@@ -1,6 +1,7 @@
 #include "tokenmix/layers/hypermixing.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -65,40 +66,42 @@ HyperMixing::HyperMixing(const HyperMixingOptions& o, const StateDict& state_dic
 
   WeightReader r(state_dict, fn);
   const Shape w1{H_, d_, d_}, b1{H_, d_}, w2{H_, K_, d_}, b2{H_, K_};
+  const char* keys[4] = {"fc1_weights", "fc1_biases", "fc2_weights", "fc2_biases"};
+  const Shape* shapes[4] = {&w1, &b1, &w2, &b2};
+  // The four tensors of hypernetwork prefix (absent ones empty when optional).
   auto take_gen = [&](const std::string& p, bool optional) {
-    Generator g;
-    auto take = [&](const std::string& key, const Shape& s) {
-      return optional ? r.take_optional(p + key, s) : r.take(p + key, s);
-    };
-    g.fc1_w = take("fc1_weights", w1);
-    g.fc1_b = take("fc1_biases", b1);
-    g.fc2_w = take("fc2_weights", w2);
-    g.fc2_b = take("fc2_biases", b2);
-    return g;
+    std::array<Tensor, 4> t;
+    for (int i = 0; i < 4; ++i)
+      t[i] = optional ? r.take_optional(p + keys[i], *shapes[i]) : r.take(p + keys[i], *shapes[i]);
+    return t;
   };
-  gen1_ = take_gen("hyper.w1_gen.", false);
-  const Generator g2 = take_gen("hyper.w2_gen.", tied_);
+  const std::array<Tensor, 4> g1 = take_gen("hyper.w1_gen.", false), g2 = take_gen("hyper.w2_gen.", tied_);
   ln_w_ = r.take("layer_norm.weight", Shape{E_});
   ln_b_ = r.take("layer_norm.bias", Shape{E_});
   const Tensor pe = r.take_optional("positional_encoding.pe", Shape{1, max_length_, E_});
   r.finish();
 
+  // Per-head projections viewing the loaded tensors.
+  auto heads = [&](const std::array<Tensor, 4>& t) {
+    Generator g;
+    for (int64_t h = 0; h < H_; ++h) {
+      g.fc1.emplace_back(t[0][h], t[1][h]);
+      g.fc2.emplace_back(t[2][h], t[3][h]);
+    }
+    return g;
+  };
+  gen1_ = heads(g1);
   if (tied_) {
     // Upstream's w2_gen is the w1_gen module: the aliased entries must hold the same values.
-    const std::pair<const char*, std::pair<const Tensor*, const Tensor*>> pairs[] = {
-        {"fc1_weights", {&gen1_.fc1_w, &g2.fc1_w}},
-        {"fc1_biases", {&gen1_.fc1_b, &g2.fc1_b}},
-        {"fc2_weights", {&gen1_.fc2_w, &g2.fc2_w}},
-        {"fc2_biases", {&gen1_.fc2_b, &g2.fc2_b}}};
-    for (const auto& [key, t] : pairs) {
-      if (t.second->empty()) continue;
-      check(std::equal(t.first->begin(), t.first->end(), t.second->begin()), fn,
-            ": state_dict: tied = true but 'hyper.w2_gen.", key, "' differs from 'hyper.w1_gen.", key,
+    for (int i = 0; i < 4; ++i) {
+      if (g2[i].empty()) continue;
+      check(std::equal(g1[i].begin(), g1[i].end(), g2[i].begin()), fn, ": state_dict: tied = true but 'hyper.w2_gen.",
+            keys[i], "' differs from 'hyper.w1_gen.", keys[i],
             "' (a tied checkpoint stores one hypernetwork under both keys)");
     }
     gen2_ = gen1_;
   } else {
-    gen2_ = g2;
+    gen2_ = heads(g2);
   }
   pe_ = pe.empty() ? sinusoidal_table(max_length_, E_) : pe.reshape(Shape{max_length_, E_});
 }
@@ -109,14 +112,14 @@ void HyperMixing::hidden(const Generator& g, const float* z, int64_t rows, float
       H_, rows > 1,
       [&](int64_t h) {
         float* gh = G + h * d_;
-        linear_raw(z + h * d_, rows, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_, gh, E_);
+        g.fc1[h].apply(z + h * d_, rows, E_, gh, E_);
         for (int64_t t = 0; t < rows; ++t) gelu_erf(gh + t * E_, d_);
       },
       Schedule::kDynamic);
 }
 
 void HyperMixing::generated_row(const Generator& g, int64_t h, const float* g_row, float* w) const {
-  linear_raw(g_row, 1, d_, d_, g.fc2_w.data() + h * K_ * d_, g.fc2_b.data() + h * K_, K_, w, K_);
+  g.fc2[h].apply(g_row, 1, d_, w, K_);
 }
 
 void HyperMixing::mixing_hidden(int64_t h, const float* x, int64_t ldx, const float* G1, int64_t ldg, int64_t rows,
@@ -124,12 +127,12 @@ void HyperMixing::mixing_hidden(int64_t h, const float* x, int64_t ldx, const fl
   // P (d, d) = x̃_hᵀ·G1_h over the tokens.
   gemm_tn(x, ldx, G1, ldg, /*b_transposed=*/false, P, d_, d_, d_, rows);
   // R (d, K) = P·C1_hᵀ + (x̃_hᵀ·1)·γ1_hᵀ, then GELU.
-  gemm(P, d_, gen1_.fc2_w.data() + h * K_ * d_, d_, /*b_transposed=*/true, R, K_, d_, K_, d_);
+  gemm(P, d_, gen1_.fc2[h].weight().data(), d_, /*b_transposed=*/true, R, K_, d_, K_, d_);
   float* colsum = P;  // P is consumed: reuse its first row for x̃_hᵀ·1
   std::fill(colsum, colsum + d_, 0.f);
   for (int64_t t = 0; t < rows; ++t)
     for (int64_t i = 0; i < d_; ++i) colsum[i] += x[t * ldx + i];
-  const float* gamma = gen1_.fc2_b.data() + h * K_;
+  const float* gamma = gen1_.fc2[h].bias().data();
   for (int64_t i = 0; i < d_; ++i)
     for (int64_t k = 0; k < K_; ++k) R[i * K_ + k] += colsum[i] * gamma[k];
   gelu_erf(R, d_ * K_);
@@ -143,14 +146,14 @@ int64_t HyperMixing::mixing_scratch(int64_t rows) const {
 
 void HyperMixing::mixing_output(int64_t h, const float* R, const float* G2, int64_t ldg, int64_t rows, float* M,
                                 float* out, int64_t ldo) const {
-  const float* C2 = gen2_.fc2_w.data() + h * K_ * d_;  // (K, d)
-  const float* gamma = gen2_.fc2_b.data() + h * K_;
+  const float* C2 = gen2_.fc2[h].weight().data();  // (K, d)
+  const float* gamma = gen2_.fc2[h].bias().data();
   if (forms_w2()) {
     // Upstream's order: W2_h (rows, K) = G2_h·C2_hᵀ + γ2_h, then out = W2_h·Rᵀ. Cheaper when 2K <= d,
     // and it keeps each token's output a combination of K generated scalars rounded once: at K = 1
     // the output row is s·g, whose scalar s the final LayerNorm divides out (the factored form below
     // rounds every channel separately, and LayerNorm amplifies that where s nearly cancels).
-    linear_raw(G2, rows, d_, ldg, C2, gamma, K_, M, K_);
+    gen2_.fc2[h].apply(G2, rows, ldg, M, K_);
     gemm(M, K_, R, K_, /*b_transposed=*/true, out, ldo, rows, d_, K_);
     return;
   }
@@ -267,8 +270,7 @@ HyperMixingStream::HyperMixingStream(const HyperMixing& layer, int64_t batch, co
   pos_table_.assign(static_cast<size_t>(L * E_), 0.f);
   const auto& g = layer.gen1_;
   for (int64_t h = 0; h < H_; ++h)
-    linear_raw(layer.pe_.data() + h * d_, L, d_, E_, g.fc1_w.data() + h * d_ * d_, g.fc1_b.data() + h * d_, d_,
-               pos_table_.data() + h * d_, E_);
+    g.fc1[h].apply(layer.pe_.data() + h * d_, L, E_, pos_table_.data() + h * d_, E_);
   hidden_.assign(static_cast<size_t>(H_ * L * d_), 0.f);
   p_.assign(static_cast<size_t>(H_ * d_ * d_), 0.f);
   s_.assign(static_cast<size_t>(H_ * d_ * K_), 0.f);
@@ -283,7 +285,7 @@ void HyperMixingStream::stage(const float* x, int64_t n, float* rows) {
   for (int64_t r = 0; r < n; ++r) std::memcpy(rows + r * W, x + r * E_, sizeof(float) * E_);
   const auto& g1 = layer_.gen1_;
   for (int64_t h = 0; h < H_; ++h)
-    linear_raw(x + h * d_, n, d_, E_, g1.fc1_w.data() + h * d_ * d_, nullptr, d_, rows + E_ + h * d_, W);
+    linear_raw(x + h * d_, n, d_, E_, g1.fc1[h].weight().data(), nullptr, d_, rows + E_ + h * d_, W);  // A1·x, no bias
 }
 
 void HyperMixingStream::window_output(int64_t, const float* R, int64_t, float* y) {

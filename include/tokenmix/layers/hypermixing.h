@@ -33,6 +33,7 @@
 
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/linear.h"
 #include "tokenmix/streaming/stream.h"
 #include "tokenmix/streaming/windowed_stream.h"
 
@@ -96,12 +97,11 @@ class HyperMixing : public Layer {
 
  private:
   friend class HyperMixingStream;
-  // One ParallelMLPs hypernetwork (d -> d -> K per head).
+  // One ParallelMLPs hypernetwork (d -> d -> K per head): per head h the views fc1[h] of
+  // fc1_weights[h] (d, d) and fc1_biases[h] (d), and fc2[h] of fc2_weights[h] (K, d) and
+  // fc2_biases[h] (K).
   struct Generator {
-    Tensor fc1_w;  // (H, d, d)  [h, out, in]
-    Tensor fc1_b;  // (H, d)
-    Tensor fc2_w;  // (H, K, d)  [h, out, in]
-    Tensor fc2_b;  // (H, K)
+    std::vector<Linear> fc1, fc2;
   };
   int64_t E_, H_, d_, K_, max_length_;
   bool tied_;
