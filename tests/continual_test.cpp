@@ -196,8 +196,12 @@ TEST(ContinualForward, MatchesReferenceOnRandomShapes) {
     const RefOut r = reference_mha(sd, E, H, x, x, x, qs, kpm);
     EXPECT_LT(max_abs_diff(y, r.y), 1e-5) << "trial " << trial;
     EXPECT_LT(max_abs_diff(attn, r.attn), 1e-6) << "trial " << trial;
-    // Unified API: same as the batch-first forward with the mask.
-    EXPECT_LT(max_abs_diff(layer->forward(x, kpm), r.y), 1e-5);
+    // Unified API (Layer::forward): every query, (N, T, E), whatever single_output_forward says.
+    std::vector<int64_t> all(T);
+    for (int64_t i = 0; i < T; ++i) all[i] = i;
+    const Tensor y_all = layer->forward(x, kpm);
+    ASSERT_EQ(y_all.shape(), (Shape{N, T, E}));
+    EXPECT_LT(max_abs_diff(y_all, reference_mha(sd, E, H, x, x, x, all, kpm).y), 1e-5);
   }
 }
 
@@ -503,7 +507,9 @@ TEST(ContinualErrors, ConstructorAndCalls) {
   ContinualMhaOptions o2 = opts(8, 2, 4);
   o2.query_index = -4;
   SingleOutputMultiheadAttention so2(o2, sd);
-  expect_error([&] { so2.forward(random_tensor(Shape{1, 3, 8}, 1)); }, "query_index -4 is out of range");
+  const Tensor x3 = random_tensor(Shape{1, 3, 8}, 1);
+  expect_error([&] { so2.forward(x3, Tensor{}, Tensor{}, Mask{}, Mask{}, nullptr); }, "query_index -4 is out of range");
+  EXPECT_EQ(so2.forward(x3).shape(), (Shape{1, 3, 8}));  // Layer::forward: every query, no query_index
   expect_error([&] { so.forward_step(random_tensor(Shape{2, 7}, 1)); },
                "SingleOutputMultiheadAttention::forward_step: query: expected shape (N, 8), got (2, 7)");
   expect_error([&] { so.open_stream(0); }, "batch: expected 1 <= batch <= 1048576, got 0");

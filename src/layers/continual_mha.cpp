@@ -83,7 +83,7 @@ void ContinualMultiheadAttention::project_value_head(int64_t h, const float* x, 
 
 Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                                const Mask& kpm, const Mask& attn_mask, Tensor* attn_weights,
-                                               const char* fn) const {
+                                               const char* fn, bool all_queries) const {
   const int64_t N = q_in.dim(0), T = q_in.dim(1), S = k_in.dim(1);
   check_shape(k_in, {N, -1, kdim_}, fn, "key", {"N", "S"});
   check_shape(v_in, {N, S, vdim_}, fn, "value", {"N", "S"});
@@ -116,7 +116,7 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
     }
   }
   int64_t q0 = 0, Tq = T;
-  if (single_output_ && opt_.single_output_forward) {
+  if (single_output_ && opt_.single_output_forward && !all_queries) {
     const int64_t qi = opt_.query_index;
     check(qi >= -T && qi < T, fn, ": query_index ", qi, " is out of range for a query of ", T, " tokens");
     q0 = qi < 0 ? qi + T : qi;
@@ -194,7 +194,7 @@ Tensor ContinualMultiheadAttention::forward(const Tensor& query, const Tensor& k
 Tensor ContinualMultiheadAttention::forward(const Tensor& x, const Mask& key_padding_mask) const {
   const std::string fn = std::string(cls_) + "::forward";
   check_shape(x, {-1, -1, E_}, fn.c_str(), "x", {"B", "T"});
-  return forward_bf(x, x, x, key_padding_mask, Mask{}, nullptr, fn.c_str());
+  return forward_bf(x, x, x, key_padding_mask, Mask{}, nullptr, fn.c_str(), /*all_queries=*/true);
 }
 
 void ContinualMultiheadAttention::check_stream_options(const StreamOptions& options, const char* fn) const {

@@ -97,9 +97,10 @@ class ContinualMultiheadAttention : public Layer {
   Tensor forward(const Tensor& query, const Tensor& key, const Tensor& value, const Mask& key_padding_mask,
                  const Mask& attn_mask, Tensor* attn_weights) const;
 
-  // Unified API: self-attention of x (B, T, E) (always batch-first, whatever the layout options)
-  // with key_padding_mask (B, T), True = padded. Returns what upstream forward returns in batch-first
-  // layout: (B, 1, E) for SingleOutput with single_output_forward, else (B, T, E).
+  // Unified API (Layer::forward): self-attention of x (B, T, E) (always batch-first, whatever the
+  // layout options) with key_padding_mask (B, T), True = padded. Returns (B, T, E), every query's
+  // output, as the Layer contract says, also for SingleOutput with single_output_forward (whose
+  // upstream forward above returns only query_index's (B, 1, E)).
   Tensor forward(const Tensor& x, const Mask& key_padding_mask = {}) const override;
 
   // Upstream step API on the layer's own stream state (not thread-safe; open_stream() gives
@@ -142,9 +143,10 @@ class ContinualMultiheadAttention : public Layer {
   // Rows of one head through its slice of out_proj (no bias): y[r] (E) = W_o[:, hD:(h+1)D]·x[r],
   // x (rows, D) at row stride ldx, y (rows, E) at row stride ldy.
   void project_value_head(int64_t h, const float* x, int64_t rows, int64_t ldx, float* y, int64_t ldy) const;
-  // Batch-first core of forward(): q_in (N, T, E), k_in (N, S, kdim), v_in (N, S, vdim).
+  // Batch-first core of forward(): q_in (N, T, E), k_in (N, S, kdim), v_in (N, S, vdim). Returns
+  // (N, 1, E) for SingleOutput with single_output_forward unless all_queries, else (N, T, E).
   Tensor forward_bf(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Mask& kpm,
-                    const Mask& attn_mask, Tensor* attn_weights, const char* fn) const;
+                    const Mask& attn_mask, Tensor* attn_weights, const char* fn, bool all_queries = false) const;
   // Projects x (B, T, E) and attends each window of L tokens; helper of the stream references.
   struct Projected {
     Tensor q, k, v;  // (B, T, E), q unscaled
