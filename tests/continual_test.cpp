@@ -310,16 +310,16 @@ TEST_P(ContinualStream, UpstreamStepApi) {
   const Tensor x = random_tensor(Shape{B, T, p.E}, 42);  // (N, T, E): SingleOutput's default layout
   const Tensor ref = layer->stream_reference(x, {});
   const bool bf = !p.retro;  // Retroactive defaults to seq-first
-  const Tensor xin = bf ? x : permute(x, {1, 0, 2});
+  ContinualSteps steps(*layer);
   // Warm-up: no output for the first L-1 tokens, then forward_steps and forward_step agree with ref.
   const int64_t pre = p.L - 1;
   if (pre > 0) {
-    EXPECT_TRUE(layer->forward_steps(bf ? slice_time(x, 0, pre) : permute(slice_time(x, 0, pre), {1, 0, 2})).empty());
+    EXPECT_TRUE(steps.forward_steps(bf ? slice_time(x, 0, pre) : permute(slice_time(x, 0, pre), {1, 0, 2})).empty());
   }
   for (int64_t t = pre; t < T; ++t) {
     const Tensor xt = permute(slice_time(x, t, 1), {0, 2, 1}).reshape(Shape{B, p.E});
-    const Tensor peek = layer->forward_step(xt, {}, {}, /*update_state=*/false);
-    const Tensor y = layer->forward_step(xt);
+    const Tensor peek = steps.forward_step(xt, {}, {}, /*update_state=*/false);
+    const Tensor y = steps.forward_step(xt);
     ASSERT_FALSE(y.empty());
     EXPECT_TRUE(bit_equal(peek, y));
     const int64_t i = t - pre;
@@ -331,10 +331,21 @@ TEST_P(ContinualStream, UpstreamStepApi) {
     EXPECT_LT(max_abs_diff(y, want), 2e-6) << "t " << t;
   }
   // A different batch size needs clean_state(); then the warm-up starts again.
-  EXPECT_THROW(layer->forward_step(random_tensor(Shape{3, p.E}, 1)), Error);
-  layer->clean_state();
-  for (int64_t t = 0; t + 1 < p.L; ++t) EXPECT_TRUE(layer->forward_step(random_tensor(Shape{3, p.E}, t)).empty());
-  EXPECT_FALSE(layer->forward_step(random_tensor(Shape{3, p.E}, 99)).empty());
+  EXPECT_THROW(steps.forward_step(random_tensor(Shape{3, p.E}, 1)), Error);
+  steps.clean_state();
+  for (int64_t t = 0; t + 1 < p.L; ++t) EXPECT_TRUE(steps.forward_step(random_tensor(Shape{3, p.E}, t)).empty());
+  EXPECT_FALSE(steps.forward_step(random_tensor(Shape{3, p.E}, 99)).empty());
+  // The layer holds no step state: two ContinualSteps fed the same tokens in turns agree (a state
+  // shared through the layer would see every token twice).
+  ContinualSteps first(*layer), second(*layer);
+  Tensor y1, y2;
+  for (int64_t t = 0; t < p.L + 1; ++t) {
+    const Tensor xt = random_tensor(Shape{3, p.E}, 200 + t);
+    y1 = first.forward_step(xt);
+    y2 = second.forward_step(xt);
+  }
+  ASSERT_FALSE(y1.empty());
+  EXPECT_TRUE(bit_equal(y1, y2));
 }
 
 TEST_P(ContinualStream, SaveRestoreContinuesBitForBit) {
@@ -510,7 +521,7 @@ TEST(ContinualErrors, ConstructorAndCalls) {
   const Tensor x3 = random_tensor(Shape{1, 3, 8}, 1);
   expect_error([&] { so2.forward(x3, Tensor{}, Tensor{}, Mask{}, Mask{}, nullptr); }, "query_index -4 is out of range");
   EXPECT_EQ(so2.forward(x3).shape(), (Shape{1, 3, 8}));  // Layer::forward: every query, no query_index
-  expect_error([&] { so.forward_step(random_tensor(Shape{2, 7}, 1)); },
+  expect_error([&] { ContinualSteps(so).forward_step(random_tensor(Shape{2, 7}, 1)); },
                "SingleOutputMultiheadAttention::forward_step: query: expected shape (N, 8), got (2, 7)");
   expect_error([&] { so.open_stream(0); }, "batch: expected 1 <= batch <= 1048576, got 0");
   StreamOptions bad;
@@ -523,8 +534,9 @@ TEST(ContinualErrors, ConstructorAndCalls) {
   expect_error([&] { s->push(random_tensor(Shape{1, 3, 8}, 1)); },
                "SingleOutputMultiheadAttentionStream::push: chunk: expected shape (2, C, 8), got (1, 3, 8)");
   RetroactiveMultiheadAttention re(opts(8, 2, 4), sd);
-  re.forward_step(random_tensor(Shape{2, 8}, 1));
-  expect_error([&] { re.forward_step(random_tensor(Shape{1, 8}, 1)); }, "call clean_state() first");
+  ContinualSteps re_steps(re);
+  re_steps.forward_step(random_tensor(Shape{2, 8}, 1));
+  expect_error([&] { re_steps.forward_step(random_tensor(Shape{1, 8}, 1)); }, "call clean_state() first");
 }
 
 }  // namespace

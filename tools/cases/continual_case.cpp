@@ -47,13 +47,14 @@ std::string returned(const Case& c, const nlohmann::json& entry, size_t i) {
 
 Outputs run(const Case& c) {
   const auto layer = build_as<ContinualMultiheadAttention>(c);
+  ContinualSteps steps(*layer);
   check(c.call.is_array(), c.file.path(), ": case call: expected a list of calls");
   Outputs out;
   std::string first_input;  // the name of the query stream (for out.winfwd.*)
   for (const auto& entry : c.call) {
     const std::string method = call_string(c, call_field(c, entry, "method"), "method");
     if (method == "clean_state") {
-      layer->clean_state();
+      steps.clean_state();
       continue;
     }
     const Tensor q = arg(c, entry, "query"), k = arg(c, entry, "key"), v = arg(c, entry, "value");
@@ -73,9 +74,9 @@ Outputs run(const Case& c) {
       }
     Tensor y;
     if (method == "forward_steps")
-      y = layer->forward_steps(q, k, v, update);
+      y = steps.forward_steps(q, k, v, update);
     else if (method == "forward_step")
-      y = layer->forward_step(q, k, v, update);
+      y = steps.forward_step(q, k, v, update);
     else
       fail(c.file.path(), ": case call: unknown method '", method, "'");
     if (call_field(c, entry, "returns").is_string()) {

@@ -103,23 +103,6 @@ class ContinualMultiheadAttention : public Layer {
   // upstream forward above returns only query_index's (B, 1, E)).
   Tensor forward(const Tensor& x, const Mask& key_padding_mask = {}) const override;
 
-  // Upstream step API on the layer's own stream state (not thread-safe; open_stream() gives
-  // independent streams). query/key/value: (N, E) (key/value empty = query; no masks). Returns an
-  // empty tensor while warming up (upstream None), else SingleOutput (N, E), Retroactive (N, L, E)
-  // batch-first, (L, N, E) seq-first, (N, E, L) embed_dim_second. update_state = false returns the
-  // same output without changing the state. The batch size is fixed by the first step until
-  // clean_state(). Throws Error on shape mismatches, a changed batch size, or a configuration that
-  // cannot stream (add_bias_kv, add_zero_attn, kdim/vdim != E).
-  Tensor forward_step(const Tensor& query, const Tensor& key = {}, const Tensor& value = {},
-                      bool update_state = true);
-  // forward_step over the time axis of X (forward() layout); stacks the T' outputs: SingleOutput
-  // (N, T', E) batch-first, (T', N, E) seq-first, (N, E, T') embed_dim_second; Retroactive
-  // (N, T', L, E), (T', L, N, E), (N, E, T', L). Empty tensor when no step produced an output.
-  Tensor forward_steps(const Tensor& query, const Tensor& key = {}, const Tensor& value = {},
-                       bool update_state = true);
-  // Forgets the step state: the next L-1 steps warm up again.
-  void clean_state();
-
   // Opens an independent stream of `batch` rows (see the derived classes for the chunk outputs).
   // options.window must be 0 or L and options.left_context 0 (the window is sequence_len);
   // options.position is ignored (SingleOutput uses query_index). Throws Error on other options, on
@@ -154,6 +137,7 @@ class ContinualMultiheadAttention : public Layer {
   Projected project_all(const Tensor& x, const char* fn) const;
 
   friend class detail::ContinualStreamImpl;
+  friend class ContinualSteps;
   const char* cls_;
   ContinualMhaOptions opt_;
   bool batch_first_, single_output_ = false;
@@ -166,11 +150,39 @@ class ContinualMultiheadAttention : public Layer {
   Tensor bias_k_, bias_v_;  // (1, 1, E) with add_bias_kv, else empty
 
  private:
-  std::unique_ptr<detail::ContinualStreamImpl> state_;  // forward_step state (null = clean)
-  // (N, C, E) batch-first copy of a forward()-layout tensor slice, and back.
+  // (N, C, E) batch-first copy of a forward()-layout tensor.
   Tensor to_batch_first(const Tensor& x, const char* fn, const char* arg, int64_t width) const;
-  Tensor run_steps(const Tensor& q, const Tensor& k, const Tensor& v, bool update_state, const char* fn);
-  Tensor steps_to_layout(const Tensor& y, bool single_step) const;
+};
+
+// The upstream step API of a continual module (continual-inference's forward_step / forward_steps /
+// clean_state) with its state held here, not in the layer (which stays immutable and shareable):
+// ContinualSteps steps(layer); steps.forward_step(x). Not thread-safe; the layer must outlive it.
+// open_stream() is the chunked, saveable form of the same state.
+class ContinualSteps {
+ public:
+  explicit ContinualSteps(const ContinualMultiheadAttention& layer);
+  ~ContinualSteps();
+  // query/key/value: (N, E) (key/value empty = query; no masks). Returns an empty tensor while
+  // warming up (upstream None), else SingleOutput (N, E), Retroactive (N, L, E) batch-first,
+  // (L, N, E) seq-first, (N, E, L) embed_dim_second. update_state = false returns the same output
+  // without changing the state. The batch size is fixed by the first step until clean_state().
+  // Throws Error "<Class>::forward_step: ..." on shape mismatches, a changed batch size, or a
+  // configuration that cannot stream (add_bias_kv, add_zero_attn, kdim/vdim != E).
+  Tensor forward_step(const Tensor& query, const Tensor& key = {}, const Tensor& value = {},
+                      bool update_state = true);
+  // forward_step over the time axis of X (forward() layout); stacks the T' outputs: SingleOutput
+  // (N, T', E) batch-first, (T', N, E) seq-first, (N, E, T') embed_dim_second; Retroactive
+  // (N, T', L, E), (T', L, N, E), (N, E, T', L). Empty tensor when no step produced an output.
+  Tensor forward_steps(const Tensor& query, const Tensor& key = {}, const Tensor& value = {},
+                       bool update_state = true);
+  // Forgets the state: the next L-1 steps warm up again.
+  void clean_state();
+
+ private:
+  const ContinualMultiheadAttention& layer_;
+  std::unique_ptr<detail::ContinualStreamImpl> state_;  // null = clean
+  // q, k, v (N, C, E) batch-first through the state (or a copy of it when !update_state).
+  Tensor run(const Tensor& q, const Tensor& k, const Tensor& v, bool update_state, const char* fn);
 };
 
 // CoSiMHA: the stream emits one output per token, the attention of the query at window position
