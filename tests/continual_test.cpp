@@ -292,13 +292,28 @@ TEST_P(ContinualStream, ReferenceAndEveryChunkingAgree) {
   const Tensor x = random_tensor(Shape{B, T, p.E}, 32);
   const Tensor ref = layer->stream_reference(x, {});
   const Tensor simple = reference_stream(sd, p.E, p.H, p.L, x, p.retro, p.qi);
-  ASSERT_EQ(ref.shape(), simple.shape());
-  EXPECT_LT(max_abs_diff(ref, simple), 1e-5);
+  // Retroactive: the whole windows (B, n, L, E) against the simple reference; the stream's own
+  // outputs are their newest positions.
+  const auto* retro = dynamic_cast<const RetroactiveMultiheadAttention*>(layer.get());
+  const Tensor windows = retro ? retro->window_reference(x) : ref;
+  ASSERT_EQ(windows.shape(), simple.shape());
+  EXPECT_LT(max_abs_diff(windows, simple), 1e-5);
+  if (retro) {
+    ASSERT_EQ(ref.shape(), (Shape{B, windows.dim(1), p.E}));
+    for (int64_t i = 0; i < B * windows.dim(1); ++i)
+      for (int64_t e = 0; e < p.E; ++e)
+        ASSERT_EQ(ref.data()[i * p.E + e], windows.data()[(i * p.L + p.L - 1) * p.E + e]);
+  }
   for (const auto& chunks : std::vector<std::vector<int64_t>>{{1}, {3}, {p.L}, {2, 1, 5, p.L + 1}}) {
     const auto s = layer->open_stream(B);
+    const auto w = retro ? layer->open_stream(B) : nullptr;
     const Tensor y = run_stream(*s, x, chunks);
     ASSERT_EQ(y.shape(), ref.shape()) << "chunk " << chunks[0];
     EXPECT_LT(max_abs_diff(y, ref), 2e-6) << "chunk " << chunks[0];
+    if (!retro) continue;
+    const Tensor yw = run_stream(*w, x, chunks, RetroactiveMultiheadAttention::window_outputs);
+    ASSERT_EQ(yw.shape(), windows.shape()) << "chunk " << chunks[0];
+    EXPECT_LT(max_abs_diff(yw, windows), 2e-6) << "chunk " << chunks[0];
   }
 }
 
@@ -308,7 +323,9 @@ TEST_P(ContinualStream, UpstreamStepApi) {
   const auto layer = make(sd);
   const int64_t B = 2, T = 2 * p.L + 3;
   const Tensor x = random_tensor(Shape{B, T, p.E}, 42);  // (N, T, E): SingleOutput's default layout
-  const Tensor ref = layer->stream_reference(x, {});
+  // What forward_step returns per token: SingleOutput's stream outputs, Retroactive's whole windows.
+  const auto* retro = dynamic_cast<const RetroactiveMultiheadAttention*>(layer.get());
+  const Tensor ref = retro ? retro->window_reference(x) : layer->stream_reference(x, {});
   const bool bf = !p.retro;  // Retroactive defaults to seq-first
   ContinualSteps steps(*layer);
   // Warm-up: no output for the first L-1 tokens, then forward_steps and forward_step agree with ref.
@@ -458,9 +475,12 @@ void check_long_stream(const ContinualMultiheadAttention& layer, const StateDict
     EXPECT_GT(logit, 88.0) << "upstream's exp() would overflow here";
   }
   const auto s = layer.open_stream(1);
-  const Tensor y = run_stream(*s, x, {1});
+  const auto* retro_layer = dynamic_cast<const RetroactiveMultiheadAttention*>(&layer);
+  // Retroactive: every updated window (B, n, L, E), not just the newest positions push returns.
+  const Tensor y = retro ? run_stream(*s, x, {1}, RetroactiveMultiheadAttention::window_outputs) : run_stream(*s, x, {1});
   const Tensor exact = reference_stream(sd, E, H, L, x, retro, layer.options().query_index);
-  const Tensor offline = layer.stream_reference(x, {});  // float32 window forward
+  // float32 window forward
+  const Tensor offline = retro_layer ? retro_layer->window_reference(x) : layer.stream_reference(x, {});
   const double err_stream = max_scaled_diff(y, exact), err_offline = max_scaled_diff(offline, exact);
   // Float32 rounding of a score s moves its softmax weight by ~|s|·2^-24 relative, so any float32
   // evaluation (stream or offline, whatever the summation order or CPU) is off by a small multiple of
@@ -534,6 +554,9 @@ TEST(ContinualErrors, ConstructorAndCalls) {
   expect_error([&] { s->push(random_tensor(Shape{1, 3, 8}, 1)); },
                "SingleOutputMultiheadAttentionStream::push: chunk: expected shape (2, C, 8), got (1, 3, 8)");
   RetroactiveMultiheadAttention re(opts(8, 2, 4), sd);
+  expect_error([&] { RetroactiveMultiheadAttention::window_outputs(*so.open_stream(1)); },
+               "RetroactiveMultiheadAttention::window_outputs: stream: expected a stream opened from a "
+               "RetroactiveMultiheadAttention");
   ContinualSteps re_steps(re);
   re_steps.forward_step(random_tensor(Shape{2, 8}, 1));
   expect_error([&] { re_steps.forward_step(random_tensor(Shape{1, 8}, 1)); }, "call clean_state() first");

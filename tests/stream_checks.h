@@ -30,8 +30,7 @@ inline StreamOptions accepted_options(const Layer& layer, StreamOptions want) {
 }
 
 // Pushes x (B, T, E) through a fresh stream (or `stream`) in chunks of the given sizes (cycled) and
-// returns the concatenated outputs as (B, rows, E) (a 4-D (B, C_out, L, E) push, as the retroactive
-// stream's, contributes C_out * L rows).
+// returns the concatenated outputs as (B, rows, E).
 inline Tensor stream_all(const Layer& layer, const Tensor& x, const StreamOptions& opts,
                          const std::vector<int64_t>& chunks, Stream* stream = nullptr) {
   std::unique_ptr<Stream> own;

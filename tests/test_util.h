@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -116,16 +117,19 @@ inline Tensor slice_time(const Tensor& x, int64_t start, int64_t len) {
 }
 
 // Pushes x (B, T, E) through stream s in chunks of the given sizes (cycled, the last one cut to fit)
-// and concatenates the outputs (B, C_out, ...) along axis 1: (B, ΣC_out, ...), e.g. (B, n, E), or
-// (B, n, L, E) for the retroactive stream. Empty tensor when T = 0.
-inline Tensor run_stream(Stream& s, const Tensor& x, const std::vector<int64_t>& chunks) {
+// and concatenates the outputs (B, C_out, ...) along axis 1: (B, ΣC_out, ...), e.g. (B, n, E). With
+// take, what take(s) returns after each push is collected instead of the push output (e.g. the
+// retroactive stream's (B, C_out, L, E) window outputs). Empty tensor when T = 0.
+inline Tensor run_stream(Stream& s, const Tensor& x, const std::vector<int64_t>& chunks,
+                         const std::function<Tensor(const Stream&)>& take = nullptr) {
   const int64_t B = x.dim(0), T = x.dim(1);
   std::vector<std::vector<float>> rows(B);
   std::vector<int64_t> dims;
   int64_t total = 0;
   for (int64_t t = 0, k = 0; t < T; ++k) {
     const int64_t C = std::min(chunks[k % chunks.size()], T - t);
-    const Tensor y = s.push(slice_time(x, t, C));
+    Tensor y = s.push(slice_time(x, t, C));
+    if (take) y = take(s);
     t += C;
     EXPECT_GE(y.ndim(), 3);
     EXPECT_EQ(y.dim(0), B);

@@ -272,9 +272,8 @@ RetroactiveMultiheadAttention::RetroactiveMultiheadAttention(const ContinualMhaO
                                                              const StateDict& state_dict)
     : ContinualMultiheadAttention("RetroactiveMultiheadAttention", options, false, state_dict) {}
 
-Tensor RetroactiveMultiheadAttention::stream_reference(const Tensor& x, const StreamOptions& options) const {
-  const char* fn = "RetroactiveMultiheadAttention::stream_reference";
-  check_stream_options(options, fn);
+Tensor RetroactiveMultiheadAttention::window_reference(const Tensor& x) const {
+  const char* fn = "RetroactiveMultiheadAttention::window_reference";
   const Projected p = project_all(x, fn);
   const int64_t B = x.dim(0), T = x.dim(1), T_out = std::max<int64_t>(T - L_ + 1, 0);
   Tensor ctx{Shape{B, T_out, L_, E_}};
@@ -291,6 +290,22 @@ Tensor RetroactiveMultiheadAttention::stream_reference(const Tensor& x, const St
               HeadsView{p.v.data() + i * E_, T * E_, E_}, nullptr,
               HeadsOut{ctx.data() + i * L_ * E_, T_out * L_ * E_, E_});
   return out_(ctx, fn);
+}
+
+Tensor RetroactiveMultiheadAttention::stream_reference(const Tensor& x, const StreamOptions& options) const {
+  check_stream_options(options, "RetroactiveMultiheadAttention::stream_reference");
+  const Tensor w = window_reference(x);  // (B, T_out, L, E)
+  const int64_t B = w.dim(0), T_out = w.dim(1);
+  Tensor newest = Tensor::uninitialized(Shape{B, T_out, E_});
+  for (int64_t i = 0; i < B * T_out; ++i) std::copy_n(w.data() + (i * L_ + L_ - 1) * E_, E_, newest.data() + i * E_);
+  return newest;
+}
+
+Tensor RetroactiveMultiheadAttention::window_outputs(const Stream& stream) {
+  const auto* w = dynamic_cast<const RetroactiveWindows*>(&stream);
+  check(w != nullptr, "RetroactiveMultiheadAttention::window_outputs: stream: expected a stream opened from a "
+        "RetroactiveMultiheadAttention");
+  return w->window_outputs();
 }
 
 std::unique_ptr<detail::ContinualStreamImpl> RetroactiveMultiheadAttention::make_stream(int64_t batch) const {

@@ -16,7 +16,7 @@ using detail::ContinualStreamImpl;
 // ---- Retroactive stream: windows of scaled queries, keys and values; per query row and head a
 // running max m, denominator d, its peak p since the last exact evaluation, and the numerator
 // already through out_proj, A = Σ_j exp(s_j - m)·u_j[h] (E floats), u_j[h] = W_o[:, hD:(h+1)D]·v_j,h. ----
-class RetroactiveStream final : public ContinualStreamImpl {
+class RetroactiveStream final : public ContinualStreamImpl, public RetroactiveWindows {
  public:
   // A row is recomputed exactly once its denominator drops below this fraction of its peak.
   static constexpr float kRecomputeFraction = 0.25f;
@@ -52,6 +52,19 @@ class RetroactiveStream final : public ContinualStreamImpl {
 
   std::unique_ptr<ContinualStreamImpl> clone() const override {
     return std::make_unique<RetroactiveStream>(*this);
+  }
+
+  Tensor window_outputs() const override { return windows_out_; }
+
+ protected:
+  // The windows of the chunk (step), kept for window_outputs(); push returns their newest position.
+  Tensor push_chunk(const Tensor& chunk) override {
+    windows_out_ = ContinualStreamImpl::push_chunk(chunk);  // (B, C_out, L, E)
+    const int64_t n = windows_out_.dim(0) * windows_out_.dim(1);
+    if (static_cast<int64_t>(newest_.size()) < B_ * chunk.dim(1) * E_) newest_.resize(B_ * chunk.dim(1) * E_);
+    for (int64_t i = 0; i < n; ++i)
+      std::copy_n(windows_out_.data() + (i * L_ + L_ - 1) * E_, E_, newest_.data() + i * E_);
+    return Tensor::view(Shape{B_, windows_out_.dim(1), E_}, newest_.data());
   }
 
  protected:
@@ -228,6 +241,8 @@ class RetroactiveStream final : public ContinualStreamImpl {
   std::vector<uint8_t> redo_;         // (L, H) rows to recompute
   std::vector<RowCoef> coef_;         // (H)
   std::vector<float> out_;            // (B, C_out, L, E) outputs
+  std::vector<float> newest_;         // (B, C_out, E): out_'s newest window positions (push)
+  Tensor windows_out_;                // view of out_ as the last push left it
 };
 
 }  // namespace

@@ -70,8 +70,7 @@ int run_stream(const StreamCliOptions& o) {
     for (int64_t b = 0; b < B; ++b) std::copy(&x.at(b, t, 0), &x.at(b, t, 0) + C * E, &ch.at(b, 0, 0));
     chunks.push_back(ch);
   }
-  // Outputs are compared row by row in time order: (B, C_out, ...) of any rank (retroactive
-  // attention emits a whole window, (B, C_out, L, E), per token).
+  // Outputs are compared row by row in time order.
   std::vector<double> ms;
   std::vector<std::vector<float>> rows(B);
   int64_t allocations = 0;

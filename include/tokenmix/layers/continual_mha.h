@@ -206,20 +206,38 @@ class SingleOutputMultiheadAttention : public ContinualMultiheadAttention {
   std::unique_ptr<detail::ContinualStreamImpl> make_stream(int64_t batch) const override;
 };
 
-// CoReMHA: the stream emits, per token, the outputs of all L window positions.
+// The typed extra output of a RetroactiveMultiheadAttention stream (open_stream() returns a Stream
+// that also implements this; RetroactiveMultiheadAttention::window_outputs(stream) reaches it).
+class RetroactiveWindows {
+ public:
+  virtual ~RetroactiveWindows() = default;
+  // The whole updated windows of the last push: (B, C_out, L, E), entry [b, c, l] = the output at
+  // window position l (oldest first) of the window completed by output c; its last position
+  // (l = L - 1) is what push returned. A view of the stream's buffer valid until the next call.
+  virtual Tensor window_outputs() const = 0;
+};
+
+// CoReMHA: every token updates the outputs of all L window positions (retroactively).
 class RetroactiveMultiheadAttention : public ContinualMultiheadAttention {
  public:
   // See ContinualMhaOptions; batch_first defaults to false (as upstream). Throws Error on
   // E % H != 0, L < 1, embed_dim_second without batch_first, or a bad state_dict.
   RetroactiveMultiheadAttention(const ContinualMhaOptions& options, const StateDict& state_dict);
   int64_t delay() const override { return L_ - 1; }
-  // Stream definition: x (B, T, E) -> (B, max(T - L + 1, 0), L, E), entry t = forward(x[:, t : t+L]).
+  // The windows' definition: x (B, T, E) -> (B, max(T - L + 1, 0), L, E), entry t =
+  // forward(x[:, t : t+L]) (every position of window t). Throws Error on a shape mismatch.
+  Tensor window_reference(const Tensor& x) const;
+  // Stream definition: window_reference's newest position, (B, max(T - L + 1, 0), E).
   Tensor stream_reference(const Tensor& x, const StreamOptions& options) const override;
-  // Stream::push((B, C, E)) returns (B, C_out, L, E): the whole window's outputs for every pushed
-  // token whose index since open/reset() is >= L-1 (rows restarted by reset_row give zeros until
-  // their window is full again). Per token: 6E² + O(L·H·E), numerically stable; the state is the
-  // Q/K/V windows (3 x 2·L·E floats: doubled rings, so each window is contiguous) and the
-  // accumulators (L·H·(E + 3) floats) per batch row.
+  // Stream::push((B, C, E)) returns (B, C_out, E), as every stream: for every pushed token whose
+  // index since open/reset() is >= L-1, the output at the newest window position; the whole
+  // updated windows (B, C_out, L, E) of the same push are the typed extra output
+  // window_outputs(stream). Rows restarted by reset_row give zeros until their window is full
+  // again. Per token: 6E² + O(L·H·E), numerically stable; the state is the Q/K/V windows
+  // (3 x 2·L·E floats: doubled rings, so each window is contiguous) and the accumulators
+  // (L·H·(E + 3) floats) per batch row.
+  // The extra output of a stream opened from this layer. Throws Error when stream is another kind.
+  static Tensor window_outputs(const Stream& stream);
 
  private:
   std::unique_ptr<detail::ContinualStreamImpl> make_stream(int64_t batch) const override;
