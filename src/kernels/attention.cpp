@@ -1,10 +1,13 @@
 #include "tokenmix/kernels/attention.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "tokenmix/core/threads.h"
+#include "tokenmix/core/workspace.h"
 #include "tokenmix/kernels/linear.h"
 #include "attention_tiles.h"
 #include "simd_math.h"
@@ -432,10 +435,11 @@ void flash_blas(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
   finish_rows(l, cb, ldc, rows, D, cb, ldc);
 }
 
-// Per-thread scratch of every path, grown only (attention_reserve() pre-grows it for streams).
-std::vector<float>& score_scratch() {
-  thread_local std::vector<float> scores;
-  return scores;
+// Scratch of every path (buffer 0 of a workspace), one workspace per worker of a call, grown only
+// (attention_reserve() pre-grows them for streams).
+WorkspacePool& score_pool() {
+  static WorkspacePool pool;
+  return pool;
 }
 
 }  // namespace
@@ -469,13 +473,7 @@ void attention_reserve(int64_t q_len, int64_t k_len, int64_t head_dim) {
   // Large enough for any path: probability tiles, the decode path and the flash tiles.
   const size_t need = static_cast<size_t>(std::max(std::min(q_len, kQueryTile) * std::max<int64_t>(k_len, 1),
                                                    flash_scratch_size(head_dim, k_len)));
-#pragma omp parallel
-  {
-    auto& scores = score_scratch();
-    if (scores.size() < need) scores.resize(need);
-  }
-  auto& own = score_scratch();  // the calling thread runs small problems without forking
-  if (own.size() < need) own.resize(need);
+  score_pool().reserve(omp_get_max_threads(), 0, static_cast<int64_t>(need));
 }
 
 void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
@@ -492,7 +490,8 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
   const int64_t work = s.batch * s.heads * tiles;
 #pragma omp parallel if (work > 1 && parallel)
   {
-    std::vector<float>& scores = score_scratch();
+    const WorkspacePool::Lease lease = score_pool().acquire();
+    std::vector<float>& scores = lease->buffer(0);
 #pragma omp for schedule(dynamic)
     for (int64_t w = 0; w < work; ++w) {
       const int64_t b = w / (s.heads * tiles), h = (w / tiles) % s.heads, t = w % tiles;

@@ -158,13 +158,8 @@ std::unique_ptr<Stream> EspnetMultiHeadedAttention::open_stream(int64_t batch,
 void EspnetMultiHeadedAttention::project_qkv(const float* x, int64_t rows, float* q, float* k,
                                              float* v) const {
   const int64_t E = n_feat_;
-  if (rows == 1) {  // one token: a single GEMV over the stacked (3E, E) weight
-    thread_local std::vector<float> qkv;
-    qkv.resize(3 * E);
-    qkv_.apply(x, 1, E, qkv.data(), 3 * E);
-    std::copy(qkv.begin(), qkv.begin() + E, q);
-    std::copy(qkv.begin() + E, qkv.begin() + 2 * E, k);
-    std::copy(qkv.begin() + 2 * E, qkv.end(), v);
+  if (rows == 1 && k == q + E && v == k + E) {  // one token in one 3E row: a single GEMV over (3E, E)
+    qkv_.apply(x, 1, E, q, 3 * E);
     return;
   }
   q_.apply(x, rows, E, q, E);

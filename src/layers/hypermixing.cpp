@@ -15,11 +15,6 @@ namespace tokenmix {
 
 namespace {
 
-// Grows a workspace buffer to at least n floats (never shrinks).
-void grow(std::vector<float>& buf, int64_t n) {
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-}
-
 // Multiplies row i of rows (B·T, E) by 0 where key_padding_mask (B, T) is set: 0·NaN = NaN, as
 // upstream's x * mask.
 void zero_padded_rows(const Mask& key_padding_mask, int64_t E, float* rows) {
@@ -181,48 +176,53 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
   const bool masked = !key_padding_mask.empty();
   if (masked) check_shape(key_padding_mask, {B, T}, fn, "key_padding_mask", {"B", "T"});
 
+  // Scratch from the layer's pool, grown only: a forward allocates (and page-faults) no large
+  // buffers after the first call of its size but its output. Slots: 0 z, 1 G1, 2 G2, 3 o, 4 x̃.
+  const WorkspacePool::Lease ws = pool_.acquire();
+  const int64_t n = B * T * E_;
   // x̃ = x ⊙ m (a copy only when masked) and the hypernetwork input z = x̃ + pe[:T].
-  Tensor xt = masked ? x.clone() : x;
-  if (masked) zero_padded_rows(key_padding_mask, E_, xt.data());
-  // Per-thread workspace, grown only: a forward allocates (and page-faults) no large buffers after
-  // the first call of its size.
-  thread_local std::vector<float> z, G1, G2;
-  for (auto* buf : {&z, &G1}) grow(*buf, B * T * E_);
-  if (!tied_) grow(G2, B * T * E_);
-  float* zp = z.data();  // (the worker threads' z is their own thread_local)
+  const float* xt = x.data();
+  if (masked) {
+    float* copy = ws->floats(4, n);
+    std::copy(x.begin(), x.end(), copy);
+    zero_padded_rows(key_padding_mask, E_, copy);
+    xt = copy;
+  }
+  float* zp = ws->floats(0, n);
   parallel_for(B * T, B * T >= threshold::kRows, [&](int64_t r) {
-    for (int64_t c = 0; c < E_; ++c) zp[r * E_ + c] = xt.data()[r * E_ + c] + pe_.data()[(r % T) * E_ + c];
+    for (int64_t c = 0; c < E_; ++c) zp[r * E_ + c] = xt[r * E_ + c] + pe_.data()[(r % T) * E_ + c];
   });
 
   // The hypernetworks' hidden layers G1, G2 (B·T, E). Their last layers are applied inside the
   // token mixing (mixing_hidden / mixing_output), so the generated W1, W2 (B·T, H·K) never exist.
-  hidden(gen1_, zp, B * T, G1.data());
-  if (!tied_) hidden(gen2_, zp, B * T, G2.data());
-  // (pointers taken here: inside the parallel region below the names would be the worker's own
-  // thread_local buffers)
-  const float* g1 = G1.data();
-  const float* g2 = tied_ ? G1.data() : G2.data();
+  float* g1 = ws->floats(1, n);
+  hidden(gen1_, zp, B * T, g1);
+  float* g2 = g1;
+  if (!tied_) {
+    g2 = ws->floats(2, n);
+    hidden(gen2_, zp, B * T, g2);
+  }
 
   // Token mixing per (b, h): R = GELU(x̃ᵀ·W1) (d x K), o = W2·Rᵀ (T x d). The (b, h) pairs are
-  // independent: one per work item (the GEMMs inside then run on one thread each).
-  Tensor o = Tensor::uninitialized(Shape{B, T, E_});  // the H column slices of d cover every row
-  parallel_for(
-      B * H_, true,
-      [&](int64_t w) {
+  // independent: one per work item (the GEMMs inside then run on one thread each), each worker with
+  // a workspace of its own for R (slot 0) and the mixing scratch (slot 1).
+  float* o = ws->floats(3, n);  // the H column slices of d cover every row
+  parallel_for_each_thread(
+      B * H_, true, [&] { return pool_.acquire(); },
+      [&](int64_t w, const WorkspacePool::Lease& mine) {
         const int64_t b = w / H_, h = w % H_;
-        thread_local std::vector<float> R, P;
-        grow(R, d_ * K_);
-        grow(P, mixing_scratch(T));
+        float* R = mine->floats(0, d_ * K_);
+        float* P = mine->floats(1, mixing_scratch(T));
         const int64_t row0 = b * T * E_ + h * d_;
-        mixing_hidden(h, xt.data() + row0, E_, g1 + row0, E_, T, P.data(), R.data());
-        mixing_output(h, R.data(), g2 + row0, E_, T, P.data(), o.data() + row0, E_);
+        mixing_hidden(h, xt + row0, E_, g1 + row0, E_, T, P, R);
+        mixing_output(h, R, g2 + row0, E_, T, P, o + row0, E_);
       },
       Schedule::kDynamic);
   // Upstream zeroes the generated rows of padded tokens: their W1 rows meet zero x̃ rows anyway, and
   // their W2 rows make their o rows zero.
-  if (masked) zero_padded_rows(key_padding_mask, E_, o.data());
+  if (masked) zero_padded_rows(key_padding_mask, E_, o);
   Tensor y = Tensor::uninitialized(Shape{B, T, E_});
-  layer_norm(o.data(), B * T, y.data());
+  layer_norm(o, B * T, y.data());
   if (attn_weights) *attn_weights = Tensor{Shape{B, T, T}};
   return y;
 }

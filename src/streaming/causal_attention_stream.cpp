@@ -27,17 +27,19 @@ Tensor CausalAttentionStream::push_chunk(const Tensor& chunk) {
   check_shape(chunk, {batch_, -1, width_}, fn, "chunk", {"B", "C", "E"});
   const int64_t C = chunk.dim(1), E = width_, n = chunk.numel();
   check(C >= 1, fn, ": chunk: expected at least 1 token, got shape ", chunk.shape());
-  if (static_cast<int64_t>(q_.size()) < n) {
-    for (auto* buf : {&q_, &k_, &v_, &ctx_, &out_}) buf->resize(n);
+  if (static_cast<int64_t>(ctx_.size()) < n) {
+    qkv_.resize(3 * n);
+    for (auto* buf : {&ctx_, &out_}) buf->resize(n);
   }
+  float* const q_all = qkv_.data();  // q, k, v: consecutive (B·C, E) blocks (project_qkv's layout)
   if (C > reserved_chunk_) {  // with a left-context limit no chunk of this size allocates again
     if (left_context_ > 0) attention_reserve(C, left_context_ - 1 + C, width_ / heads_);
     reserved_chunk_ = C;
   }
-  core_.project_qkv(chunk.data(), batch_ * C, q_.data(), k_.data(), v_.data());
+  core_.project_qkv(chunk.data(), batch_ * C, q_all, q_all + n, q_all + 2 * n);
   const int64_t D = E / heads_;
   for (int64_t b = 0; b < batch_; ++b) {
-    float *q = q_.data() + b * C * E, *k = k_.data() + b * C * E, *v = v_.data() + b * C * E;
+    float *q = q_all + b * C * E, *k = q + n, *v = q + 2 * n;
     transform_qkv(b, q, k, v, C);
     cache_.append(b, k, v, C, E);
     AttentionShape s;

@@ -76,15 +76,21 @@ void parallel_for(int64_t n, bool parallel, Body&& body, Schedule schedule = Sch
   }
 }
 
-// As parallel_for (static schedule), with per-thread state: each thread makes its state once with
-// make_state() and passes it to body(i, state) for its iterations (e.g. a scratch buffer).
+// As parallel_for, with per-thread state: each thread makes its state once with make_state() and
+// passes it to body(i, state) for its iterations (e.g. a workspace borrowed from a pool).
 template <typename MakeState, typename Body>
-void parallel_for_each_thread(int64_t n, bool parallel, MakeState&& make_state, Body&& body) {
+void parallel_for_each_thread(int64_t n, bool parallel, MakeState&& make_state, Body&& body,
+                              Schedule schedule = Schedule::kStatic) {
 #pragma omp parallel if (parallel && n > 1)
   {
     auto state = make_state();
+    if (schedule == Schedule::kDynamic) {
+#pragma omp for schedule(dynamic)
+      for (int64_t i = 0; i < n; ++i) body(i, state);
+    } else {
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) body(i, state);
+      for (int64_t i = 0; i < n; ++i) body(i, state);
+    }
   }
 }
 

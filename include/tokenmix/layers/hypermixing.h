@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "tokenmix/core/tensor.h"
+#include "tokenmix/core/workspace.h"
 #include "tokenmix/io/state_dict.h"
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/streaming/stream.h"
@@ -108,6 +109,7 @@ class HyperMixing : public Layer {
   Generator gen1_, gen2_;  // w1_gen, w2_gen (gen2_ shares gen1_'s tensors when tied)
   Tensor ln_w_, ln_b_;     // layer_norm: (E), (E)
   Tensor pe_;              // (max_length, E)
+  mutable WorkspacePool pool_;  // forward()'s scratch: one workspace per concurrent call and worker
 
   // The generated weights are W_h = G_h·C_hᵀ + 1·γ_hᵀ (rows, K) with G_h = GELU(z_h·A_hᵀ + α_h) the
   // hypernetwork's hidden layer (A, α = fc1, C, γ = fc2). Token mixing only needs products with them,

@@ -21,7 +21,8 @@ class CausalAttentionCore {
   virtual ~CausalAttentionCore() = default;
   virtual int64_t attention_width() const = 0;  // E
   virtual int64_t attention_heads() const = 0;  // H (head_dim = E / H)
-  // x (rows, E) -> q, k, v (rows, E) (q unscaled).
+  // x (rows, E) -> q, k, v (rows, E) (q unscaled). The stream passes them consecutive (k = q + rows·E,
+  // v = k + rows·E), so one token's q, k and v are one 3E row.
   virtual void project_qkv(const float* x, int64_t rows, float* q, float* k, float* v) const = 0;
   // ctx (rows, E) -> out (rows, E).
   virtual void project_out(const float* ctx, int64_t rows, float* out) const = 0;
@@ -61,7 +62,8 @@ class CausalAttentionStream : public Stream {
   const CausalAttentionCore& core_;
   const int64_t heads_, left_context_;
   KvCache cache_;
-  std::vector<float> q_, k_, v_, ctx_, out_;  // (B, C, E) scratch, grown only
+  std::vector<float> qkv_;        // (3, B, C, E) scratch: q, k, v blocks, grown only
+  std::vector<float> ctx_, out_;  // (B, C, E) scratch, grown only
   int64_t reserved_chunk_ = 0;                // largest chunk size seen so far
 };
 

@@ -1,0 +1,44 @@
+#include "tokenmix/core/workspace.h"
+
+namespace tokenmix {
+
+std::vector<float>& Workspace::buffer(int slot) {
+  if (static_cast<int>(buffers_.size()) <= slot) buffers_.resize(slot + 1);
+  return buffers_[slot];
+}
+
+float* Workspace::floats(int slot, int64_t n) {
+  std::vector<float>& b = buffer(slot);
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
+WorkspacePool::Lease::~Lease() {
+  if (!ws_) return;
+  const std::lock_guard<std::mutex> lock(pool_->mutex_);
+  pool_->free_.push_back(std::move(ws_));
+}
+
+WorkspacePool::Lease WorkspacePool::acquire() {
+  {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (!free_.empty()) {
+      std::unique_ptr<Workspace> ws = std::move(free_.back());
+      free_.pop_back();
+      return Lease(*this, std::move(ws));
+    }
+  }
+  return Lease(*this, std::make_unique<Workspace>());
+}
+
+void WorkspacePool::reserve(int count, int slot, int64_t n) {
+  std::vector<Lease> leases;
+  for (int i = 0; i < count; ++i) {
+    leases.push_back(acquire());
+    leases.back()->floats(slot, n);
+  }
+  const std::lock_guard<std::mutex> lock(mutex_);
+  free_.reserve(free_.size() + leases.size());  // returning them below must not allocate later
+}
+
+}  // namespace tokenmix
