@@ -75,6 +75,23 @@ TEST_P(StreamContract, NoHeapAllocationPerPushAfterWarmUp) {
   for (const int64_t C : {1, 3}) test::expect_no_allocations_per_push(*layer_, x, opts, C);
 }
 
+// Offline forward reuses its scratch: a second call of the same shape allocates little beyond
+// its output (the heap high-water mark above the bytes live before the call).
+TEST_P(StreamContract, ForwardReusesScratch) {
+  const StreamOptionSpec spec = layer_->stream_options_accepted();
+  const int64_t T = spec.window ? std::min<int64_t>(64, spec.max_window) : 64;
+  const Tensor x = test::random_tensor(Shape{2, T, layer_->d_model()}, 44);
+  const int64_t out_bytes = static_cast<int64_t>(sizeof(float)) * x.numel();
+  { const Tensor warm = layer_->forward(x); }
+  const int64_t base = alloc::reset_heap_peak();
+  { const Tensor y = layer_->forward(x); }
+  const int64_t extra = alloc::heap_peak_bytes() - base;
+  RecordProperty("forward_extra_bytes", std::to_string(extra));
+  std::printf("[ scratch ] %s: second forward's extra heap %lld bytes (output %lld)\n", GetParam().label.c_str(),
+              static_cast<long long>(extra), static_cast<long long>(out_bytes));
+  if (layer_->name() == "hypermixing") EXPECT_LE(extra, out_bytes + 4096) << "scratch allocated again";
+}
+
 INSTANTIATE_TEST_SUITE_P(AllLayers, StreamContract, ::testing::ValuesIn(layer_cases()),
                          [](const ::testing::TestParamInfo<LayerCase>& info) { return info.param.label; });
 

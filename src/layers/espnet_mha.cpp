@@ -65,10 +65,13 @@ Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v,
   s.q_len = T1;
   s.k_len = T2;
   s.scale = 1.f / std::sqrt(static_cast<float>(head_dim_));
-  Tensor ctx = Tensor::uninitialized(Shape{B, T1, E});  // attention() writes every row
+  const WorkspacePool::Lease ws = pool_.acquire();
+  float* ctx = ws->floats(0, B * T1 * E);  // attention() writes every row
   if (attn) *attn = Tensor{Shape{B, n_head_, T1, T2}};
-  attention(s, q, k, v, mask.empty() ? nullptr : &m, HeadsOut{ctx.data(), T1 * E, E}, attn ? attn->data() : nullptr);
-  return out_(ctx, fn);
+  attention(s, q, k, v, mask.empty() ? nullptr : &m, HeadsOut{ctx, T1 * E, E}, attn ? attn->data() : nullptr);
+  Tensor y = Tensor::uninitialized(Shape{B, T1, E});
+  out_.apply(ctx, B * T1, E, y.data(), E);
+  return y;
 }
 
 namespace {
@@ -85,10 +88,11 @@ Tensor EspnetMultiHeadedAttention::forward(const Tensor& query_in, const Tensor&
   const Tensor query = as_sequence(query_in), memory = as_sequence(memory_in);
   if (query.ndim() != 3 || query.dim(2) != n_feat_)
     fail(fn, ": query: expected shape (B, T1, ", n_feat_, ") or (B, ", n_feat_, "), got ", query_in.shape());
+  const int64_t B = query.dim(0), T = query.dim(1), E = n_feat_;
+  const WorkspacePool::Lease ws = pool_.acquire();  // the projections (attend borrows its own)
   if (memory.empty()) {  // self-attention: q, k, v from one GEMM into (B, T, 3E)
-    const int64_t B = query.dim(0), T = query.dim(1), E = n_feat_;
-    const Tensor qkv = qkv_(query, fn);
-    const float* p = qkv.data();
+    float* p = ws->floats(0, B * T * 3 * E);
+    qkv_.apply(query.data(), B * T, E, p, 3 * E);
     return attend(HeadsView{p, T * 3 * E, 3 * E}, HeadsView{p + E, T * 3 * E, 3 * E},
                   HeadsView{p + 2 * E, T * 3 * E, 3 * E}, B, T, T, mask, fn, attn);
   }
@@ -96,10 +100,14 @@ Tensor EspnetMultiHeadedAttention::forward(const Tensor& query_in, const Tensor&
   if (memory.ndim() != 3 || memory.dim(0) != query.dim(0) || memory.dim(2) != n_feat_)
     fail(fn, ": memory: expected shape (", query.dim(0), ", T2, ", n_feat_, ") or (", query.dim(0), ", ", n_feat_,
          "), got ", memory_in.shape());
-  const Tensor q = q_(query, fn);
-  const Tensor k = k_(mem, fn);
-  const Tensor v = v_(mem, fn);
-  return attend(q, k, v, mask, fn, attn);
+  const int64_t T2 = mem.dim(1);
+  float* q = ws->floats(0, B * T * E);
+  float* k = ws->floats(1, B * T2 * E);
+  float* v = ws->floats(2, B * T2 * E);
+  q_.apply(query.data(), B * T, E, q, E);
+  k_.apply(mem.data(), B * T2, E, k, E);
+  v_.apply(mem.data(), B * T2, E, v, E);
+  return attend(HeadsView{q, T * E, E}, HeadsView{k, T2 * E, E}, HeadsView{v, T2 * E, E}, B, T, T2, mask, fn, attn);
 }
 
 Tensor EspnetMultiHeadedAttention::forward(const Tensor& x, const Mask& key_padding_mask) const {

@@ -60,11 +60,9 @@ FastSelfAttention::FastSelfAttention(int64_t size, int64_t attention_heads, doub
   r.finish();
 }
 
-void FastSelfAttention::Scratch::reserve(int64_t T, int64_t E, int64_t H) {
-  if (static_cast<int64_t>(logits.size()) < T * H) logits.resize(T * H);
-  if (static_cast<int64_t>(weights.size()) < T * H) weights.resize(T * H);
-  if (static_cast<int64_t>(scores.size()) < H * E) scores.resize(H * E);
-  if (static_cast<int64_t>(gq.size()) < E) gq.resize(E);
+FastSelfAttention::Scratch FastSelfAttention::scratch(Workspace& ws, int64_t T) const {
+  const int64_t E = size_, H = heads_;
+  return {ws.floats(0, T * H), ws.floats(1, T * H), ws.floats(2, H * E), ws.floats(3, E)};
 }
 
 void FastSelfAttention::project_rows(const float* x, int64_t rows, float* out) const {
@@ -78,10 +76,10 @@ void FastSelfAttention::project_rows(const float* x, int64_t rows, float* out) c
 }
 
 void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* keep, int64_t keep_head_stride,
-                                   float* gk, Scratch& s) const {
+                                   float* gk, const Scratch& s) const {
   const int64_t E = size_, H = heads_, d = head_dim_, W = cache_width();
-  float* alpha = s.weights.data();  // (H, T)
-  float* gq = s.gq.data();
+  float* alpha = s.weights;  // (H, T)
+  float* gq = s.gq;
   // Heads pool independently: in parallel when this is not already one of several parallel rows
   // (a single sequence, or the stream), for long enough T. Below that the pooling stays on this
   // thread; its BLAS calls (16 GEMVs, the thin logit GEMM) stay there too at these sizes
@@ -93,14 +91,14 @@ void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* 
     gemm(alpha + h * T, T, rows + h * d, W, false, gq + h * d, E, 1, d, T);
   });
   // Key logits c[t, h] = (k_t ⊙ gq)·W_key_att[h] + b = k_t·(W_key_att[h] ⊙ gq) + b, then / sqrt(d).
-  float* scores = s.scores.data();
+  float* scores = s.scores;
   for (int64_t h = 0; h < H; ++h)
     for (int64_t e = 0; e < E; ++e) scores[h * E + e] = key_att_.weight().data()[h * E + e] * gq[e];
-  float* c = s.logits.data();  // (T, H)
+  float* c = s.logits;  // (T, H)
   linear_raw(rows + E, T, E, W, scores, key_att_.bias().data(), H, c, H);
   for (int64_t i = 0; i < T * H; ++i) c[i] /= scale_;
   // Key pooling: β_h = pool(c[:, h]); gk_h = Σ_t β_h[t] (k_t ⊙ gq)_h = gq_h ⊙ (β_h · k[:, h-slice]).
-  float* beta = s.weights.data();
+  float* beta = s.weights;
   parallel_for(H, parallel, [&](int64_t h) {
     pool_weights(c + h, H, T, keep ? keep + h * keep_head_stride : nullptr, beta + h * T);
     gemm(beta + h * T, T, rows + E + h * d, W, false, gk + h * d, E, 1, d, T);
@@ -123,29 +121,25 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
   }
   Tensor y = Tensor::uninitialized(Shape{B, T, E});  // every row written by the u pass below
   if (B * T == 0) return y;
-  // (rows, W) projections; fully written by project_rows.
-  Tensor proj = Tensor::uninitialized(Shape{B * T, W});
-  project_rows(xs_pad.data(), B * T, proj.data());
+  // Scratch from the layer's pool (grown only): slots 0 the (rows, W) projections, 1 gk, 2 u.
+  const WorkspacePool::Lease ws = pool_.acquire();
+  float* proj = ws->floats(0, B * T * W);  // fully written by project_rows
+  project_rows(xs_pad.data(), B * T, proj);
   // The pooled key of each batch row: rows pool independently, one per thread (the BLAS calls
-  // inside then run single-threaded).
-  std::vector<float> gk(static_cast<size_t>(B * E));
+  // inside then run single-threaded), each with a workspace of its own.
+  float* gk = ws->floats(1, B * E);
   parallel_for_each_thread(
-      B, B > 1,
-      [&] {
-        Scratch scratch;
-        scratch.reserve(T, E, H);
-        return scratch;
-      },
-      [&](int64_t b, Scratch& scratch) {
-        pooled_key(proj.data() + b * T * W, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride,
-                   mask_head_stride, gk.data() + b * E, scratch);
+      B, B > 1, [&] { return pool_.acquire(); },
+      [&](int64_t b, const WorkspacePool::Lease& mine) {
+        pooled_key(proj + b * T * W, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride,
+                   mask_head_stride, gk + b * E, scratch(*mine, T));
       });
   // u = gk ⊙ q and the residual y = q, over all B·T tokens.
-  Tensor u = Tensor::uninitialized(Shape{B, T, E});
+  float* u = ws->floats(2, B * T * E);
   parallel_for(B * T, B * T >= threshold::kRows, [&](int64_t r) {
-    const float* q = proj.data() + r * W;
-    const float* g = gk.data() + (r / T) * E;
-    float* ut = u.data() + r * E;
+    const float* q = proj + r * W;
+    const float* g = gk + (r / T) * E;
+    float* ut = u + r * E;
     float* yt = y.data() + r * E;
     for (int64_t e = 0; e < E; ++e) {
       ut[e] = g[e] * q[e];
@@ -153,7 +147,7 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
     }
   });
   // y = transform(u) + q (accumulate adds the bias too).
-  transform_.apply(u.data(), B * T, E, y.data(), E, /*accumulate=*/true);
+  transform_.apply(u, B * T, E, y.data(), E, /*accumulate=*/true);
   return y;
 }
 
@@ -196,7 +190,7 @@ FastSelfAttentionStream::FastSelfAttentionStream(const FastSelfAttention& layer,
     : WindowedStream("FastSelfAttentionStream", batch, checked(layer, batch, options), layer.size_,
                      layer.cache_width(), {layer.heads_}, "batch, E, H, window, position"),
       layer_(layer) {
-  scratch_.reserve(length_, layer.size_, layer.heads_);
+  layer.scratch(workspace_, length_);  // sized now: pushes allocate nothing
 }
 
 void FastSelfAttentionStream::stage(const float* x, int64_t n, float* rows) {
@@ -208,7 +202,7 @@ void FastSelfAttentionStream::window_output(int64_t, const float* rows, int64_t 
   const int64_t E = d_model_;
   float* u = u_.data() + slot * E;
   const float* q = rows + position_ * layer_.cache_width();
-  layer_.pooled_key(rows, length_, nullptr, 0, u, scratch_);
+  layer_.pooled_key(rows, length_, nullptr, 0, u, layer_.scratch(workspace_, length_));
   for (int64_t e = 0; e < E; ++e) {
     u[e] *= q[e];
     y[e] = q[e];

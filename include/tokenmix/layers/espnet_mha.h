@@ -16,6 +16,7 @@
 #include <memory>
 
 #include "tokenmix/core/tensor.h"
+#include "tokenmix/core/workspace.h"
 #include "tokenmix/io/state_dict.h"
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/kernels/attention.h"
@@ -81,6 +82,7 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
   Linear qkv_;
   Linear q_, k_, v_;
   Linear out_;        // linear_out: (E, E), (E)
+  mutable WorkspacePool pool_;  // forward()'s scratch, one workspace per concurrent call
   // Attention of projected q (B, T1, E) over projected k, v (B, T2, E) with a checked mask, then the
   // output projection. fn names the caller in errors.
   Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Mask& mask, const char* fn,

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "tokenmix/core/tensor.h"
+#include "tokenmix/core/workspace.h"
 #include "tokenmix/io/state_dict.h"
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/streaming/stream.h"
@@ -89,16 +90,17 @@ class FastSelfAttention : public Layer {
   void project_rows(const float* x, int64_t rows, float* out) const;
   // Scratch for pooled_key(): sized for windows of up to T tokens; grown only.
   struct Scratch {
-    std::vector<float> logits;   // (T, H) key-attention logits c
-    std::vector<float> weights;  // (H, T) pooling weights α, then β
-    std::vector<float> scores;   // (H, E) W_key_att ⊙ gq
-    std::vector<float> gq;       // (E)
-    void reserve(int64_t T, int64_t E, int64_t H);
+    float* logits;   // (T, H) key-attention logits c
+    float* weights;  // (H, T) pooling weights α, then β
+    float* scores;   // (H, E) W_key_att ⊙ gq
+    float* gq;       // (E)
   };
+  // Scratch for T tokens in ws (its buffers 0-3, grown to fit; valid until they grow again).
+  Scratch scratch(Workspace& ws, int64_t T) const;
   // The pooled key gk (E) of T >= 1 cached rows (stride cache_width(), oldest first). keep, when
   // non-null, is read as keep[h * keep_head_stride + t] (non-zero = keep). scratch must be reserved for T.
   void pooled_key(const float* rows, int64_t T, const uint8_t* keep, int64_t keep_head_stride, float* gk,
-                  Scratch& scratch) const;
+                  const Scratch& scratch) const;
 
  private:
   int64_t size_, heads_, head_dim_;
@@ -109,6 +111,7 @@ class FastSelfAttention : public Layer {
   Linear key_;        // key: (E, E), (E)
   Linear key_att_;    // key_att: (H, E), (H)
   Linear transform_;  // transform: (E, E), (E)
+  mutable WorkspacePool pool_;  // forward_upstream()'s scratch: one workspace per call and worker
   // Checks options.window >= 1 and -1 <= options.position < window; fn names the caller.
   void check_stream_options(const StreamOptions& options, const char* fn) const;
   friend class FastSelfAttentionStream;
@@ -149,7 +152,7 @@ class FastSelfAttentionStream : public WindowedStream {
   // Checks batch and options (in that order) with open_stream's messages; returns options.
   static const StreamOptions& checked(const FastSelfAttention& layer, int64_t batch, const StreamOptions& options);
   const FastSelfAttention& layer_;
-  FastSelfAttention::Scratch scratch_;
+  Workspace workspace_;  // pooled_key()'s scratch, sized for the window at open
   std::vector<float> u_;  // (B·C, E) transform input: grown only
 };
 
