@@ -175,15 +175,13 @@ LabmlMultiHeadAttention::LabmlMultiHeadAttention(QkvConv conv, int64_t heads, in
   r.finish();
 }
 
-Tensor LabmlMultiHeadAttention::project_rows(int which, const Tensor& x, const SeqLayout& l) const {
+void LabmlMultiHeadAttention::project_rows(int which, const Tensor& x, const SeqLayout& l, float* y) const {
   const int64_t D = d_model_, rows = l.B * l.T;
-  Tensor y = Tensor::uninitialized(Shape{rows, D});
-  qkv_[which].apply(x.data(), rows, D, y.data(), D);
-  if (convs_[which]) convs_[which]->apply(y.data(), l.T, l.B, l.ts * D, l.bs * D, D);
-  return y;
+  qkv_[which].apply(x.data(), rows, D, y, D);
+  if (convs_[which]) convs_[which]->apply(y, l.T, l.B, l.ts * D, l.bs * D, D);
 }
 
-Tensor LabmlMultiHeadAttention::attend(const Tensor& q, const SeqLayout& ql, const Tensor& k, const Tensor& v,
+Tensor LabmlMultiHeadAttention::attend(const float* q, const SeqLayout& ql, const float* k, const float* v,
                                        const SeqLayout& kl, const AttentionMask* mask, bool causal,
                                        int64_t left_context, float* probs) const {
   const int64_t D = d_model_, rows = ql.B * ql.T;
@@ -196,11 +194,12 @@ Tensor LabmlMultiHeadAttention::attend(const Tensor& q, const SeqLayout& ql, con
   s.scale = 1.f / std::sqrt(static_cast<float>(d_k_));
   s.causal = causal;
   s.left_context = left_context;
-  Tensor ctx = Tensor::uninitialized(Shape{rows, D});  // attention() writes every row
-  attention(s, HeadsView{q.data(), ql.bs * D, ql.ts * D}, HeadsView{k.data(), kl.bs * D, kl.ts * D},
-            HeadsView{v.data(), kl.bs * D, kl.ts * D}, mask, HeadsOut{ctx.data(), ql.bs * D, ql.ts * D}, probs);
+  const WorkspacePool::Lease ws = pool_.acquire();
+  float* ctx = ws->floats(0, rows * D);  // attention() writes every row
+  attention(s, HeadsView{q, ql.bs * D, ql.ts * D}, HeadsView{k, kl.bs * D, kl.ts * D},
+            HeadsView{v, kl.bs * D, kl.ts * D}, mask, HeadsOut{ctx, ql.bs * D, ql.ts * D}, probs);
   Tensor out = Tensor::uninitialized(Shape{rows, D});
-  out_.apply(ctx.data(), rows, D, out.data(), D);
+  out_.apply(ctx, rows, D, out.data(), D);
   return out;
 }
 
@@ -225,7 +224,11 @@ Tensor LabmlMultiHeadAttention::forward(const Tensor& query, const Tensor& key, 
     m = AttentionMask{mask.data(), mb == 1 ? 0 : 1, mask.dim(0) == 1 ? 0 : Sk * mb, mb, 1};
   }
   const SeqLayout ql{B, S, 1, B}, kl{B, Sk, 1, B};
-  const Tensor q = project_rows(0, query, ql), k = project_rows(1, key, kl), v = project_rows(2, value, kl);
+  const WorkspacePool::Lease ws = pool_.acquire();  // q, k, v (attend borrows its own)
+  float *q = ws->floats(0, S * B * D), *k = ws->floats(1, Sk * B * D), *v = ws->floats(2, Sk * B * D);
+  project_rows(0, query, ql, q);
+  project_rows(1, key, kl, k);
+  project_rows(2, value, kl, v);
   std::vector<float> probs(attn ? static_cast<size_t>(B * heads_ * S * Sk) : 0);
   Tensor out = attend(q, ql, k, v, kl, mask.empty() ? nullptr : &m, false, 0, attn ? probs.data() : nullptr);
   if (attn) {  // (B, H, S, S_k) -> labml's [S, S_k, B, H]
@@ -243,7 +246,9 @@ Tensor LabmlMultiHeadAttention::project(Projection which, const Tensor& x) const
   check_shape(x, {-1, -1, d_model_}, fn, "x", {"S", "B"});
   const int64_t S = x.dim(0), B = x.dim(1);
   check(S >= 1 && B >= 1, fn, ": x: expected at least 1 step and 1 batch row, got shape ", x.shape());
-  return project_rows(static_cast<int>(which), x, SeqLayout{B, S, 1, B}).reshape(Shape{S, B, heads_, d_k_});
+  Tensor y = Tensor::uninitialized(Shape{S, B, heads_, d_k_});
+  project_rows(static_cast<int>(which), x, SeqLayout{B, S, 1, B}, y.data());
+  return y;
 }
 
 Tensor LabmlMultiHeadAttention::self_attention(const Tensor& x, const AttentionMask* mask, bool causal,
@@ -251,7 +256,10 @@ Tensor LabmlMultiHeadAttention::self_attention(const Tensor& x, const AttentionM
   const int64_t B = x.dim(0), T = x.dim(1);
   check(B >= 1 && T >= 1, fn, ": x: expected at least 1 batch row and 1 step, got shape ", x.shape());
   const SeqLayout l{B, T, T, 1};
-  const Tensor q = project_rows(0, x, l), k = project_rows(1, x, l), v = project_rows(2, x, l);
+  const int64_t n = B * T * d_model_;
+  const WorkspacePool::Lease ws = pool_.acquire();  // q, k, v (attend borrows its own)
+  float *q = ws->floats(0, n), *k = ws->floats(1, n), *v = ws->floats(2, n);
+  for (int i = 0; i < 3; ++i) project_rows(i, x, l, i == 0 ? q : i == 1 ? k : v);
   return attend(q, l, k, v, l, mask, causal, left_context, nullptr).reshape(Shape{B, T, d_model_});
 }
 

@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "tokenmix/core/tensor.h"
+#include "tokenmix/core/workspace.h"
 #include "tokenmix/io/state_dict.h"
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/kernels/attention.h"
@@ -174,17 +175,19 @@ class LabmlMultiHeadAttention : public Layer, private CausalAttentionCore {
   // query, key, value projections: (D, D), (D) (the query and key bias empty when bias = false)
   Linear qkv_[3];
   Linear out_;  // output: (D, D), (D)
+  mutable WorkspacePool pool_;  // forward()'s scratch, one workspace per concurrent call
   std::unique_ptr<CausalDepthwiseConv> convs_[3];  // q, k, v convolutions (width D), or null
 
   // Rows of D floats for B sequences of T steps: step t of sequence b is row b*bs + t*ts (in rows).
   struct SeqLayout {
     int64_t B, T, bs, ts;
   };
-  // Projection `which` of x (B*T rows of D, laid out as l), conv applied along time. Same layout.
-  Tensor project_rows(int which, const Tensor& x, const SeqLayout& l) const;
+  // Projection `which` of x (B*T rows of D, laid out as l) into y (same layout), conv applied along
+  // time.
+  void project_rows(int which, const Tensor& x, const SeqLayout& l, float* y) const;
   // Attention of q (layout ql) over k, v (layout kl), then the output projection; result in ql's
   // layout. probs (B, H, S, S_k) when non-null.
-  Tensor attend(const Tensor& q, const SeqLayout& ql, const Tensor& k, const Tensor& v, const SeqLayout& kl,
+  Tensor attend(const float* q, const SeqLayout& ql, const float* k, const float* v, const SeqLayout& kl,
                 const AttentionMask* mask, bool causal, int64_t left_context, float* probs) const;
   // Offline self-attention in the unified (B, T, E) layout.
   Tensor self_attention(const Tensor& x, const AttentionMask* mask, bool causal,
