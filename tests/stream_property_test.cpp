@@ -75,8 +75,9 @@ TEST_P(StreamContract, NoHeapAllocationPerPushAfterWarmUp) {
   for (const int64_t C : {1, 3}) test::expect_no_allocations_per_push(*layer_, x, opts, C);
 }
 
-// Offline forward reuses its scratch: a second call of the same shape allocates little beyond
-// its output (the heap high-water mark above the bytes live before the call).
+// Offline forward reuses its scratch (the layer's WorkspacePool): a second call of the same shape
+// allocates its output and at most 1 KiB more (the heap high-water mark above the bytes live before
+// the call), so no large buffer is allocated, and page-faulted, again.
 TEST_P(StreamContract, ForwardReusesScratch) {
   const StreamOptionSpec spec = layer_->stream_options_accepted();
   const int64_t T = spec.window ? std::min<int64_t>(64, spec.max_window) : 64;
@@ -89,7 +90,7 @@ TEST_P(StreamContract, ForwardReusesScratch) {
   RecordProperty("forward_extra_bytes", std::to_string(extra));
   std::printf("[ scratch ] %s: second forward's extra heap %lld bytes (output %lld)\n", GetParam().label.c_str(),
               static_cast<long long>(extra), static_cast<long long>(out_bytes));
-  if (layer_->name() == "hypermixing") EXPECT_LE(extra, out_bytes + 4096) << "scratch allocated again";
+  EXPECT_LE(extra, out_bytes + 1024) << "the forward allocated scratch again";
 }
 
 INSTANTIATE_TEST_SUITE_P(AllLayers, StreamContract, ::testing::ValuesIn(layer_cases()),

@@ -92,28 +92,32 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   // Self-attention on the packed in_proj_weight (3E, E): one GEMM into (N, T, 3E), read through
   // strided views (row stride 3E), instead of three GEMMs.
   const bool packed = extra == 0 && q_in.data() == k_in.data() && k_in.data() == v_in.data() && !in_proj_.empty();
-  Tensor q, k, v, qkv;
+  // Scratch from the layer's pool (grown only): slots 0 q (or the packed qkv), 1 k, 2 v, 3 context.
+  const WorkspacePool::Lease ws = pool_.acquire();
+  const float *qp, *kp, *vp;
   int64_t ld = E_;
   if (packed) {
-    qkv = in_proj_(q_in, fn);
+    float* p = ws->floats(0, N * T * 3 * E_);
+    in_proj_.apply(q_in.data(), N * T, E_, p, 3 * E_);
+    qp = p, kp = p + E_, vp = p + 2 * E_;
     ld = 3 * E_;
   } else {
-    q = qkv_[0](q_in, fn);
-    k = qkv_[1](k_in, fn);
-    v = qkv_[2](v_in, fn);
-  }
-  if (extra) {
-    const Tensor k0 = k, v0 = v;
-    k = Tensor{Shape{N, S2, E_}};
-    v = Tensor{Shape{N, S2, E_}};
-    for (int64_t n = 0; n < N; ++n) {
-      std::copy(k0.data() + n * S * E_, k0.data() + (n + 1) * S * E_, k.data() + n * S2 * E_);
-      std::copy(v0.data() + n * S * E_, v0.data() + (n + 1) * S * E_, v.data() + n * S2 * E_);
+    float *q = ws->floats(0, N * T * E_), *k = ws->floats(1, N * S2 * E_), *v = ws->floats(2, N * S2 * E_);
+    qkv_[0].apply(q_in.data(), N * T, E_, q, E_);
+    // k, v of batch row n at rows n·S2 .. n·S2 + S - 1; the extra rows after them.
+    for (int64_t n = 0; n < N; n += extra ? 1 : N) {
+      const int64_t rows = extra ? S : N * S;
+      qkv_[1].apply(k_in.data() + n * S * kdim_, rows, kdim_, k + n * S2 * E_, E_);
+      qkv_[2].apply(v_in.data() + n * S * vdim_, rows, vdim_, v + n * S2 * E_, E_);
+      if (!extra) continue;
+      std::fill(k + (n * S2 + S) * E_, k + (n + 1) * S2 * E_, 0.f);  // add_zero_attn's row stays 0
+      std::fill(v + (n * S2 + S) * E_, v + (n + 1) * S2 * E_, 0.f);
       if (opt_.add_bias_kv) {
-        std::copy(bias_k_.begin(), bias_k_.end(), k.data() + (n * S2 + S) * E_);
-        std::copy(bias_v_.begin(), bias_v_.end(), v.data() + (n * S2 + S) * E_);
+        std::copy(bias_k_.begin(), bias_k_.end(), k + (n * S2 + S) * E_);
+        std::copy(bias_v_.begin(), bias_v_.end(), v + (n * S2 + S) * E_);
       }
     }
+    qp = q, kp = k, vp = v;
   }
   int64_t q0 = 0, Tq = T;
   if (single_output_ && opt_.single_output_forward && !all_queries) {
@@ -145,14 +149,11 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   s.q_len = Tq;
   s.k_len = S2;
   s.scale = scale_;
-  Tensor ctx = Tensor::uninitialized(Shape{N, Tq, E_});  // attention() writes every row
+  float* ctx = ws->floats(3, N * Tq * E_);  // attention() writes every row
   Tensor probs;
   if (attn_weights) probs = Tensor{Shape{N, H_, Tq, S2}};
-  const float* qp = packed ? qkv.data() : q.data();
-  const float* kp = packed ? qkv.data() + E_ : k.data();
-  const float* vp = packed ? qkv.data() + 2 * E_ : v.data();
   attention(s, HeadsView{qp + q0 * ld, T * ld, ld}, HeadsView{kp, S2 * ld, ld}, HeadsView{vp, S2 * ld, ld},
-            keep.empty() ? nullptr : &am, HeadsOut{ctx.data(), Tq * E_, E_}, attn_weights ? probs.data() : nullptr);
+            keep.empty() ? nullptr : &am, HeadsOut{ctx, Tq * E_, E_}, attn_weights ? probs.data() : nullptr);
   if (attn_weights) {
     Tensor avg{Shape{N, Tq, S2}};
     for (int64_t n = 0; n < N; ++n)
@@ -161,7 +162,9 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
     for (auto& x : avg) x /= static_cast<float>(H_);
     *attn_weights = avg;
   }
-  return out_(ctx, fn);
+  Tensor y = Tensor::uninitialized(Shape{N, Tq, E_});
+  out_.apply(ctx, N * Tq, E_, y.data(), E_);
+  return y;
 }
 
 Tensor ContinualMultiheadAttention::to_batch_first(const Tensor& x, const char* fn, const char* arg,

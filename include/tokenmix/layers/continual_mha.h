@@ -41,6 +41,7 @@
 #include <optional>
 
 #include "tokenmix/core/tensor.h"
+#include "tokenmix/core/workspace.h"
 #include "tokenmix/io/state_dict.h"
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/streaming/stream.h"
@@ -148,6 +149,7 @@ class ContinualMultiheadAttention : public Layer {
                     // slices of in_proj_bias (E) or no bias
   Linear out_;      // out_proj.weight (E, E), out_proj.bias (E) or none
   Tensor bias_k_, bias_v_;  // (1, 1, E) with add_bias_kv, else empty
+  mutable WorkspacePool pool_;  // forward()'s scratch, one workspace per concurrent call
 
  private:
   // (N, C, E) batch-first copy of a forward()-layout tensor.
