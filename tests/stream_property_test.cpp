@@ -75,7 +75,7 @@ TEST_P(StreamContract, NoHeapAllocationPerPushAfterWarmUp) {
   for (const int64_t C : {1, 3}) test::expect_no_allocations_per_push(*layer_, x, opts, C);
 }
 
-// Offline forward reuses its scratch (the layer's WorkspacePool): a second call of the same shape
+// Offline forward reuses its scratch (the layer's WorkspacePool): a later call of the same shape
 // allocates its output and at most 1 KiB more (the heap high-water mark above the bytes live before
 // the call), so no large buffer is allocated, and page-faulted, again.
 TEST_P(StreamContract, ForwardReusesScratch) {
@@ -83,12 +83,14 @@ TEST_P(StreamContract, ForwardReusesScratch) {
   const int64_t T = spec.window ? std::min<int64_t>(64, spec.max_window) : 64;
   const Tensor x = test::random_tensor(Shape{2, T, layer_->d_model()}, 44);
   const int64_t out_bytes = static_cast<int64_t>(sizeof(float)) * x.numel();
-  { const Tensor warm = layer_->forward(x); }
+  // (a few warm-up calls: how many per-worker workspaces a call creates depends on how the OpenMP
+  // threads overlap)
+  for (int i = 0; i < 3; ++i) const Tensor warm = layer_->forward(x);
   const int64_t base = alloc::reset_heap_peak();
   { const Tensor y = layer_->forward(x); }
   const int64_t extra = alloc::heap_peak_bytes() - base;
   RecordProperty("forward_extra_bytes", std::to_string(extra));
-  std::printf("[ scratch ] %s: second forward's extra heap %lld bytes (output %lld)\n", GetParam().label.c_str(),
+  std::printf("[ scratch ] %s: repeated forward's extra heap %lld bytes (output %lld)\n", GetParam().label.c_str(),
               static_cast<long long>(extra), static_cast<long long>(out_bytes));
   EXPECT_LE(extra, out_bytes + 1024) << "the forward allocated scratch again";
 }

@@ -39,15 +39,9 @@ EspnetMultiHeadedAttention::EspnetMultiHeadedAttention(int64_t n_feat, int64_t n
   v_ = qkv_.rows(2 * E, E);
 }
 
-Tensor EspnetMultiHeadedAttention::attend(const Tensor& q, const Tensor& k, const Tensor& v,
-                                          const Mask& mask, const char* fn, Tensor* attn) const {
-  const int64_t T1 = q.dim(1), T2 = k.dim(1), E = n_feat_;
-  return attend(HeadsView{q.data(), T1 * E, E}, HeadsView{k.data(), T2 * E, E}, HeadsView{v.data(), T2 * E, E},
-                q.dim(0), T1, T2, mask, fn, attn);
-}
-
 Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v, int64_t B, int64_t T1,
-                                          int64_t T2, const Mask& mask, const char* fn, Tensor* attn) const {
+                                          int64_t T2, const Mask& mask, const char* fn, Tensor* attn,
+                                          Workspace& ws) const {
   const int64_t E = n_feat_;
   AttentionMask m;
   if (!mask.empty()) {
@@ -65,8 +59,7 @@ Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v,
   s.q_len = T1;
   s.k_len = T2;
   s.scale = 1.f / std::sqrt(static_cast<float>(head_dim_));
-  const WorkspacePool::Lease ws = pool_.acquire();
-  float* ctx = ws->floats(0, B * T1 * E);  // attention() writes every row
+  float* ctx = ws.floats(3, B * T1 * E);  // attention() writes every row
   if (attn) *attn = Tensor{Shape{B, n_head_, T1, T2}};
   attention(s, q, k, v, mask.empty() ? nullptr : &m, HeadsOut{ctx, T1 * E, E}, attn ? attn->data() : nullptr);
   Tensor y = Tensor::uninitialized(Shape{B, T1, E});
@@ -89,12 +82,12 @@ Tensor EspnetMultiHeadedAttention::forward(const Tensor& query_in, const Tensor&
   if (query.ndim() != 3 || query.dim(2) != n_feat_)
     fail(fn, ": query: expected shape (B, T1, ", n_feat_, ") or (B, ", n_feat_, "), got ", query_in.shape());
   const int64_t B = query.dim(0), T = query.dim(1), E = n_feat_;
-  const WorkspacePool::Lease ws = pool_.acquire();  // the projections (attend borrows its own)
+  const WorkspacePool::Lease ws = pool_.acquire();  // slots 0-2 the projections, 3 the context
   if (memory.empty()) {  // self-attention: q, k, v from one GEMM into (B, T, 3E)
     float* p = ws->floats(0, B * T * 3 * E);
     qkv_.apply(query.data(), B * T, E, p, 3 * E);
     return attend(HeadsView{p, T * 3 * E, 3 * E}, HeadsView{p + E, T * 3 * E, 3 * E},
-                  HeadsView{p + 2 * E, T * 3 * E, 3 * E}, B, T, T, mask, fn, attn);
+                  HeadsView{p + 2 * E, T * 3 * E, 3 * E}, B, T, T, mask, fn, attn, *ws);
   }
   const Tensor& mem = memory;
   if (memory.ndim() != 3 || memory.dim(0) != query.dim(0) || memory.dim(2) != n_feat_)
@@ -107,7 +100,8 @@ Tensor EspnetMultiHeadedAttention::forward(const Tensor& query_in, const Tensor&
   q_.apply(query.data(), B * T, E, q, E);
   k_.apply(mem.data(), B * T2, E, k, E);
   v_.apply(mem.data(), B * T2, E, v, E);
-  return attend(HeadsView{q, T * E, E}, HeadsView{k, T2 * E, E}, HeadsView{v, T2 * E, E}, B, T, T2, mask, fn, attn);
+  return attend(HeadsView{q, T * E, E}, HeadsView{k, T2 * E, E}, HeadsView{v, T2 * E, E}, B, T, T2, mask, fn, attn,
+                *ws);
 }
 
 Tensor EspnetMultiHeadedAttention::forward(const Tensor& x, const Mask& key_padding_mask) const {
@@ -147,7 +141,12 @@ Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const ProjectedMemo
   const bool squeeze = query.ndim() == 2 || query.dim(1) == 1;
   const Tensor q3 = as_sequence(query);
   check_shape(q3, {memory.key.dim(0), -1, n_feat_}, fn, "query", {"B", "T1"});
-  Tensor y = attend(q_(q3, fn), memory.key, memory.value, memory.mask, fn, attn);
+  const int64_t B = q3.dim(0), T1 = q3.dim(1), T2 = memory.key.dim(1), E = n_feat_;
+  const WorkspacePool::Lease ws = pool_.acquire();
+  float* q = ws->floats(0, B * T1 * E);
+  q_.apply(q3.data(), B * T1, E, q, E);
+  Tensor y = attend(HeadsView{q, T1 * E, E}, HeadsView{memory.key.data(), T2 * E, E},
+                    HeadsView{memory.value.data(), T2 * E, E}, B, T1, T2, memory.mask, fn, attn, *ws);
   return squeeze ? y.reshape(Shape{y.dim(0), y.dim(2)}) : y;
 }
 

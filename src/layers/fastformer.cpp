@@ -128,12 +128,10 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
   // The pooled key of each batch row: rows pool independently, one per thread (the BLAS calls
   // inside then run single-threaded), each with a workspace of its own.
   float* gk = ws->floats(1, B * E);
-  parallel_for_each_thread(
-      B, B > 1, [&] { return pool_.acquire(); },
-      [&](int64_t b, const WorkspacePool::Lease& mine) {
-        pooled_key(proj + b * T * W, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride,
-                   mask_head_stride, gk + b * E, scratch(*mine, T));
-      });
+  parallel_for_workspaces(B, B > 1, worker_pool_, [&](int64_t b, Workspace& mine) {
+    pooled_key(proj + b * T * W, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride, mask_head_stride,
+               gk + b * E, scratch(mine, T));
+  });
   // u = gk ⊙ q and the residual y = q, over all B·T tokens.
   float* u = ws->floats(2, B * T * E);
   parallel_for(B * T, B * T >= threshold::kRows, [&](int64_t r) {

@@ -204,20 +204,21 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
   }
 
   // Token mixing per (b, h): R = GELU(x̃ᵀ·W1) (d x K), o = W2·Rᵀ (T x d). The (b, h) pairs are
-  // independent: one per work item (the GEMMs inside then run on one thread each), each worker with
-  // a workspace of its own for R (slot 0) and the mixing scratch (slot 1).
+  // independent, of equal cost: one per work item (the GEMMs inside then run on one thread each),
+  // each thread with a workspace of its own for R (slot 0) and the mixing scratch (slot 1); the
+  // static schedule gives a thread the same items in every call, so its workspace fits after one.
   float* o = ws->floats(3, n);  // the H column slices of d cover every row
-  parallel_for_each_thread(
-      B * H_, true, [&] { return pool_.acquire(); },
-      [&](int64_t w, const WorkspacePool::Lease& mine) {
+  parallel_for_workspaces(
+      B * H_, true, worker_pool_,
+      [&](int64_t w, Workspace& mine) {
         const int64_t b = w / H_, h = w % H_;
-        float* R = mine->floats(0, d_ * K_);
-        float* P = mine->floats(1, mixing_scratch(T));
+        float* R = mine.floats(0, d_ * K_);
+        float* P = mine.floats(1, mixing_scratch(T));
         const int64_t row0 = b * T * E_ + h * d_;
         mixing_hidden(h, xt + row0, E_, g1 + row0, E_, T, P, R);
         mixing_output(h, R, g2 + row0, E_, T, P, o + row0, E_);
       },
-      Schedule::kDynamic);
+      Schedule::kStatic);
   // Upstream zeroes the generated rows of padded tokens: their W1 rows meet zero x̃ rows anyway, and
   // their W2 rows make their o rows zero.
   if (masked) zero_padded_rows(key_padding_mask, E_, o);

@@ -183,7 +183,7 @@ void LabmlMultiHeadAttention::project_rows(int which, const Tensor& x, const Seq
 
 Tensor LabmlMultiHeadAttention::attend(const float* q, const SeqLayout& ql, const float* k, const float* v,
                                        const SeqLayout& kl, const AttentionMask* mask, bool causal,
-                                       int64_t left_context, float* probs) const {
+                                       int64_t left_context, float* probs, Workspace& ws) const {
   const int64_t D = d_model_, rows = ql.B * ql.T;
   AttentionShape s;
   s.batch = ql.B;
@@ -194,8 +194,7 @@ Tensor LabmlMultiHeadAttention::attend(const float* q, const SeqLayout& ql, cons
   s.scale = 1.f / std::sqrt(static_cast<float>(d_k_));
   s.causal = causal;
   s.left_context = left_context;
-  const WorkspacePool::Lease ws = pool_.acquire();
-  float* ctx = ws->floats(0, rows * D);  // attention() writes every row
+  float* ctx = ws.floats(3, rows * D);  // attention() writes every row
   attention(s, HeadsView{q, ql.bs * D, ql.ts * D}, HeadsView{k, kl.bs * D, kl.ts * D},
             HeadsView{v, kl.bs * D, kl.ts * D}, mask, HeadsOut{ctx, ql.bs * D, ql.ts * D}, probs);
   Tensor out = Tensor::uninitialized(Shape{rows, D});
@@ -224,13 +223,13 @@ Tensor LabmlMultiHeadAttention::forward(const Tensor& query, const Tensor& key, 
     m = AttentionMask{mask.data(), mb == 1 ? 0 : 1, mask.dim(0) == 1 ? 0 : Sk * mb, mb, 1};
   }
   const SeqLayout ql{B, S, 1, B}, kl{B, Sk, 1, B};
-  const WorkspacePool::Lease ws = pool_.acquire();  // q, k, v (attend borrows its own)
+  const WorkspacePool::Lease ws = pool_.acquire();  // slots 0-2 q, k, v, 3 the context
   float *q = ws->floats(0, S * B * D), *k = ws->floats(1, Sk * B * D), *v = ws->floats(2, Sk * B * D);
   project_rows(0, query, ql, q);
   project_rows(1, key, kl, k);
   project_rows(2, value, kl, v);
   std::vector<float> probs(attn ? static_cast<size_t>(B * heads_ * S * Sk) : 0);
-  Tensor out = attend(q, ql, k, v, kl, mask.empty() ? nullptr : &m, false, 0, attn ? probs.data() : nullptr);
+  Tensor out = attend(q, ql, k, v, kl, mask.empty() ? nullptr : &m, false, 0, attn ? probs.data() : nullptr, *ws);
   if (attn) {  // (B, H, S, S_k) -> labml's [S, S_k, B, H]
     *attn = Tensor{Shape{S, Sk, B, heads_}};
     for (int64_t b = 0; b < B; ++b)
@@ -257,10 +256,10 @@ Tensor LabmlMultiHeadAttention::self_attention(const Tensor& x, const AttentionM
   check(B >= 1 && T >= 1, fn, ": x: expected at least 1 batch row and 1 step, got shape ", x.shape());
   const SeqLayout l{B, T, T, 1};
   const int64_t n = B * T * d_model_;
-  const WorkspacePool::Lease ws = pool_.acquire();  // q, k, v (attend borrows its own)
+  const WorkspacePool::Lease ws = pool_.acquire();  // slots 0-2 q, k, v, 3 the context
   float *q = ws->floats(0, n), *k = ws->floats(1, n), *v = ws->floats(2, n);
   for (int i = 0; i < 3; ++i) project_rows(i, x, l, i == 0 ? q : i == 1 ? k : v);
-  return attend(q, l, k, v, l, mask, causal, left_context, nullptr).reshape(Shape{B, T, d_model_});
+  return attend(q, l, k, v, l, mask, causal, left_context, nullptr, *ws).reshape(Shape{B, T, d_model_});
 }
 
 Tensor LabmlMultiHeadAttention::forward(const Tensor& x, const Mask& key_padding_mask) const {

@@ -6,8 +6,14 @@
 // call by the calling thread's omp_get_max_threads(). One per-thread setting therefore governs both.
 #pragma once
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <vector>
+
+#include "tokenmix/core/workspace.h"
 
 namespace tokenmix {
 
@@ -76,20 +82,26 @@ void parallel_for(int64_t n, bool parallel, Body&& body, Schedule schedule = Sch
   }
 }
 
-// As parallel_for, with per-thread state: each thread makes its state once with make_state() and
-// passes it to body(i, state) for its iterations (e.g. a workspace borrowed from a pool).
-template <typename MakeState, typename Body>
-void parallel_for_each_thread(int64_t n, bool parallel, MakeState&& make_state, Body&& body,
-                              Schedule schedule = Schedule::kStatic) {
-#pragma omp parallel if (parallel && n > 1)
+// As parallel_for, with a workspace for each thread: body(i, ws). The workspaces are borrowed from
+// pool for the call, all up front (one per thread the call uses), so calls of a given size always
+// use the same workspaces, which keep their buffers: with the static schedule (each thread gets the
+// same iterations every call) nothing is allocated after the first call.
+template <typename Body>
+void parallel_for_workspaces(int64_t n, bool parallel, WorkspacePool& pool, Body&& body,
+                             Schedule schedule = Schedule::kStatic) {
+  const int threads = parallel && n > 1 ? static_cast<int>(std::min<int64_t>(omp_get_max_threads(), n)) : 1;
+  std::vector<WorkspacePool::Lease> leases;
+  leases.reserve(threads);
+  for (int t = 0; t < threads; ++t) leases.push_back(pool.acquire());
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    auto state = make_state();
+    Workspace& ws = *leases[omp_get_thread_num()];
     if (schedule == Schedule::kDynamic) {
 #pragma omp for schedule(dynamic)
-      for (int64_t i = 0; i < n; ++i) body(i, state);
+      for (int64_t i = 0; i < n; ++i) body(i, ws);
     } else {
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < n; ++i) body(i, state);
+      for (int64_t i = 0; i < n; ++i) body(i, ws);
     }
   }
 }

@@ -82,14 +82,12 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
   Linear qkv_;
   Linear q_, k_, v_;
   Linear out_;        // linear_out: (E, E), (E)
-  mutable WorkspacePool pool_;  // forward()'s scratch, one workspace per concurrent call
-  // Attention of projected q (B, T1, E) over projected k, v (B, T2, E) with a checked mask, then the
-  // output projection. fn names the caller in errors.
-  Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v, const Mask& mask, const char* fn,
-                Tensor* attn) const;
-  // The same over strided rows: q rows (B, T1) and k/v rows (B, T2) of E floats at the given views.
+  mutable WorkspacePool pool_;  // forward()'s and step()'s scratch, one workspace per concurrent call
+  // Attention of projected q rows (B, T1) over projected k, v rows (B, T2) of E floats at the given
+  // views with a checked mask, then the output projection. fn names the caller in errors; the
+  // context goes to buffer 3 of ws (the caller's workspace, whose buffers 0-2 hold the projections).
   Tensor attend(HeadsView q, HeadsView k, HeadsView v, int64_t B, int64_t T1, int64_t T2, const Mask& mask,
-                const char* fn, Tensor* attn) const;
+                const char* fn, Tensor* attn, Workspace& ws) const;
   // CausalAttentionCore
   int64_t attention_width() const override { return n_feat_; }
   int64_t attention_heads() const override { return n_head_; }

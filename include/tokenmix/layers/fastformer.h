@@ -111,7 +111,8 @@ class FastSelfAttention : public Layer {
   Linear key_;        // key: (E, E), (E)
   Linear key_att_;    // key_att: (H, E), (H)
   Linear transform_;  // transform: (E, E), (E)
-  mutable WorkspacePool pool_;  // forward_upstream()'s scratch: one workspace per call and worker
+  // forward_upstream()'s scratch: one workspace per concurrent call, and one per pooling worker.
+  mutable WorkspacePool pool_, worker_pool_;
   // Checks options.window >= 1 and -1 <= options.position < window; fn names the caller.
   void check_stream_options(const StreamOptions& options, const char* fn) const;
   friend class FastSelfAttentionStream;

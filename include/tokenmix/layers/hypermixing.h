@@ -109,7 +109,8 @@ class HyperMixing : public Layer {
   Generator gen1_, gen2_;  // w1_gen, w2_gen (gen2_ shares gen1_'s tensors when tied)
   Tensor ln_w_, ln_b_;     // layer_norm: (E), (E)
   Tensor pe_;              // (max_length, E)
-  mutable WorkspacePool pool_;  // forward()'s scratch: one workspace per concurrent call and worker
+  // forward()'s scratch: one workspace per concurrent call, and one per worker of the token mixing.
+  mutable WorkspacePool pool_, worker_pool_;
 
   // The generated weights are W_h = G_h·C_hᵀ + 1·γ_hᵀ (rows, K) with G_h = GELU(z_h·A_hᵀ + α_h) the
   // hypernetwork's hidden layer (A, α = fc1, C, γ = fc2). Token mixing only needs products with them,

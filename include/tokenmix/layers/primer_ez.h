@@ -186,9 +186,10 @@ class LabmlMultiHeadAttention : public Layer, private CausalAttentionCore {
   // time.
   void project_rows(int which, const Tensor& x, const SeqLayout& l, float* y) const;
   // Attention of q (layout ql) over k, v (layout kl), then the output projection; result in ql's
-  // layout. probs (B, H, S, S_k) when non-null.
+  // layout. probs (B, H, S, S_k) when non-null. The context goes to buffer 3 of ws (the caller's
+  // workspace, whose buffers 0-2 hold q, k, v).
   Tensor attend(const float* q, const SeqLayout& ql, const float* k, const float* v, const SeqLayout& kl,
-                const AttentionMask* mask, bool causal, int64_t left_context, float* probs) const;
+                const AttentionMask* mask, bool causal, int64_t left_context, float* probs, Workspace& ws) const;
   // Offline self-attention in the unified (B, T, E) layout.
   Tensor self_attention(const Tensor& x, const AttentionMask* mask, bool causal,
                         int64_t left_context, const char* fn) const;
