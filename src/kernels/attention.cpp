@@ -11,6 +11,7 @@
 #include "tokenmix/kernels/linear.h"
 #include "attention_tiles.h"
 #include "simd_math.h"
+#include "softmax_row.h"
 
 namespace tokenmix {
 
@@ -20,6 +21,9 @@ namespace {
 using simd::exp8;
 using simd::hsum;
 #endif
+using softmax::exp_sub_sum;
+using softmax::row_max;
+using softmax::scale_row;
 
 // Query rows per work item of the probs path (full score rows, exact two-pass softmax).
 constexpr int64_t kQueryTile = 64;
@@ -83,62 +87,6 @@ inline void mask_row(const AttentionShape& s, const AttentionMask* mask, int64_t
 }
 
 
-// Largest of x[0..n) (-inf for n = 0 or all -inf).
-inline float row_max(const float* x, int64_t n) {
-  int64_t j = 0;
-  float m = -INFINITY;
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 vm = _mm256_set1_ps(-INFINITY);
-  for (; j + 8 <= n; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + j));
-  alignas(32) float t[8];
-  _mm256_store_ps(t, vm);
-  for (float v : t) m = std::max(m, v);
-#endif
-  for (; j < n; ++j) m = std::max(m, x[j]);
-  return m;
-}
-
-// p[j] = exp(x[j] - m) for j < n (-inf scores give exactly 0); returns the sum. m must be finite.
-// In place when p == x; otherwise x is cleared to 0 in the same pass (the flash loop then adds the
-// next block's scores into it with beta = 1, which spares OpenBLAS' zeroing pass over C).
-inline float exp_sub_sum(float* x, int64_t n, float m, float* p) {
-#if defined(__AVX2__) && defined(__FMA__)
-  const bool clear = p != x;
-  const __m256 vm = _mm256_set1_ps(m), zero = _mm256_setzero_ps();
-  __m256 acc = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
-    if (clear) _mm256_storeu_ps(x + j, zero);
-    _mm256_storeu_ps(p + j, e);
-    acc = _mm256_add_ps(acc, e);
-  }
-  if (j < n) {  // the tail through the same polynomial, padded with -inf
-    alignas(32) float t[8];
-    for (int r = 0; r < 8; ++r) t[r] = j + r < n ? x[j + r] : -INFINITY;
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_load_ps(t), vm));
-    _mm256_store_ps(t, e);
-    for (int64_t r = 0; j + r < n; ++r) {
-      if (clear) x[j + r] = 0.f;
-      p[j + r] = t[r];
-    }
-    acc = _mm256_add_ps(acc, e);
-  }
-  return hsum(acc);
-#else
-  float sum = 0.f;
-  for (int64_t j = 0; j < n; ++j) {
-    const float e = x[j] == -INFINITY ? 0.f : std::exp(x[j] - m);
-    if (p != x) x[j] = 0.f;
-    sum += p[j] = e;
-  }
-  return sum;
-#endif
-}
-
-inline void scale_row(float* x, int64_t n, float a) {
-  for (int64_t j = 0; j < n; ++j) x[j] *= a;
-}
 
 // Queries [i0, i1) of head h in batch b with full score rows and the exact two-pass softmax,
 // writing probs. scores: rows x (hi - lo) scratch.
@@ -178,73 +126,6 @@ void tile_with_probs(const AttentionShape& s, const HeadsView& q, const HeadsVie
   }
 }
 
-// Single-query inner loops for one head over n keys at row stride ld (a KV cache: time_stride E),
-// behind attention_scores() and attention_context_unnormalized():
-//   scores_k_*(q, K, n, ld, D, scale, out):  out[j] = scale * (q · K_j)
-//   context_v_*(p, V, n, ld, D, c):          c = Σ_j p[j] V_j            (c overwritten)
-// The vector versions need D % 8 == 0; the plain loops serve every D and are the reference for
-// them (tests/attention_kernel_test.cpp covers both through attention_reference()).
-void scores_k_plain(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
-  for (int64_t j = 0; j < n; ++j) {
-    float acc = 0.f;
-    for (int64_t d = 0; d < D; ++d) acc += q[d] * K[j * ld + d];
-    out[j] = scale * acc;
-  }
-}
-
-void context_v_plain(const float* p, const float* V, int64_t n, int64_t ld, int64_t D, float* c) {
-  std::fill(c, c + D, 0.f);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < D; ++d) c[d] += p[j] * V[j * ld + d];
-}
-
-#if defined(__AVX2__) && defined(__FMA__)
-// Eight keys at a time: eight independent FMA chains over D, then one transposing reduction of the
-// eight partial-sum vectors into the eight scores.
-void scores_k_avx2(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
-  const __m256 vs = _mm256_set1_ps(scale);
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const float* k0 = K + j * ld;
-    __m256 a[8];
-    for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D; d += 8) {
-      const __m256 qd = _mm256_loadu_ps(q + d);
-      for (int r = 0; r < 8; ++r) a[r] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k0 + r * ld + d), a[r]);
-    }
-    const __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-    const __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-    const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
-    _mm256_storeu_ps(out + j, _mm256_mul_ps(sum, vs));
-  }
-  for (; j < n; ++j) {
-    __m256 a = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(K + j * ld + d), a);
-    out[j] = scale * hsum(a);
-  }
-}
-
-// The context of up to 64 features (NV vectors) held in registers over all n keys.
-template <int NV>
-void context_v_slice(const float* p, const float* V, int64_t n, int64_t ld, float* c) {
-  __m256 acc[NV];
-  for (int r = 0; r < NV; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t j = 0; j < n; ++j) {
-    const __m256 pj = _mm256_set1_ps(p[j]);
-    const float* vj = V + j * ld;
-    for (int r = 0; r < NV; ++r) acc[r] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * r), acc[r]);
-  }
-  for (int r = 0; r < NV; ++r) _mm256_storeu_ps(c + 8 * r, acc[r]);
-}
-
-void context_v_avx2(const float* p, const float* V, int64_t n, int64_t ld, int64_t D, float* c) {
-  using Slice = void (*)(const float*, const float*, int64_t, int64_t, float*);
-  static constexpr Slice slices[8] = {context_v_slice<1>, context_v_slice<2>, context_v_slice<3>,
-                                      context_v_slice<4>, context_v_slice<5>, context_v_slice<6>,
-                                      context_v_slice<7>, context_v_slice<8>};
-  for (int64_t d0 = 0; d0 < D; d0 += 64) slices[std::min<int64_t>(D - d0, 64) / 8 - 1](p, V + d0, n, ld, c + d0);
-}
-#endif
 
 // Decoding: one query row i of head h in batch b over its whole key range (a KV cache): scores in
 // registers-wide key groups, the exact two-pass softmax, the context accumulated in registers.
@@ -443,31 +324,6 @@ WorkspacePool& score_pool() {
 }
 
 }  // namespace
-
-void attention_scores(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
-#if defined(__AVX2__) && defined(__FMA__)
-  if (D % 8 == 0) return scores_k_avx2(q, K, n, ld, D, scale, out);
-#endif
-  scores_k_plain(q, K, n, ld, D, scale, out);
-}
-
-float attention_context_unnormalized(float* s, int64_t n, const float* V, int64_t ld, int64_t D, float* c,
-                                     float* max) {
-  *max = row_max(s, n);
-  if (*max == -INFINITY) {
-    std::fill(c, c + D, 0.f);
-    return 0.f;
-  }
-  const float d = exp_sub_sum(s, n, *max, s);
-#if defined(__AVX2__) && defined(__FMA__)
-  if (D % 8 == 0) {
-    context_v_avx2(s, V, n, ld, D, c);
-    return d;
-  }
-#endif
-  context_v_plain(s, V, n, ld, D, c);
-  return d;
-}
 
 void attention_reserve(int64_t q_len, int64_t k_len, int64_t head_dim) {
   // Large enough for any path: probability tiles, the decode path and the flash tiles.
