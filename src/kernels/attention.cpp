@@ -325,6 +325,25 @@ WorkspacePool& score_pool() {
 
 }  // namespace
 
+AttentionShape AttentionShape::scaled(int64_t batch, int64_t heads, int64_t head_dim, int64_t q_len, int64_t k_len) {
+  AttentionShape s;
+  s.batch = batch;
+  s.heads = heads;
+  s.head_dim = head_dim;
+  s.q_len = q_len;
+  s.k_len = k_len;
+  s.scale = 1.f / std::sqrt(static_cast<float>(head_dim));
+  return s;
+}
+
+AttentionShape AttentionShape::with_causal_band(int64_t offset, int64_t left) const {
+  AttentionShape s = *this;
+  s.causal = true;
+  s.query_offset = offset;
+  s.left_context = left;
+  return s;
+}
+
 void attention_reserve(int64_t q_len, int64_t k_len, int64_t head_dim) {
   // Large enough for any path: probability tiles, the decode path and the flash tiles.
   const size_t need = static_cast<size_t>(std::max(std::min(q_len, kQueryTile) * std::max<int64_t>(k_len, 1),

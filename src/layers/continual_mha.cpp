@@ -142,13 +142,7 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
                                         (attn_mask.empty() || !attn_mask.at(q0 + i, j)));
     am = AttentionMask{keep.data(), Tq * S2, S2, 1, 1};
   }
-  AttentionShape s;
-  s.batch = N;
-  s.heads = H_;
-  s.head_dim = D_;
-  s.q_len = Tq;
-  s.k_len = S2;
-  s.scale = scale_;
+  const AttentionShape s = AttentionShape::scaled(N, H_, D_, Tq, S2);
   float* ctx = ws->floats(3, N * Tq * E_);  // attention() writes every row
   Tensor probs;
   if (attn_weights) probs = Tensor{Shape{N, H_, Tq, S2}};
@@ -249,16 +243,7 @@ Tensor SingleOutputMultiheadAttention::stream_reference(const Tensor& x, const S
   if (T_out == 0) return ctx;
   // Output i (token t = i + L - 1) = query of token t - delay over keys t-L+1 .. t: the causal band
   // with query offset L - 1 and left context L.
-  AttentionShape s;
-  s.batch = B;
-  s.heads = H_;
-  s.head_dim = D_;
-  s.q_len = T_out;
-  s.k_len = T;
-  s.scale = scale_;
-  s.causal = true;
-  s.query_offset = L_ - 1;
-  s.left_context = L_;
+  const AttentionShape s = AttentionShape::scaled(B, H_, D_, T_out, T).with_causal_band(L_ - 1, L_);
   attention(s, HeadsView{p.q.data() + (L_ - 1 - delay()) * E_, T * E_, E_}, HeadsView{p.k.data(), T * E_, E_},
             HeadsView{p.v.data(), T * E_, E_}, nullptr, HeadsOut{ctx.data(), T_out * E_, E_});
   return out_(ctx, fn);
@@ -281,13 +266,7 @@ Tensor RetroactiveMultiheadAttention::window_reference(const Tensor& x) const {
   const int64_t B = x.dim(0), T = x.dim(1), T_out = std::max<int64_t>(T - L_ + 1, 0);
   Tensor ctx{Shape{B, T_out, L_, E_}};
   if (T_out == 0) return ctx;
-  AttentionShape s;
-  s.batch = B;
-  s.heads = H_;
-  s.head_dim = D_;
-  s.q_len = L_;
-  s.k_len = L_;
-  s.scale = scale_;
+  const AttentionShape s = AttentionShape::scaled(B, H_, D_, L_, L_);
   for (int64_t i = 0; i < T_out; ++i)  // window i = tokens i .. i + L - 1, every position a query
     attention(s, HeadsView{p.q.data() + i * E_, T * E_, E_}, HeadsView{p.k.data() + i * E_, T * E_, E_},
               HeadsView{p.v.data() + i * E_, T * E_, E_}, nullptr,

@@ -31,12 +31,7 @@ class SingleOutputStream final : public ContinualStreamImpl {
       ready_.resize(B_ * C);
       attention_reserve(C, L_, D_);
     }
-    AttentionShape s;
-    s.batch = 1;
-    s.heads = H_;
-    s.head_dim = D_;
-    s.q_len = 1;
-    s.k_len = L_;
+    AttentionShape s = AttentionShape::scaled(1, H_, D_, 1, L_);
     s.scale = 1.f;  // queries are cached scaled
     int64_t o = 0;
     for (int64_t c = 0; c < C; ++c) {

@@ -52,13 +52,7 @@ Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v,
           fn, ": mask: expected shape (", B, " or 1, ", T1, " or 1, ", T2, "), got ", mask.shape());
     m = AttentionMask{mask.data(), mask.dim(0) == 1 ? 0 : mask.dim(1) * T2, mask.dim(1) == 1 ? 0 : T2, 1, 1};
   }
-  AttentionShape s;
-  s.batch = B;
-  s.heads = n_head_;
-  s.head_dim = head_dim_;
-  s.q_len = T1;
-  s.k_len = T2;
-  s.scale = 1.f / std::sqrt(static_cast<float>(head_dim_));
+  const AttentionShape s = AttentionShape::scaled(B, n_head_, head_dim_, T1, T2);
   float* ctx = ws.floats(3, B * T1 * E);  // attention() writes every row
   if (attn) *attn = Tensor{Shape{B, n_head_, T1, T2}};
   attention(s, q, k, v, mask.empty() ? nullptr : &m, HeadsOut{ctx, T1 * E, E}, attn ? attn->data() : nullptr);

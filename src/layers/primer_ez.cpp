@@ -185,15 +185,8 @@ Tensor LabmlMultiHeadAttention::attend(const float* q, const SeqLayout& ql, cons
                                        const SeqLayout& kl, const AttentionMask* mask, bool causal,
                                        int64_t left_context, float* probs, Workspace& ws) const {
   const int64_t D = d_model_, rows = ql.B * ql.T;
-  AttentionShape s;
-  s.batch = ql.B;
-  s.heads = heads_;
-  s.head_dim = d_k_;
-  s.q_len = ql.T;
-  s.k_len = kl.T;
-  s.scale = 1.f / std::sqrt(static_cast<float>(d_k_));
-  s.causal = causal;
-  s.left_context = left_context;
+  AttentionShape s = AttentionShape::scaled(ql.B, heads_, d_k_, ql.T, kl.T);
+  if (causal) s = s.with_causal_band(0, left_context);
   float* ctx = ws.floats(3, rows * D);  // attention() writes every row
   attention(s, HeadsView{q, ql.bs * D, ql.ts * D}, HeadsView{k, kl.bs * D, kl.ts * D},
             HeadsView{v, kl.bs * D, kl.ts * D}, mask, HeadsOut{ctx, ql.bs * D, ql.ts * D}, probs);

@@ -42,16 +42,8 @@ Tensor CausalAttentionStream::push_chunk(const Tensor& chunk) {
     float *q = q_all + b * C * E, *k = q + n, *v = q + 2 * n;
     transform_qkv(b, q, k, v, C);
     cache_.append(b, k, v, C, E);
-    AttentionShape s;
-    s.batch = 1;
-    s.heads = heads_;
-    s.head_dim = D;
-    s.q_len = C;
-    s.k_len = cache_.length(b);
-    s.scale = 1.f / std::sqrt(static_cast<float>(D));
-    s.causal = true;
-    s.query_offset = s.k_len - C;
-    s.left_context = left_context_;
+    const int64_t held = cache_.length(b);
+    const AttentionShape s = AttentionShape::scaled(1, heads_, D, C, held).with_causal_band(held - C, left_context_);
     attention(s, HeadsView{q, 0, E}, cache_.keys(b), cache_.values(b),
               nullptr, HeadsOut{ctx_.data() + b * C * E, 0, E});
   }

@@ -54,6 +54,12 @@ struct AttentionShape {
   bool causal = false;
   int64_t query_offset = 0;
   int64_t left_context = 0;
+
+  // batch x heads of head_dim, q_len queries over k_len keys, scores scaled by 1 / sqrt(head_dim),
+  // no band.
+  static AttentionShape scaled(int64_t batch, int64_t heads, int64_t head_dim, int64_t q_len, int64_t k_len);
+  // This shape with the causal band of query_offset and left_context (0 = unlimited).
+  AttentionShape with_causal_band(int64_t query_offset, int64_t left_context) const;
 };
 
 // The optimized kernel, OpenMP over batch x heads x query tiles. Without probs: flash attention
