@@ -4,7 +4,11 @@
 
 #include "cases/case.h"
 #include "test_util.h"
+#include "tokenmix/layers/continual_mha.h"
 #include "tokenmix/layers/espnet_mha.h"
+#include "tokenmix/layers/fastformer.h"
+#include "tokenmix/layers/hypermixing.h"
+#include "tokenmix/layers/primer_ez.h"
 #include "tokenmix/layers/registry.h"
 
 namespace tokenmix {
@@ -76,6 +80,40 @@ TEST(Registry, ErrorsNameModuleOptionAndFile) {
   const std::string bare = test::temp_path("registry_bare.safetensors");
   w.save(bare);
   test::expect_error([&] { load_layer(bare); }, "load_layer: " + bare + ": __metadata__ has no 'module'");
+}
+
+// Each family's options struct validates field by field, before any weight is read.
+TEST(Registry, OptionsValidateEachField) {
+  EspnetMhaOptions e{8, 2};
+  e.validate();
+  e.dropout = 1.5;
+  test::expect_error([&] { e.validate(); }, "EspnetMultiHeadedAttention: dropout: expected 0 <= p <= 1, got 1.5");
+  test::expect_error([] { EspnetMhaOptions{8, 3}.validate(); }, "n_feat (8) must be divisible by n_head (3)");
+  test::expect_error([] { FastSelfAttentionOptions{0, 1}.validate(); },
+                     "FastSelfAttention: size: expected 1 <= size <= 65536, got 0");
+  LabmlMhaOptions l{2, 8};
+  l.validate();
+  l.dropout_prob = -0.1;
+  test::expect_error([&] { l.validate(); }, "LabmlMultiHeadAttention: dropout_prob: expected 0 <= p <= 1, got -0.1");
+  l = LabmlMhaOptions{2, 8};
+  l.bias = false;
+  l.conv = QkvConv::kShared;
+  test::expect_error([&] { l.validate(); }, "bias: expected true for the Primer-EZ classes");
+  HyperMixingOptions h;
+  h.input_output_dim = 16;
+  h.hypernet_size = 6;
+  h.num_heads = 4;
+  test::expect_error([&] { h.validate(); }, "HyperMixing: hypernet_size (6) must be divisible by num_heads (4)");
+  ContinualMhaOptions c;
+  c.embed_dim = 8;
+  c.num_heads = 2;
+  c.sequence_len = 4;
+  c.validate("X", true);
+  c.embed_dim_second = true;
+  test::expect_error([&] { c.validate("X", false); }, "X: embed_dim_second: requires batch_first=true");
+  // The registry reports the same per-field errors for a config.
+  test::expect_error([] { make_layer(kEspnet, R"({"n_feat": 8, "n_head": 2, "dropout": 3})", espnet_weights(8)); },
+                     "EspnetMultiHeadedAttention: dropout: expected 0 <= p <= 1, got 3");
 }
 
 TEST(Registry, ListsEveryFamily) {

@@ -20,21 +20,26 @@ namespace tokenmix {
 // ---------------------------------------------------------------------------------------------
 // Layer
 
+void ContinualMhaOptions::validate(const char* cls, bool batch_first_default) const {
+  check_range(embed_dim, 1, limits::kMaxFeatures, cls, "embed_dim");
+  check(num_heads >= 1, cls, ": num_heads: expected >= 1, got ", num_heads);
+  check(embed_dim % num_heads == 0, cls, ": embed_dim (", embed_dim, ") must be divisible by num_heads (", num_heads,
+        ")");
+  check_range(sequence_len, 1, limits::kMaxTokens, cls, "sequence_len");
+  check_range(kdim, 0, limits::kMaxFeatures, cls, "kdim (0 = embed_dim)");
+  check_range(vdim, 0, limits::kMaxFeatures, cls, "vdim (0 = embed_dim)");
+  check(dropout >= 0.0 && dropout < 1.0, cls, ": dropout: expected 0 <= p < 1, got ", dropout);
+  check(!embed_dim_second || batch_first.value_or(batch_first_default), cls,
+        ": embed_dim_second: requires batch_first=true (upstream's seq-first + embed_dim_second layouts are "
+        "inconsistent)");
+}
+
 ContinualMultiheadAttention::ContinualMultiheadAttention(const char* cls, const ContinualMhaOptions& o,
                                                          bool batch_first_default, const StateDict& sd)
     : cls_(cls), opt_(o), batch_first_(o.batch_first.value_or(batch_first_default)), E_(o.embed_dim),
       H_(o.num_heads), D_(o.num_heads > 0 ? o.embed_dim / o.num_heads : 0), L_(o.sequence_len),
       kdim_(o.kdim > 0 ? o.kdim : o.embed_dim), vdim_(o.vdim > 0 ? o.vdim : o.embed_dim) {
-  check_range(E_, 1, limits::kMaxFeatures, cls, "embed_dim");
-  check(H_ >= 1, cls, ": num_heads: expected >= 1, got ", H_);
-  check(E_ % H_ == 0, cls, ": embed_dim (", E_, ") must be divisible by num_heads (", H_, ")");
-  check_range(L_, 1, limits::kMaxTokens, cls, "sequence_len");
-  check_range(o.kdim, 0, limits::kMaxFeatures, cls, "kdim (0 = embed_dim)");
-  check_range(o.vdim, 0, limits::kMaxFeatures, cls, "vdim (0 = embed_dim)");
-  check(o.dropout >= 0.0 && o.dropout < 1.0, cls, ": dropout: expected 0 <= p < 1, got ", o.dropout);
-  check(!o.embed_dim_second || batch_first_, cls,
-        ": embed_dim_second: requires batch_first=true (upstream's seq-first + embed_dim_second layouts are "
-        "inconsistent)");
+  o.validate(cls, batch_first_default);
   scale_ = 1.f / std::sqrt(static_cast<float>(D_));
   WeightReader r(sd, cls);
   const bool packed = kdim_ == E_ && vdim_ == E_;

@@ -12,13 +12,20 @@
 
 namespace tokenmix {
 
-EspnetMultiHeadedAttention::EspnetMultiHeadedAttention(int64_t n_feat, int64_t n_head,
-                                                       const StateDict& state_dict)
-    : n_feat_(n_feat), n_head_(n_head), head_dim_(n_head > 0 ? n_feat / n_head : 0) {
+void EspnetMhaOptions::validate() const {
   const char* fn = "EspnetMultiHeadedAttention";
   check_range(n_feat, 1, limits::kMaxFeatures, fn, "n_feat");
   check(n_head >= 1, fn, ": n_head: expected >= 1, got ", n_head);
   check(n_feat % n_head == 0, fn, ": n_feat (", n_feat, ") must be divisible by n_head (", n_head, ")");
+  check(dropout >= 0.0 && dropout <= 1.0, fn, ": dropout: expected 0 <= p <= 1, got ", dropout);
+}
+
+EspnetMultiHeadedAttention::EspnetMultiHeadedAttention(const EspnetMhaOptions& options, const StateDict& state_dict)
+    : n_feat_(options.n_feat), n_head_(options.n_head),
+      head_dim_(options.n_head > 0 ? options.n_feat / options.n_head : 0) {
+  const char* fn = "EspnetMultiHeadedAttention";
+  options.validate();
+  const int64_t n_feat = n_feat_;
   WeightReader r(state_dict, fn);
   const Linear q = take_linear(r, "linear_q.", n_feat, n_feat), k = take_linear(r, "linear_k.", n_feat, n_feat),
                v = take_linear(r, "linear_v.", n_feat, n_feat);

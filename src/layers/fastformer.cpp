@@ -39,17 +39,22 @@ void pool_weights(const float* logits, int64_t stride, int64_t T, const uint8_t*
 
 }  // namespace
 
-FastSelfAttention::FastSelfAttention(int64_t size, int64_t attention_heads, double dropout_rate,
-                                     const StateDict& state_dict)
-    : size_(size), heads_(attention_heads), head_dim_(attention_heads > 0 ? size / attention_heads : 0),
-      dropout_rate_(dropout_rate) {
+void FastSelfAttentionOptions::validate() const {
   const char* fn = "FastSelfAttention";
   check_range(size, 1, limits::kMaxFeatures, fn, "size");
   check(attention_heads >= 1, fn, ": attention_heads: expected >= 1, got ", attention_heads);
-  check(size % attention_heads == 0, fn, ": size (", size,
-        ") is not an integer multiple of attention_heads (", attention_heads, ")");
+  check(size % attention_heads == 0, fn, ": size (", size, ") is not an integer multiple of attention_heads (",
+        attention_heads, ")");
   check(dropout_rate >= 0.0 && dropout_rate <= 1.0, fn, ": dropout_rate: expected 0 <= p <= 1, got ",
         dropout_rate);
+}
+
+FastSelfAttention::FastSelfAttention(const FastSelfAttentionOptions& o, const StateDict& state_dict)
+    : size_(o.size), heads_(o.attention_heads), head_dim_(o.attention_heads > 0 ? o.size / o.attention_heads : 0),
+      dropout_rate_(o.dropout_rate) {
+  const char* fn = "FastSelfAttention";
+  o.validate();
+  const int64_t size = o.size, attention_heads = o.attention_heads;
   scale_ = std::sqrt(static_cast<float>(head_dim_));
   WeightReader r(state_dict, fn);
   query_ = take_linear(r, "query.", size, size);

@@ -41,21 +41,26 @@ Tensor sinusoidal_table(int64_t max_length, int64_t E) {
 
 }  // namespace
 
+void HyperMixingOptions::validate() const {
+  const char* fn = "HyperMixing";
+  check(input_output_dim >= 2, fn, ": input_output_dim: expected >= 2, got ", input_output_dim);
+  check(input_output_dim % 2 == 0, fn, ": input_output_dim: expected an even size (sinusoidal positional ",
+        "encoding), got ", input_output_dim);
+  check(num_heads >= 1, fn, ": num_heads: expected >= 1, got ", num_heads);
+  check(input_output_dim % num_heads == 0, fn, ": input_output_dim (", input_output_dim,
+        ") must be divisible by num_heads (", num_heads, ")");
+  check(hypernet_size >= 1, fn, ": hypernet_size: expected >= 1, got ", hypernet_size);
+  check(hypernet_size % num_heads == 0, fn, ": hypernet_size (", hypernet_size,
+        ") must be divisible by num_heads (", num_heads, ")");
+  check_range(max_length, 1, limits::kMaxTokens, fn, "max_length");
+  check_range(input_output_dim, 2, limits::kMaxFeatures, fn, "input_output_dim");
+  check_range(hypernet_size, 1, limits::kMaxFeatures, fn, "hypernet_size");
+}
+
 HyperMixing::HyperMixing(const HyperMixingOptions& o, const StateDict& state_dict)
     : E_(o.input_output_dim), H_(o.num_heads), max_length_(o.max_length), tied_(o.tied) {
   const char* fn = "HyperMixing";
-  check(o.input_output_dim >= 2, fn, ": input_output_dim: expected >= 2, got ", o.input_output_dim);
-  check(o.input_output_dim % 2 == 0, fn, ": input_output_dim: expected an even size (sinusoidal positional ",
-        "encoding), got ", o.input_output_dim);
-  check(o.num_heads >= 1, fn, ": num_heads: expected >= 1, got ", o.num_heads);
-  check(o.input_output_dim % o.num_heads == 0, fn, ": input_output_dim (", o.input_output_dim,
-        ") must be divisible by num_heads (", o.num_heads, ")");
-  check(o.hypernet_size >= 1, fn, ": hypernet_size: expected >= 1, got ", o.hypernet_size);
-  check(o.hypernet_size % o.num_heads == 0, fn, ": hypernet_size (", o.hypernet_size,
-        ") must be divisible by num_heads (", o.num_heads, ")");
-  check_range(o.max_length, 1, limits::kMaxTokens, fn, "max_length");
-  check_range(o.input_output_dim, 2, limits::kMaxFeatures, fn, "input_output_dim");
-  check_range(o.hypernet_size, 1, limits::kMaxFeatures, fn, "hypernet_size");
+  o.validate();
   d_ = E_ / H_;
   K_ = o.fix_tm_hidden_size ? o.hypernet_size : o.hypernet_size / H_;
 

@@ -148,18 +148,26 @@ Tensor squared_relu(const Tensor& x) {
 // ---------------------------------------------------------------------------------------------
 // LabmlMultiHeadAttention
 
-LabmlMultiHeadAttention::LabmlMultiHeadAttention(QkvConv conv, int64_t heads, int64_t d_model,
-                                                 const StateDict& state_dict, bool bias)
-    : conv_(conv), heads_(heads), d_model_(d_model), d_k_(heads > 0 ? d_model / heads : 0) {
+void LabmlMhaOptions::validate() const {
   const char* fn = kAttn;
   check(heads >= 1, fn, ": heads: expected >= 1, got ", heads);
   check_range(d_model, 1, limits::kMaxFeatures, fn, "d_model");
   check(d_model % heads == 0, fn, ": d_model (", d_model, ") must be divisible by heads (", heads,
         ") (upstream's output projection would receive heads * d_k < d_model features)");
+  check(dropout_prob >= 0.0 && dropout_prob <= 1.0, fn, ": dropout_prob: expected 0 <= p <= 1, got ", dropout_prob);
   check(bias || conv == QkvConv::kNone, fn,
         ": bias: expected true for the Primer-EZ classes (they always use biased projections), got false "
         "with conv = ",
         qkv_conv_name(conv));
+}
+
+LabmlMultiHeadAttention::LabmlMultiHeadAttention(const LabmlMhaOptions& o, const StateDict& state_dict)
+    : conv_(o.conv), heads_(o.heads), d_model_(o.d_model), d_k_(o.heads > 0 ? o.d_model / o.heads : 0) {
+  const char* fn = kAttn;
+  o.validate();
+  const QkvConv conv = o.conv;
+  const int64_t heads = o.heads, d_model = o.d_model;
+  const bool bias = o.bias;
   WeightReader r(state_dict, fn);
   const std::string sub = conv == QkvConv::kNone ? ".linear." : ".0.linear.";
   qkv_[0] = take_linear(r, "query" + sub, d_model, d_model, bias);

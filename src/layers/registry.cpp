@@ -110,8 +110,13 @@ Entry labml(const std::string& cls, QkvConv conv, bool has_bias) {
   std::vector<std::string> options = {"heads", "d_model", "dropout_prob"};
   if (has_bias) options.push_back("bias");
   return {{cls, "primer_ez", options, "left_context"}, [conv](const Config& c, const StateDict& w) {
-            return std::make_unique<LabmlMultiHeadAttention>(conv, c.integer("heads"), c.integer("d_model"), w,
-                                                             c.boolean("bias", true));
+            LabmlMhaOptions o;
+            o.heads = c.integer("heads");
+            o.d_model = c.integer("d_model");
+            o.dropout_prob = c.number("dropout_prob", 0.1);
+            o.bias = c.boolean("bias", true);
+            o.conv = conv;
+            return std::make_unique<LabmlMultiHeadAttention>(o, w);
           }};
 }
 
@@ -125,9 +130,12 @@ const std::vector<Entry>& entries() {
       {{"espnet2.asr.state_spaces.attention.MultiHeadedAttention", "espnet_mha",
         {"n_feat", "n_head", "dropout", "transposed"}, "left_context"},
        [](const Config& c, const StateDict& w) {
-         c.boolean("transposed", false);  // accepted and ignored, as upstream (SPEC espnet_mha section 2)
-         c.number("dropout", 0.0);
-         return std::make_unique<EspnetMultiHeadedAttention>(c.integer("n_feat"), c.integer("n_head"), w);
+         EspnetMhaOptions o;
+         o.n_feat = c.integer("n_feat");
+         o.n_head = c.integer("n_head");
+         o.dropout = c.number("dropout", 0.0);
+         o.transposed = c.boolean("transposed", false);
+         return std::make_unique<EspnetMultiHeadedAttention>(o, w);
        }},
       {{"continual.multihead_attention.single_output_mha.SingleOutputMultiheadAttention", "continual", continual,
         "none (the window is sequence_len)"},
@@ -160,8 +168,11 @@ const std::vector<Entry>& entries() {
       {{"espnet2.asr.layers.fastformer.FastSelfAttention", "fastformer", {"size", "attention_heads", "dropout_rate"},
         "window, position"},
        [](const Config& c, const StateDict& w) {
-         return std::make_unique<FastSelfAttention>(c.integer("size"), c.integer("attention_heads"),
-                                                    c.number("dropout_rate", 0.0), w);
+         FastSelfAttentionOptions o;
+         o.size = c.integer("size");
+         o.attention_heads = c.integer("attention_heads");
+         o.dropout_rate = c.number("dropout_rate", 0.0);
+         return std::make_unique<FastSelfAttention>(o, w);
        }},
   };
   return all;

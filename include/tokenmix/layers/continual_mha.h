@@ -64,6 +64,9 @@ struct ContinualMhaOptions {
   bool embed_dim_second = false;      // (N, E, T) layout; requires batch_first
   int64_t query_index = -1;           // SingleOutput only: window position of the query, -L <= qi < L
   bool single_output_forward = true;  // SingleOutput only: forward() computes only query_index's query
+  // Throws Error "<cls>: <option>: expected ..., got ..." for the first bad option; batch_first
+  // unset means batch_first_default (the class's). query_index is checked by SingleOutput.
+  void validate(const char* cls, bool batch_first_default) const;
 };
 
 namespace detail {

@@ -24,12 +24,24 @@
 
 namespace tokenmix {
 
+// Constructor arguments of the upstream module (same names and defaults).
+struct EspnetMhaOptions {
+  int64_t n_feat = 0;        // E, 1 <= E <= 2^16
+  int64_t n_head = 0;        // H >= 1 with E % H == 0
+  double dropout = 0.0;      // 0 <= p <= 1; accepted, never applied (inference)
+  bool transposed = false;   // accepted and ignored, as upstream (SPEC section 2)
+  // Throws Error "EspnetMultiHeadedAttention: <option>: expected ..., got ..." for the first bad one.
+  void validate() const;
+};
+
 class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
  public:
   // n_feat = E >= 1, n_head = H >= 1 with E % H == 0; throws Error otherwise. Loads the upstream
   // state_dict keys linear_{q,k,v,out}.{weight (E, E), bias (E)}; throws Error listing missing,
   // unexpected and mis-shaped keys.
-  EspnetMultiHeadedAttention(int64_t n_feat, int64_t n_head, const StateDict& state_dict);
+  EspnetMultiHeadedAttention(const EspnetMhaOptions& options, const StateDict& state_dict);
+  EspnetMultiHeadedAttention(int64_t n_feat, int64_t n_head, const StateDict& state_dict)
+      : EspnetMultiHeadedAttention(EspnetMhaOptions{n_feat, n_head}, state_dict) {}
 
   std::string name() const override { return "espnet_mha"; }
   int64_t d_model() const override { return n_feat_; }

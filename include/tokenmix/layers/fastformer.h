@@ -45,6 +45,15 @@
 
 namespace tokenmix {
 
+// Constructor arguments of the upstream module (same names).
+struct FastSelfAttentionOptions {
+  int64_t size = 0;             // E, 1 <= E <= 2^16
+  int64_t attention_heads = 0;  // H >= 1 with E % H == 0
+  double dropout_rate = 0.0;    // 0 <= p <= 1; identity at inference
+  // Throws Error "FastSelfAttention: <option>: expected ..., got ..." for the first bad one.
+  void validate() const;
+};
+
 class FastSelfAttention : public Layer {
  public:
   // size = E >= 1, attention_heads = H >= 1 with E % H == 0, 0 <= dropout_rate <= 1 (kept for the
@@ -52,7 +61,9 @@ class FastSelfAttention : public Layer {
   //   query.{weight (E, E), bias (E)}, query_att.{weight (H, E), bias (H)},
   //   key.{weight (E, E), bias (E)}, key_att.{weight (H, E), bias (H)}, transform.{weight (E, E), bias (E)};
   // throws Error listing missing, unexpected and mis-shaped keys.
-  FastSelfAttention(int64_t size, int64_t attention_heads, double dropout_rate, const StateDict& state_dict);
+  FastSelfAttention(const FastSelfAttentionOptions& options, const StateDict& state_dict);
+  FastSelfAttention(int64_t size, int64_t attention_heads, double dropout_rate, const StateDict& state_dict)
+      : FastSelfAttention(FastSelfAttentionOptions{size, attention_heads, dropout_rate}, state_dict) {}
 
   std::string name() const override { return "fastformer"; }
   int64_t d_model() const override { return size_; }

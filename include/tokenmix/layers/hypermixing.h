@@ -49,6 +49,8 @@ struct HyperMixingOptions {
   bool fix_tm_hidden_size = false;  // K = hypernet_size instead of hypernet_size / H
   int64_t max_length = 3000;        // rows of the positional table (1 <= max_length <= 2^20,
                                     // limits::kMaxTokens); forward needs T <= max_length
+  // Throws Error "HyperMixing: <option>: expected ..., got ..." for the first bad one.
+  void validate() const;
 };
 
 class HyperMixing : public Layer {

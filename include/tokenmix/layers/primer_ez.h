@@ -119,6 +119,18 @@ class SpatialDepthWiseConvolution {
 // primer_ez.SquaredReLU: y = relu(x)², element-wise, any shape.
 Tensor squared_relu(const Tensor& x);
 
+// Constructor arguments of labml's MultiHeadAttention / the Primer-EZ classes (same names and
+// defaults), plus which class: conv = kNone for MultiHeadAttention, else the q/k/v convolution.
+struct LabmlMhaOptions {
+  int64_t heads = 0;          // H >= 1 with D % H == 0
+  int64_t d_model = 0;        // D, 1 <= D <= 2^16
+  double dropout_prob = 0.1;  // 0 <= p <= 1; identity at inference
+  bool bias = true;           // MultiHeadAttention only (query/key biases); true for the Primer classes
+  QkvConv conv = QkvConv::kNone;
+  // Throws Error "LabmlMultiHeadAttention: <option>: expected ..., got ..." for the first bad one.
+  void validate() const;
+};
+
 // labml MultiHeadAttention (conv = kNone) and the Primer-EZ multi-DConv-head attention classes.
 class LabmlMultiHeadAttention : public Layer, private CausalAttentionCore {
  public:
@@ -131,8 +143,10 @@ class LabmlMultiHeadAttention : public Layer, private CausalAttentionCore {
   //   others:  X.0.linear.weight (D, D), X.0.linear.bias (D), X.1.<conv keys> (see
   //            CausalDepthwiseConv, kernel size 3), output.weight (D, D), output.bias (D)
   // Throws Error on bad arguments or listing missing, unexpected and mis-shaped keys.
+  LabmlMultiHeadAttention(const LabmlMhaOptions& options, const StateDict& state_dict);
   LabmlMultiHeadAttention(QkvConv conv, int64_t heads, int64_t d_model, const StateDict& state_dict,
-                          bool bias = true);
+                          bool bias = true)
+      : LabmlMultiHeadAttention(LabmlMhaOptions{heads, d_model, 0.1, bias, conv}, state_dict) {}
 
   std::string name() const override { return "primer_ez"; }
   int64_t d_model() const override { return d_model_; }
