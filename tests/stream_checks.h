@@ -39,7 +39,8 @@ inline Tensor stream_all(const Layer& layer, const Tensor& x, const StreamOption
     stream = own.get();
   }
   const int64_t B = x.dim(0), E = x.dim(2);
-  const Tensor y = run_stream(*stream, x, chunks);
+  // (each push must return what output_shape(C) announced before it)
+  const Tensor y = run_stream(*stream, x, chunks, nullptr, /*check_shapes=*/true);
   if (y.empty()) return Tensor{Shape{B, 0, E}};
   EXPECT_EQ(y.dim(-1), E);
   return y.reshape(Shape{B, y.numel() / (B * E), E});

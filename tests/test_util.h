@@ -120,15 +120,19 @@ inline Tensor slice_time(const Tensor& x, int64_t start, int64_t len) {
 // and concatenates the outputs (B, C_out, ...) along axis 1: (B, ΣC_out, ...), e.g. (B, n, E). With
 // take, what take(s) returns after each push is collected instead of the push output (e.g. the
 // retroactive stream's (B, C_out, L, E) window outputs). Empty tensor when T = 0.
+// With check_shapes, every push must return the shape output_shape(C) announced just before it.
 inline Tensor run_stream(Stream& s, const Tensor& x, const std::vector<int64_t>& chunks,
-                         const std::function<Tensor(const Stream&)>& take = nullptr) {
+                         const std::function<Tensor(const Stream&)>& take = nullptr,
+                         bool check_shapes = false) {
   const int64_t B = x.dim(0), T = x.dim(1);
   std::vector<std::vector<float>> rows(B);
   std::vector<int64_t> dims;
   int64_t total = 0;
   for (int64_t t = 0, k = 0; t < T; ++k) {
     const int64_t C = std::min(chunks[k % chunks.size()], T - t);
+    const Shape announced = s.output_shape(C);
     Tensor y = s.push(slice_time(x, t, C));
+    if (check_shapes) EXPECT_EQ(announced, y.shape()) << "output_shape(" << C << ") before the push";
     if (take) y = take(s);
     t += C;
     EXPECT_GE(y.ndim(), 3);

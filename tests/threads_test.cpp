@@ -42,6 +42,8 @@ TEST_F(ThreadsTest, LimitLowersAndRestores) {
 // A stream without state (the threading tests only push).
 class StatelessStream : public Stream {
  public:
+  Shape output_shape(int64_t chunk) const override { return Shape{1, chunk, 4}; }
+  int64_t delay() const override { return 0; }
   void reset() override {}
   void reset_row(int64_t) override {}
 

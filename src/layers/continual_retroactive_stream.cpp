@@ -21,6 +21,10 @@ class RetroactiveStream final : public ContinualStreamImpl, public RetroactiveWi
   // A row is recomputed exactly once its denominator drops below this fraction of its peak.
   static constexpr float kRecomputeFraction = 0.25f;
 
+  // push returns the newest window position (the layer's delay() = L - 1 is upstream's, for the
+  // oldest position of the windows).
+  int64_t delay() const override { return 0; }
+
   RetroactiveStream(const ContinualMultiheadAttention& layer, int64_t batch)
       : ContinualStreamImpl(layer, batch, "RetroactiveMultiheadAttentionStream", {},
                             {{"q.", layer.sequence_len(), layer.d_model()},

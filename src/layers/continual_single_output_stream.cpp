@@ -16,6 +16,7 @@ using detail::ContinualStreamImpl;
 // ---- SingleOutput stream: cached K/V windows, a delay line of Nq + 1 scaled queries. ----
 class SingleOutputStream final : public ContinualStreamImpl {
  public:
+  int64_t delay() const override { return layer_.delay(); }
   SingleOutputStream(const ContinualMultiheadAttention& layer, int64_t batch)
       : ContinualStreamImpl(layer, batch, "SingleOutputMultiheadAttentionStream", {layer.delay()},
                             {{"q.", layer.delay() + 1, layer.d_model()},

@@ -48,6 +48,7 @@ class ContinualStreamImpl : public Stream {
           " more would pass the limit of ", limits::kMaxStreamTokens, " (reset the stream)");
   }
 
+  Shape output_shape(int64_t chunk) const override { return Shape{B_, outputs_for(chunk), E_}; }
   void reset() override {
     for (auto& w : windows_) w.reset();
     seen_ = 0;

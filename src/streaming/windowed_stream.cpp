@@ -64,6 +64,13 @@ Tensor WindowedStream::push_chunk(const Tensor& chunk) {
   return Tensor::view(Shape{B, c_out, E}, out_.data());
 }
 
+Shape WindowedStream::output_shape(int64_t chunk) const {
+  int64_t c_out = 0;
+  for (int64_t b = 0; b < batch_; ++b)
+    c_out = std::max(c_out, std::clamp<int64_t>(window_.seen(b) + chunk - length_ + 1, 0, chunk));
+  return Shape{batch_, c_out, d_model_};
+}
+
 void WindowedStream::reset() {
   window_.reset();
   std::fill(emitted_.begin(), emitted_.end(), 0);

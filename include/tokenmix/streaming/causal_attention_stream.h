@@ -33,6 +33,8 @@ class CausalAttentionStream : public Stream {
   // name prefixes error messages ("<name>::push: ..."); core must outlive the stream.
   CausalAttentionStream(std::string name, const CausalAttentionCore& core, int64_t batch,
                         const StreamOptions& options);
+  Shape output_shape(int64_t chunk) const override { return Shape{batch_, chunk, width_}; }
+  int64_t delay() const override { return 0; }
   void reset() override;
   void reset_row(int64_t b) override;
 

@@ -49,6 +49,12 @@ class Stream {
   // calling thread's OpenMP setting. Throws Error "<Layer>Stream::push: chunk: expected shape (B, C, E), got ..." on a bad
   // chunk.
   Tensor push(const Tensor& chunk);
+  // The shape the next push of a chunk of `chunk` tokens returns, (B, C_out, E), given the state.
+  virtual Shape output_shape(int64_t chunk) const = 0;
+  // Tokens by which an output lags the newest token of its push: the output emitted with token t
+  // belongs to token t - delay() (0 for the causal attention streams; L - 1 - P for a window of L
+  // emitting position P; L - 1 - query_index for continual single-output attention).
+  virtual int64_t delay() const = 0;
   // Forget everything: the next push starts a new sequence in every batch row.
   virtual void reset() = 0;
   // Forget batch row b only (its sequence ended; the other rows go on). Throws Error when

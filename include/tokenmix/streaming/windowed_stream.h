@@ -40,6 +40,9 @@ Tensor sliding_window_reference(const Tensor& x, const StreamOptions& options,
 
 class WindowedStream : public Stream {
  public:
+  // (B, the largest number of windows a row completes with `chunk` more tokens, E).
+  Shape output_shape(int64_t chunk) const final;
+  int64_t delay() const final { return length_ - 1 - position_; }
   void reset() final;
   // Throws Error "<name>::reset_row: b: expected 0 <= b < B, got ..." when b is out of range.
   void reset_row(int64_t b) final;
