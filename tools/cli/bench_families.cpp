@@ -14,12 +14,11 @@
 #include <algorithm>
 #include <memory>
 
+#include <nlohmann/json.hpp>
+
 #include "cli/bench_registry.h"
-#include "tokenmix/layers/continual_mha.h"
-#include "tokenmix/layers/espnet_mha.h"
-#include "tokenmix/layers/fastformer.h"
-#include "tokenmix/layers/hypermixing.h"
 #include "tokenmix/layers/primer_ez.h"
+#include "tokenmix/layers/registry.h"
 
 namespace tokenmix::bench {
 
@@ -35,19 +34,22 @@ double mha_flops(int64_t rows_projected, int64_t batch, int64_t q, int64_t k, in
 // Stream window of the timed token: the `length` tokens of history plus itself.
 int64_t stream_window(const BenchShape& s) { return s.length + 1; }
 
+// The layer through the library's registry, as a user would build it from a checkpoint.
+std::unique_ptr<Layer> build(const std::string& module, const nlohmann::json& config, const StateDict& sd) {
+  return make_layer(module, config.dump(), sd);
+}
+
 // ---- HyperMixing (SpeechBrain): E = width, hypernet_size = 4·E (K = 4E/H per head), untied, H heads.
 constexpr int64_t kHyperFactor = 4;  // hypernet_size = 4·E (2048 at E = 512), as Branchformer; K = 256 at H = 8
 
-HyperMixingOptions hypermixing_options(const BenchShape& s) {
-  HyperMixingOptions o;
-  o.input_output_dim = s.width;
-  o.hypernet_size = kHyperFactor * s.width;
-  o.tied = false;
-  o.num_heads = s.heads;
+nlohmann::json hypermixing_config(const BenchShape& s) {
   // Upstream's default 3000 rows of positional table would reject T = 4096 / 8192; the table is
   // computed (not in params), so it just grows.
-  o.max_length = std::max<int64_t>(3000, std::max(s.length, stream_window(s)));
-  return o;
+  return {{"input_output_dim", s.width},
+          {"hypernet_size", kHyperFactor * s.width},
+          {"tied", false},
+          {"num_heads", s.heads},
+          {"max_length", std::max<int64_t>(3000, std::max(s.length, stream_window(s)))}};
 }
 
 std::vector<ParamSpec> hypermixing_params(const BenchShape& s) {
@@ -131,8 +133,10 @@ BenchFamily labml_family(const std::string& name, QkvConv conv) {
   const bool primer = conv != QkvConv::kNone;
   return {name,
           [conv](const BenchShape& s) { return labml_params(s, conv); },
-          [conv](const BenchShape& s, const StateDict& sd) -> std::unique_ptr<Layer> {
-            return std::make_unique<LabmlMultiHeadAttention>(conv, s.heads, s.width, sd);
+          [primer](const BenchShape& s, const StateDict& sd) {
+            return build(primer ? "labml_nn.transformers.primer_ez.MultiDConvHeadAttention"
+                                : "labml_nn.transformers.mha.MultiHeadAttention",
+                         {{"heads", s.heads}, {"d_model", s.width}}, sd);
           },
           [primer](const BenchShape& s) { return labml_flops(s, primer); },
           [](const BenchShape& s) {
@@ -149,13 +153,10 @@ std::vector<ParamSpec> continual_params(const BenchShape& s) {
                  linear_params("out_proj.", E, E)});
 }
 
-ContinualMhaOptions continual_options(const BenchShape& s) {
-  ContinualMhaOptions o;
-  o.embed_dim = s.width;
-  o.num_heads = s.heads;
-  o.sequence_len = stream_window(s);  // the stream options carry no window: it is the constructor's
-  o.batch_first = true;               // Layer::forward / streams are batch-first anyway
-  return o;
+// (the stream options carry no window: sequence_len is the constructor's; Layer::forward and the
+// streams are batch-first whatever batch_first says)
+nlohmann::json continual_config(const BenchShape& s) {
+  return {{"embed_dim", s.width}, {"num_heads", s.heads}, {"sequence_len", stream_window(s)}, {"batch_first", true}};
 }
 
 }  // namespace
@@ -170,8 +171,9 @@ const std::vector<BenchFamily>& families() {
                         linear_params("linear_v.", s.width, s.width),
                         linear_params("linear_out.", s.width, s.width)});
        },
-       [](const BenchShape& s, const StateDict& sd) -> std::unique_ptr<Layer> {
-         return std::make_unique<EspnetMultiHeadedAttention>(s.width, s.heads, sd);
+       [](const BenchShape& s, const StateDict& sd) {
+         return build("espnet2.asr.state_spaces.attention.MultiHeadedAttention",
+                      {{"n_feat", s.width}, {"n_head", s.heads}}, sd);
        },
        [](const BenchShape& s) {
          return s.mode == Mode::offline ? mha_flops(s.batch * s.length, s.batch, s.length, s.length, s.width)
@@ -186,8 +188,8 @@ const std::vector<BenchFamily>& families() {
       // (bidirectional pooling); stream = sliding window of W = length + 1 tokens emitting the newest
       // position (the layer cannot be causal).
       {"hypermixing", hypermixing_params,
-       [](const BenchShape& s, const StateDict& sd) -> std::unique_ptr<Layer> {
-         return std::make_unique<HyperMixing>(hypermixing_options(s), sd);
+       [](const BenchShape& s, const StateDict& sd) {
+         return build("speechbrain.nnet.hypermixing.HyperMixing", hypermixing_config(s), sd);
        },
        hypermixing_flops,
        [](const BenchShape& s) {
@@ -199,8 +201,9 @@ const std::vector<BenchFamily>& families() {
       // ESPnet FastSelfAttention (Fastformer): offline = forward over T; stream = sliding window of
       // W = length + 1 tokens emitting the newest position (global pooling cannot be causal).
       {"fastformer", fastformer_params,
-       [](const BenchShape& s, const StateDict& sd) -> std::unique_ptr<Layer> {
-         return std::make_unique<FastSelfAttention>(s.width, s.heads, 0.0, sd);
+       [](const BenchShape& s, const StateDict& sd) {
+         return build("espnet2.asr.layers.fastformer.FastSelfAttention",
+                      {{"size", s.width}, {"attention_heads", s.heads}, {"dropout_rate", 0.0}}, sd);
        },
        fastformer_flops,
        [](const BenchShape& s) {
@@ -216,8 +219,9 @@ const std::vector<BenchFamily>& families() {
       // query). One token: q/k/v projections of the token and out_proj (4·E²), attention of the newest
       // query over the L = W cached keys/values.
       {"continual_so", continual_params,
-       [](const BenchShape& s, const StateDict& sd) -> std::unique_ptr<Layer> {
-         return std::make_unique<SingleOutputMultiheadAttention>(continual_options(s), sd);
+       [](const BenchShape& s, const StateDict& sd) {
+         return build("continual.multihead_attention.single_output_mha.SingleOutputMultiheadAttention",
+                      continual_config(s), sd);
        },
        [](const BenchShape& s) { return mha_flops(s.batch, s.batch, 1, stream_window(s), s.width); },
        [](const BenchShape&) { return StreamOptions{}; }, /*offline=*/false},
@@ -228,8 +232,9 @@ const std::vector<BenchFamily>& families() {
       // the leaving and the new key 2·W·E, numerator updates 2·W·H·E), the W outputs (W·H·E); upstream's
       // step instead re-projects all W outputs (W·E² MACs), which this count does not credit.
       {"continual_retro", continual_params,
-       [](const BenchShape& s, const StateDict& sd) -> std::unique_ptr<Layer> {
-         return std::make_unique<RetroactiveMultiheadAttention>(continual_options(s), sd);
+       [](const BenchShape& s, const StateDict& sd) {
+         return build("continual.multihead_attention.retroactive_mha.RetroactiveMultiheadAttention",
+                      continual_config(s), sd);
        },
        [](const BenchShape& s) {
          if (s.mode == Mode::offline) return mha_flops(s.batch * s.length, s.batch, s.length, s.length, s.width);
