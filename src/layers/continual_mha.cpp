@@ -12,6 +12,7 @@
 #include "tokenmix/kernels/attention.h"
 #include "tokenmix/kernels/linear.h"
 #include "tokenmix/kernels/permute.h"
+#include "tokenmix/layers/masks.h"
 #include "continual_stream.h"
 #include "weights.h"
 
@@ -133,7 +134,10 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   }
   Mask keep;
   AttentionMask am;
-  if (!kpm.empty() || !attn_mask.empty()) {
+  const bool masked = !kpm.empty() || !attn_mask.empty();
+  if (masked && attn_mask.empty() && extra == 0) {
+    am = padding_attention_mask(kpm, N, S, fn);  // a view, no (N, Tq, S) keep mask
+  } else if (masked) {
     if (!kpm.empty()) check_shape(kpm, {N, S}, fn, "key_padding_mask", {"N", "S"});
     if (!attn_mask.empty())
       check(attn_mask.ndim() == 2 && attn_mask.dim(0) == T && attn_mask.dim(1) == S, fn,
@@ -152,7 +156,7 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   Tensor probs;
   if (attn_weights) probs = Tensor{Shape{N, H_, Tq, S2}};
   attention(s, HeadsView{qp + q0 * ld, T * ld, ld}, HeadsView{kp, S2 * ld, ld}, HeadsView{vp, S2 * ld, ld},
-            keep.empty() ? nullptr : &am, HeadsOut{ctx, Tq * E_, E_}, attn_weights ? probs.data() : nullptr);
+            masked ? &am : nullptr, HeadsOut{ctx, Tq * E_, E_}, attn_weights ? probs.data() : nullptr);
   if (attn_weights) {
     Tensor avg{Shape{N, Tq, S2}};
     for (int64_t n = 0; n < N; ++n)

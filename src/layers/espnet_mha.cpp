@@ -46,23 +46,22 @@ EspnetMultiHeadedAttention::EspnetMultiHeadedAttention(const EspnetMhaOptions& o
   v_ = qkv_.rows(2 * E, E);
 }
 
+AttentionMask EspnetMultiHeadedAttention::keep_view(const Mask& mask, int64_t B, int64_t T1, int64_t T2,
+                                                    const char* fn) {
+  check(mask.ndim() == 3, fn, ": mask: expected (B, 1, T2) or (B, T1, T2) with True = keep, got shape ", mask.shape(),
+        " (2-D masks are rejected: upstream mis-broadcasts them)");
+  check((mask.dim(0) == B || mask.dim(0) == 1) && (mask.dim(1) == T1 || mask.dim(1) == 1) && mask.dim(2) == T2, fn,
+        ": mask: expected shape (", B, " or 1, ", T1, " or 1, ", T2, "), got ", mask.shape());
+  return AttentionMask{mask.data(), mask.dim(0) == 1 ? 0 : mask.dim(1) * T2, mask.dim(1) == 1 ? 0 : T2, 1, 1};
+}
+
 Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v, int64_t B, int64_t T1,
-                                          int64_t T2, const Mask& mask, const char* fn, Tensor* attn,
-                                          Workspace& ws) const {
+                                          int64_t T2, const AttentionMask* mask, Tensor* attn, Workspace& ws) const {
   const int64_t E = n_feat_;
-  AttentionMask m;
-  if (!mask.empty()) {
-    check(mask.ndim() == 3, fn, ": mask: expected (B, 1, T2) or (B, T1, T2) with True = keep, got shape ",
-          mask.shape(), " (2-D masks are rejected: upstream mis-broadcasts them)");
-    check((mask.dim(0) == B || mask.dim(0) == 1) && (mask.dim(1) == T1 || mask.dim(1) == 1) &&
-              mask.dim(2) == T2,
-          fn, ": mask: expected shape (", B, " or 1, ", T1, " or 1, ", T2, "), got ", mask.shape());
-    m = AttentionMask{mask.data(), mask.dim(0) == 1 ? 0 : mask.dim(1) * T2, mask.dim(1) == 1 ? 0 : T2, 1, 1};
-  }
   const AttentionShape s = AttentionShape::scaled(B, n_head_, head_dim_, T1, T2);
   float* ctx = ws.floats(3, B * T1 * E);  // attention() writes every row
   if (attn) *attn = Tensor{Shape{B, n_head_, T1, T2}};
-  attention(s, q, k, v, mask.empty() ? nullptr : &m, HeadsOut{ctx, T1 * E, E}, attn ? attn->data() : nullptr);
+  attention(s, q, k, v, mask, HeadsOut{ctx, T1 * E, E}, attn ? attn->data() : nullptr);
   Tensor y = Tensor::uninitialized(Shape{B, T1, E});
   out_.apply(ctx, B * T1, E, y.data(), E);
   return y;
@@ -82,34 +81,42 @@ Tensor EspnetMultiHeadedAttention::forward(const Tensor& query_in, const Tensor&
   const Tensor query = as_sequence(query_in), memory = as_sequence(memory_in);
   if (query.ndim() != 3 || query.dim(2) != n_feat_)
     fail(fn, ": query: expected shape (B, T1, ", n_feat_, ") or (B, ", n_feat_, "), got ", query_in.shape());
+  const int64_t B = query.dim(0), T = query.dim(1);
+  if (!memory.empty() && (memory.ndim() != 3 || memory.dim(0) != B || memory.dim(2) != n_feat_))
+    fail(fn, ": memory: expected shape (", B, ", T2, ", n_feat_, ") or (", B, ", ", n_feat_, "), got ",
+         memory_in.shape());
+  const int64_t T2 = memory.empty() ? T : memory.dim(1);
+  AttentionMask m;
+  if (!mask.empty()) m = keep_view(mask, B, T, T2, fn);
+  return project_attend(query, memory, mask.empty() ? nullptr : &m, attn);
+}
+
+Tensor EspnetMultiHeadedAttention::project_attend(const Tensor& query, const Tensor& memory,
+                                                  const AttentionMask* mask, Tensor* attn) const {
   const int64_t B = query.dim(0), T = query.dim(1), E = n_feat_;
   const WorkspacePool::Lease ws = pool_.acquire();  // slots 0-2 the projections, 3 the context
   if (memory.empty()) {  // self-attention: q, k, v from one GEMM into (B, T, 3E)
     float* p = ws->floats(0, B * T * 3 * E);
     qkv_.apply(query.data(), B * T, E, p, 3 * E);
     return attend(HeadsView{p, T * 3 * E, 3 * E}, HeadsView{p + E, T * 3 * E, 3 * E},
-                  HeadsView{p + 2 * E, T * 3 * E, 3 * E}, B, T, T, mask, fn, attn, *ws);
+                  HeadsView{p + 2 * E, T * 3 * E, 3 * E}, B, T, T, mask, attn, *ws);
   }
-  const Tensor& mem = memory;
-  if (memory.ndim() != 3 || memory.dim(0) != query.dim(0) || memory.dim(2) != n_feat_)
-    fail(fn, ": memory: expected shape (", query.dim(0), ", T2, ", n_feat_, ") or (", query.dim(0), ", ", n_feat_,
-         "), got ", memory_in.shape());
-  const int64_t T2 = mem.dim(1);
+  const int64_t T2 = memory.dim(1);
   float* q = ws->floats(0, B * T * E);
   float* k = ws->floats(1, B * T2 * E);
   float* v = ws->floats(2, B * T2 * E);
   q_.apply(query.data(), B * T, E, q, E);
-  k_.apply(mem.data(), B * T2, E, k, E);
-  v_.apply(mem.data(), B * T2, E, v, E);
-  return attend(HeadsView{q, T * E, E}, HeadsView{k, T2 * E, E}, HeadsView{v, T2 * E, E}, B, T, T2, mask, fn, attn,
-                *ws);
+  k_.apply(memory.data(), B * T2, E, k, E);
+  v_.apply(memory.data(), B * T2, E, v, E);
+  return attend(HeadsView{q, T * E, E}, HeadsView{k, T2 * E, E}, HeadsView{v, T2 * E, E}, B, T, T2, mask, attn, *ws);
 }
 
 Tensor EspnetMultiHeadedAttention::forward(const Tensor& x, const Mask& key_padding_mask) const {
   const char* fn = "EspnetMultiHeadedAttention::forward";
   check_shape(x, {-1, -1, n_feat_}, fn, "x", {"B", "T"});
-  if (key_padding_mask.empty()) return forward(x, Tensor{}, Mask{}, nullptr);
-  return forward(x, Tensor{}, keep_mask_from_padding(key_padding_mask, x.dim(0), x.dim(1), fn), nullptr);
+  if (key_padding_mask.empty()) return project_attend(x, Tensor{}, nullptr, nullptr);
+  const AttentionMask m = padding_attention_mask(key_padding_mask, x.dim(0), x.dim(1), fn);
+  return project_attend(x, Tensor{}, &m, nullptr);
 }
 
 Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const Tensor& memory, const Mask& mask,
@@ -146,8 +153,11 @@ Tensor EspnetMultiHeadedAttention::step(const Tensor& query, const ProjectedMemo
   const WorkspacePool::Lease ws = pool_.acquire();
   float* q = ws->floats(0, B * T1 * E);
   q_.apply(q3.data(), B * T1, E, q, E);
+  AttentionMask m;
+  if (!memory.mask.empty()) m = keep_view(memory.mask, B, T1, T2, fn);
   Tensor y = attend(HeadsView{q, T1 * E, E}, HeadsView{memory.key.data(), T2 * E, E},
-                    HeadsView{memory.value.data(), T2 * E, E}, B, T1, T2, memory.mask, fn, attn, *ws);
+                    HeadsView{memory.value.data(), T2 * E, E}, B, T1, T2, memory.mask.empty() ? nullptr : &m, attn,
+                    *ws);
   return squeeze ? y.reshape(Shape{y.dim(0), y.dim(2)}) : y;
 }
 

@@ -2,6 +2,11 @@
 
 namespace tokenmix {
 
+AttentionMask padding_attention_mask(const Mask& key_padding_mask, int64_t B, int64_t T, const char* fn) {
+  check_shape(key_padding_mask, {B, T}, fn, "key_padding_mask");
+  return AttentionMask{key_padding_mask.data(), T, 0, 1, /*keep_value=*/0};
+}
+
 Mask keep_mask_from_padding(const Mask& key_padding_mask, int64_t B, int64_t T, const char* fn) {
   check_shape(key_padding_mask, {B, T}, fn, "key_padding_mask");
   Mask keep{Shape{B, 1, T}};

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "tokenmix/kernels/linear.h"
+#include "tokenmix/layers/masks.h"
 
 namespace tokenmix {
 
@@ -267,8 +268,7 @@ Tensor LabmlMultiHeadAttention::forward(const Tensor& x, const Mask& key_padding
   const char* fn = "LabmlMultiHeadAttention::forward";
   check_shape(x, {-1, -1, d_model_}, fn, "x", {"B", "T"});
   if (key_padding_mask.empty()) return self_attention(x, nullptr, false, 0, fn);
-  check_shape(key_padding_mask, {x.dim(0), x.dim(1)}, fn, "key_padding_mask");
-  const AttentionMask m{key_padding_mask.data(), x.dim(1), 0, 1, 0};  // True = padded -> keep 0
+  const AttentionMask m = padding_attention_mask(key_padding_mask, x.dim(0), x.dim(1), fn);
   return self_attention(x, &m, false, 0, fn);
 }
 

@@ -95,11 +95,17 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
   Linear q_, k_, v_;
   Linear out_;        // linear_out: (E, E), (E)
   mutable WorkspacePool pool_;  // forward()'s and step()'s scratch, one workspace per concurrent call
+  // The upstream keep mask (B or 1, T1 or 1, T2), True = keep, as the kernel's mask (a view).
+  // Throws Error "<fn>: mask: ..." on another shape.
+  static AttentionMask keep_view(const Mask& mask, int64_t B, int64_t T1, int64_t T2, const char* fn);
+  // Projections of query (B, T, E) and memory (B, T2, E; empty = self-attention), attention with
+  // mask (or none), output projection.
+  Tensor project_attend(const Tensor& query, const Tensor& memory, const AttentionMask* mask, Tensor* attn) const;
   // Attention of projected q rows (B, T1) over projected k, v rows (B, T2) of E floats at the given
-  // views with a checked mask, then the output projection. fn names the caller in errors; the
-  // context goes to buffer 3 of ws (the caller's workspace, whose buffers 0-2 hold the projections).
-  Tensor attend(HeadsView q, HeadsView k, HeadsView v, int64_t B, int64_t T1, int64_t T2, const Mask& mask,
-                const char* fn, Tensor* attn, Workspace& ws) const;
+  // views, then the output projection. The context goes to buffer 3 of ws (the caller's workspace,
+  // whose buffers 0-2 hold the projections).
+  Tensor attend(HeadsView q, HeadsView k, HeadsView v, int64_t B, int64_t T1, int64_t T2, const AttentionMask* mask,
+                Tensor* attn, Workspace& ws) const;
   // CausalAttentionCore
   int64_t attention_width() const override { return n_feat_; }
   int64_t attention_heads() const override { return n_head_; }

@@ -8,10 +8,17 @@
 #include <cstdint>
 
 #include "tokenmix/core/tensor.h"
+#include "tokenmix/kernels/attention.h"
 
 namespace tokenmix {
 
-// key_padding_mask (B, T), True = padded  ->  (B, 1, T) keep mask, True = keep.
+// key_padding_mask (B, T), True = padded, as the attention kernel's mask over (B, any query, T):
+// a view (no copy; keep where the byte is 0). The attention layers' unified forward uses it.
+// Throws Error "<fn>: key_padding_mask: expected shape (B, T), got ..." on a shape mismatch.
+AttentionMask padding_attention_mask(const Mask& key_padding_mask, int64_t B, int64_t T, const char* fn);
+
+// key_padding_mask (B, T), True = padded  ->  (B, 1, T) keep mask, True = keep (Fastformer's pooling
+// reads keep bytes).
 // Throws Error "<fn>: key_padding_mask: expected shape (B, T), got ..." on a shape mismatch.
 Mask keep_mask_from_padding(const Mask& key_padding_mask, int64_t B, int64_t T, const char* fn);
 
