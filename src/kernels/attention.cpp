@@ -28,12 +28,11 @@ using softmax::scale_row;
 // Query rows per work item of the probs path (full score rows, exact two-pass softmax).
 constexpr int64_t kQueryTile = 64;
 // Flash path: keys per block, query rows per tile, and (register tiles) query rows per work item.
-// OpenBLAS variant: the block's scores and probabilities (kFlashQ x kFlashK floats each, 2 x 256
-// KiB) take a Zen 2 core's whole 512 KiB L2; measured on Zen (AVX2), 1 thread, B=1 T=4096 H=8
-// D=64: 64-row tiles reach ~38-45 GFLOP/s in the attention GEMMs, 256-row tiles ~47-50 (fewer
-// re-packs of each K / V block by OpenBLAS); 512-key blocks were no better than 256. Register-tile
-// variant: a work item packs its keys and values once for up to kSpanQ query rows (a span of 2048
-// packs them twice per head at T = 4096 and still gives 16 work items for B=1, H=8).
+// OpenBLAS variant: the block's scores and probabilities are kFlashQ x kFlashK floats each (2 x 256
+// KiB, an L2 of 512 KiB); larger tiles mean fewer re-packs of each K / V block by OpenBLAS (the
+// sizes are the best of a sweep, BENCHMARKS.md). Register-tile variant: a work item packs its keys
+// and values once for up to kSpanQ query rows (twice per head at T = 4096, 16 work items for B=1,
+// H=8).
 constexpr int64_t kFlashK = 256;
 constexpr int64_t kFlashQ = 256;
 constexpr int64_t kSpanQ = 2048;

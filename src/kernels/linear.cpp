@@ -59,11 +59,9 @@ void sgemm(bool a_transposed, const float* A, int64_t lda, const float* B, int64
     return;
   }
   // Few output columns (Fastformer's H-wide attention logits): OpenBLAS' own threads synchronise per
-  // panel and run such a GEMM slower on two threads than on one, so outside a parallel region the
-  // rows are split over the OpenMP threads, one single-threaded GEMM per block, or, with fewer than
-  // kThinRowsPerThread rows per thread, run in one single-threaded GEMM (a B=1, T=256 Fastformer
-  // forward ran slower on two threads than on one while such calls woke the second thread).
-  // OpenBLAS runs single-threaded inside a parallel region.
+  // panel, so outside a parallel region the rows are split over the OpenMP threads, one
+  // single-threaded GEMM per block, or, with fewer than kThinRowsPerThread rows per thread, run in
+  // one single-threaded GEMM (core/threads.h). OpenBLAS runs single-threaded inside a parallel region.
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (threads > 1 && N <= kThinColumns) {
     if (M < kThinRowsPerThread * threads) {

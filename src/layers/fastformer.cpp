@@ -86,9 +86,8 @@ void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* 
   float* alpha = s.weights;  // (H, T)
   float* gq = s.gq;
   // Heads pool independently: in parallel when this is not already one of several parallel rows
-  // (a single sequence, or the stream), for long enough T. Below that the pooling stays on this
-  // thread; its BLAS calls (16 GEMVs, the thin logit GEMM) stay there too at these sizes
-  // (src/kernels/linear.cpp), since each wake-up of a second thread cost more than the call.
+  // (a single sequence, or the stream), from threshold::kPoolTokens tokens; below that the pooling
+  // and its BLAS calls (GEMVs, the thin logit GEMM) stay on this thread (core/threads.h).
   const bool parallel = T >= threshold::kPoolTokens;
   // Query pooling: α_h = pool(a[:, h]); gq_h = α_h · q[:, h-slice].
   parallel_for(H, parallel, [&](int64_t h) {
