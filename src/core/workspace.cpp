@@ -1,5 +1,7 @@
 #include "tokenmix/core/workspace.h"
 
+#include <algorithm>
+
 namespace tokenmix {
 
 std::vector<float>& Workspace::buffer(int slot) {
@@ -9,7 +11,10 @@ std::vector<float>& Workspace::buffer(int slot) {
 
 float* Workspace::floats(int slot, int64_t n) {
   std::vector<float>& b = buffer(slot);
-  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  // At least one element: a zero-size request (an empty sequence) still gets a real pointer, so
+  // offsets from it (a head's column, a batch row) are defined.
+  const int64_t need = std::max<int64_t>(n, 1);
+  if (static_cast<int64_t>(b.size()) < need) b.resize(static_cast<size_t>(need));
   return b.data();
 }
 

@@ -16,8 +16,9 @@ namespace tokenmix {
 
 class Workspace {
  public:
-  // Buffer `slot` (0, 1, ...) with room for at least n floats; contents unspecified. A pointer from
-  // an earlier call for the same slot is invalid once a larger n grows the buffer.
+  // Buffer `slot` (0, 1, ...) with room for at least max(n, 1) floats (never a null pointer);
+  // contents unspecified. A pointer from an earlier call for the same slot is invalid once a larger
+  // n grows the buffer.
   float* floats(int slot, int64_t n);
   // Buffer `slot` itself, for code that grows it as it goes (grow only: never shrink it).
   std::vector<float>& buffer(int slot);
