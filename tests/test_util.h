@@ -132,7 +132,9 @@ inline Tensor run_stream(Stream& s, const Tensor& x, const std::vector<int64_t>&
     const int64_t C = std::min(chunks[k % chunks.size()], T - t);
     const Shape announced = s.output_shape(C);
     Tensor y = s.push(slice_time(x, t, C));
-    if (check_shapes) EXPECT_EQ(announced, y.shape()) << "output_shape(" << C << ") before the push";
+    if (check_shapes) {
+      EXPECT_EQ(announced, y.shape()) << "output_shape(" << C << ") before the push";
+    }
     if (take) y = take(s);
     t += C;
     EXPECT_GE(y.ndim(), 3);

@@ -59,7 +59,7 @@ class StatelessStream : public Stream {
 // parallel_min_tokens().
 class RecordingStream final : public StatelessStream {
  public:
-  explicit RecordingStream(int64_t min_tokens = kParallelMinTokens) : min_tokens_(min_tokens) {}
+  explicit RecordingStream(int64_t min_tokens = threshold::kStreamTokens) : min_tokens_(min_tokens) {}
   int seen_threads = 0;
   Tensor push_chunk(const Tensor& chunk) override {
     seen_threads = omp_get_max_threads();

@@ -10,14 +10,6 @@ int64_t mul_checked(int64_t a, int64_t b, const char* fn, const char* what) {
   return r;
 }
 
-int64_t add_checked(int64_t a, int64_t b, const char* fn, const char* what) {
-  int64_t r = 0;
-  check(a >= 0 && b >= 0, fn, ": ", what, ": expected sizes >= 0, got ", a, " + ", b);
-  if (__builtin_add_overflow(a, b, &r) || r > limits::kMaxElements)
-    fail(fn, ": ", what, ": size ", a, " + ", b, " overflows (limit ", limits::kMaxElements, " elements)");
-  return r;
-}
-
 int64_t numel_checked(std::initializer_list<int64_t> dims, const char* fn, const char* what) {
   int64_t n = 1;
   for (const int64_t d : dims) n = mul_checked(n, d, fn, what);

@@ -288,7 +288,7 @@ Tensor RetroactiveMultiheadAttention::stream_reference(const Tensor& x, const St
   const Tensor w = window_reference(x);  // (B, T_out, L, E)
   const int64_t B = w.dim(0), T_out = w.dim(1);
   Tensor newest = Tensor::uninitialized(Shape{B, T_out, E_});
-  for (int64_t i = 0; i < B * T_out; ++i) std::copy_n(w.data() + (i * L_ + L_ - 1) * E_, E_, newest.data() + i * E_);
+  detail::newest_window_positions(w.data(), B * T_out, L_, E_, newest.data());
   return newest;
 }
 

@@ -21,10 +21,6 @@ class RetroactiveStream final : public ContinualStreamImpl, public RetroactiveWi
   // A row is recomputed exactly once its denominator drops below this fraction of its peak.
   static constexpr float kRecomputeFraction = 0.25f;
 
-  // push returns the newest window position (the layer's delay() = L - 1 is upstream's, for the
-  // oldest position of the windows).
-  int64_t delay() const override { return 0; }
-
   RetroactiveStream(const ContinualMultiheadAttention& layer, int64_t batch)
       : ContinualStreamImpl(layer, batch, "RetroactiveMultiheadAttentionStream", {},
                             {{"q.", layer.sequence_len(), layer.d_model()},
@@ -59,19 +55,19 @@ class RetroactiveStream final : public ContinualStreamImpl, public RetroactiveWi
   }
 
   Tensor window_outputs() const override { return windows_out_; }
+  // push returns the newest window position (the layer's delay() = L - 1 is upstream's, for the
+  // oldest position of the windows).
+  int64_t delay() const override { return 0; }
 
  protected:
   // The windows of the chunk (step), kept for window_outputs(); push returns their newest position.
   Tensor push_chunk(const Tensor& chunk) override {
     windows_out_ = ContinualStreamImpl::push_chunk(chunk);  // (B, C_out, L, E)
-    const int64_t n = windows_out_.dim(0) * windows_out_.dim(1);
     if (static_cast<int64_t>(newest_.size()) < B_ * chunk.dim(1) * E_) newest_.resize(B_ * chunk.dim(1) * E_);
-    for (int64_t i = 0; i < n; ++i)
-      std::copy_n(windows_out_.data() + (i * L_ + L_ - 1) * E_, E_, newest_.data() + i * E_);
+    detail::newest_window_positions(windows_out_.data(), windows_out_.dim(0) * windows_out_.dim(1), L_, E_,
+                                    newest_.data());
     return Tensor::view(Shape{B_, windows_out_.dim(1), E_}, newest_.data());
   }
-
- protected:
   void save_extra(SafetensorsWriter& w) const override {
     w.add("acc.m", view(m_));
     w.add("acc.d", view(d_));

@@ -16,7 +16,6 @@ using detail::ContinualStreamImpl;
 // ---- SingleOutput stream: cached K/V windows, a delay line of Nq + 1 scaled queries. ----
 class SingleOutputStream final : public ContinualStreamImpl {
  public:
-  int64_t delay() const override { return layer_.delay(); }
   SingleOutputStream(const ContinualMultiheadAttention& layer, int64_t batch)
       : ContinualStreamImpl(layer, batch, "SingleOutputMultiheadAttentionStream", {layer.delay()},
                             {{"q.", layer.delay() + 1, layer.d_model()},
@@ -63,6 +62,7 @@ class SingleOutputStream final : public ContinualStreamImpl {
   std::unique_ptr<ContinualStreamImpl> clone() const override {
     return std::make_unique<SingleOutputStream>(*this);
   }
+  int64_t delay() const override { return layer_.delay(); }
 
  private:
   // Windows: a delay line of query_delay + 1 scaled queries, L keys, L values.

@@ -134,6 +134,12 @@ class ContinualStreamImpl : public Stream {
   std::vector<SlidingWindow> windows_;
 };
 
+// The newest window position (L - 1) of n windows (n, L, E) -> out (n, E): what a retroactive push
+// returns of the windows it updated (the stream and its offline reference share it).
+inline void newest_window_positions(const float* windows, int64_t n, int64_t L, int64_t E, float* out) {
+  for (int64_t i = 0; i < n; ++i) std::copy_n(windows + (i * L + L - 1) * E, E, out + i * E);
+}
+
 // The algorithms' streams (defined in their own files).
 std::unique_ptr<ContinualStreamImpl> make_single_output_stream(const ContinualMultiheadAttention& layer,
                                                                int64_t batch);

@@ -210,8 +210,7 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
 
   // Token mixing per (b, h): R = GELU(x̃ᵀ·W1) (d x K), o = W2·Rᵀ (T x d). The (b, h) pairs are
   // independent, of equal cost: one per work item (the GEMMs inside then run on one thread each),
-  // each thread with a workspace of its own for R (slot 0) and the mixing scratch (slot 1); the
-  // static schedule gives a thread the same items in every call, so its workspace fits after one.
+  // each thread with a workspace of its own for R (slot 0) and the mixing scratch (slot 1).
   float* o = ws->floats(3, n);  // the H column slices of d cover every row
   parallel_for_workspaces(
       B * H_, true, worker_pool_,
@@ -222,8 +221,7 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
         const int64_t row0 = b * T * E_ + h * d_;
         mixing_hidden(h, xt + row0, E_, g1 + row0, E_, T, P, R);
         mixing_output(h, R, g2 + row0, E_, T, P, o + row0, E_);
-      },
-      Schedule::kStatic);
+      });
   // Upstream zeroes the generated rows of padded tokens: their W1 rows meet zero x̃ rows anyway, and
   // their W2 rows make their o rows zero.
   if (masked) zero_padded_rows(key_padding_mask, E_, o);

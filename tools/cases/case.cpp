@@ -263,10 +263,16 @@ std::string call_string(const Case& c, const nlohmann::json& v, const char* what
   return v.get<std::string>();
 }
 
+namespace {
+// An integer JSON value that fits int64 (a large unsigned one does not).
+bool is_int64(const nlohmann::json& v) {
+  return v.is_number_integer() &&
+         (!v.is_number_unsigned() || v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+}
+}  // namespace
+
 int64_t call_int(const Case& c, const nlohmann::json& v, const char* what) {
-  check(v.is_number_integer() && (!v.is_number_unsigned() ||
-                                  v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())),
-        c.file.path(), ": case call: ", what, ": expected an integer, got ", v.dump());
+  check(is_int64(v), c.file.path(), ": case call: ", what, ": expected an integer, got ", v.dump());
   return v.get<int64_t>();
 }
 
@@ -281,24 +287,8 @@ int64_t parse_int(const Case& c, const std::string& s, const char* what) {
 int64_t config_int(const Case& c, const std::string& key, int64_t fallback) {
   const auto* v = config_value(c, key);
   if (!v) return fallback;
-  check(v->is_number_integer() && (!v->is_number_unsigned() || v->get<uint64_t>() <= static_cast<uint64_t>(
-                                                                   std::numeric_limits<int64_t>::max())),
-        c.file.path(), ": config '", key, "': expected an integer, got ", v->dump());
+  check(is_int64(*v), c.file.path(), ": config '", key, "': expected an integer, got ", v->dump());
   return v->get<int64_t>();
-}
-
-bool config_bool(const Case& c, const std::string& key, bool fallback) {
-  const auto* v = config_value(c, key);
-  if (!v) return fallback;
-  check(v->is_boolean(), c.file.path(), ": config '", key, "': expected a boolean, got ", v->dump());
-  return v->get<bool>();
-}
-
-double config_double(const Case& c, const std::string& key, double fallback) {
-  const auto* v = config_value(c, key);
-  if (!v) return fallback;
-  check(v->is_number(), c.file.path(), ": config '", key, "': expected a number, got ", v->dump());
-  return v->get<double>();
 }
 
 }  // namespace tokenmix::cases

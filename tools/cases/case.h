@@ -102,10 +102,9 @@ int64_t call_int(const Case& c, const nlohmann::json& v, const char* what);
 // Parses a whole decimal integer (e.g. a number in a tensor name or a metadata value); throws
 // Error "<path>: <what>: expected an integer, got '<s>'" otherwise.
 int64_t parse_int(const Case& c, const std::string& s, const char* what);
-// config[key] as an integer/bool/double with a default when absent; throws Error on a wrong type.
+// config[key] as an integer with a default when absent; throws Error on a wrong type (the layers'
+// configs are read by the library's registry; this serves the stand-alone convolutions).
 int64_t config_int(const Case& c, const std::string& key, int64_t fallback);
-bool config_bool(const Case& c, const std::string& key, bool fallback);
-double config_double(const Case& c, const std::string& key, double fallback);
 // The case's param.* tensors as a state_dict (keys without the prefix).
 StateDict params(const Case& c);
 // The modules of the library's registry (supported_modules()) of one family.

@@ -70,7 +70,7 @@ int run_stream(const StreamCliOptions& o) {
     for (int64_t b = 0; b < B; ++b) std::copy(&x.at(b, t, 0), &x.at(b, t, 0) + C * E, &ch.at(b, 0, 0));
     chunks.push_back(ch);
   }
-  // Outputs are compared row by row in time order.
+  // Outputs (B, C_out, E) are compared row by row in time order.
   std::vector<double> ms;
   std::vector<std::vector<float>> rows(B);
   int64_t allocations = 0;
@@ -81,17 +81,16 @@ int run_stream(const StreamCliOptions& o) {
     const auto t1 = std::chrono::steady_clock::now();
     if (i >= 1 && chunks[i].dim(1) == o.chunk) allocations += alloc::allocation_count() - a0;
     ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-    const int64_t per_row = y.numel() / B;
-    for (int64_t b = 0; b < B; ++b) rows[b].insert(rows[b].end(), y.data() + b * per_row, y.data() + (b + 1) * per_row);
+    for (int64_t b = 0; b < B; ++b)
+      rows[b].insert(rows[b].end(), y.data() + b * y.dim(1) * E, y.data() + (b + 1) * y.dim(1) * E);
   }
-  const int64_t want_per_row = want.numel() / B, per_output = want.dim(1) > 0 ? want_per_row / want.dim(1) : E;
-  const int64_t produced = static_cast<int64_t>(rows[0].size()) / per_output;
-  check(static_cast<int64_t>(rows[0].size()) == want_per_row, "tokenmix stream: the stream produced ", produced,
-        " outputs per row, the offline definition ", want.dim(1));
+  const int64_t produced = static_cast<int64_t>(rows[0].size()) / E;
+  check(produced == want.dim(1), "tokenmix stream: the stream produced ", produced, " outputs, the offline definition ",
+        want.dim(1));
   double max_diff = 0;
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = 0; i < want_per_row; ++i)
-      max_diff = std::max(max_diff, static_cast<double>(std::fabs(rows[b][i] - want.data()[b * want_per_row + i])));
+    for (int64_t i = 0; i < produced * E; ++i)
+      max_diff = std::max(max_diff, static_cast<double>(std::fabs(rows[b][i] - want.data()[b * produced * E + i])));
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2], p99 = ms[std::min(ms.size() - 1, ms.size() * 99 / 100)];
   std::printf("layer            %s (%s)\n", layer->name().c_str(), c.module.c_str());

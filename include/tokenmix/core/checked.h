@@ -31,8 +31,6 @@ inline constexpr int64_t kMaxElements = int64_t{1} << 60;
 // a * b for sizes a, b >= 0. Throws Error "<fn>: <what>: size a x b overflows" when the product
 // exceeds limits::kMaxElements.
 int64_t mul_checked(int64_t a, int64_t b, const char* fn, const char* what);
-// a + b for sizes a, b >= 0; throws as mul_checked when the sum exceeds limits::kMaxElements.
-int64_t add_checked(int64_t a, int64_t b, const char* fn, const char* what);
 // The product of dims (each >= 0), checked as mul_checked.
 int64_t numel_checked(std::initializer_list<int64_t> dims, const char* fn, const char* what);
 // Throws Error "<fn>: <arg>: expected lo <= arg <= hi, got v" unless lo <= v <= hi.

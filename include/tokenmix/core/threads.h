@@ -42,8 +42,6 @@ inline constexpr int64_t kSerialGemvElements = int64_t{1} << 20;
 inline constexpr int64_t kThinColumns = 16, kThinRowsPerThread = 1024;
 }  // namespace threshold
 
-// Stream pushes below this many tokens run on one thread (threshold::kStreamTokens).
-inline constexpr int64_t kParallelMinTokens = threshold::kStreamTokens;
 
 // Scope guard: while it lives, the calling thread's OpenMP regions and OpenBLAS calls use at most
 // max_threads threads (omp_set_num_threads on the calling thread; restored on destruction). It
@@ -62,7 +60,7 @@ class ThreadLimit {
 
 // The limit for work of `tokens` tokens (B·C) of a streaming step: 1 below min_tokens, otherwise no
 // limit.
-inline int stream_threads(int64_t tokens, int64_t min_tokens = kParallelMinTokens) {
+inline int stream_threads(int64_t tokens, int64_t min_tokens = threshold::kStreamTokens) {
   return tokens < min_tokens ? 1 : std::numeric_limits<int>::max();
 }
 
@@ -84,11 +82,10 @@ void parallel_for(int64_t n, bool parallel, Body&& body, Schedule schedule = Sch
 
 // As parallel_for, with a workspace for each thread: body(i, ws). The workspaces are borrowed from
 // pool for the call, all up front (one per thread the call uses), so calls of a given size always
-// use the same workspaces, which keep their buffers: with the static schedule (each thread gets the
-// same iterations every call) nothing is allocated after the first call.
+// use the same workspaces, which keep their buffers; the schedule is static (each thread gets the
+// same iterations every call), so nothing is allocated after the first call.
 template <typename Body>
-void parallel_for_workspaces(int64_t n, bool parallel, WorkspacePool& pool, Body&& body,
-                             Schedule schedule = Schedule::kStatic) {
+void parallel_for_workspaces(int64_t n, bool parallel, WorkspacePool& pool, Body&& body) {
   const int threads = parallel && n > 1 ? static_cast<int>(std::min<int64_t>(omp_get_max_threads(), n)) : 1;
   std::vector<WorkspacePool::Lease> leases;
   leases.reserve(threads);
@@ -96,13 +93,8 @@ void parallel_for_workspaces(int64_t n, bool parallel, WorkspacePool& pool, Body
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     Workspace& ws = *leases[omp_get_thread_num()];
-    if (schedule == Schedule::kDynamic) {
-#pragma omp for schedule(dynamic)
-      for (int64_t i = 0; i < n; ++i) body(i, ws);
-    } else {
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < n; ++i) body(i, ws);
-    }
+    for (int64_t i = 0; i < n; ++i) body(i, ws);
   }
 }
 

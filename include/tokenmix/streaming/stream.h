@@ -84,9 +84,9 @@ class Stream {
  protected:
   // The family's push: everything push() documents except the thread limit, which push() has set.
   virtual Tensor push_chunk(const Tensor& chunk) = 0;
-  // Tokens (B·C) from which a push may use more threads than the calling one: kParallelMinTokens,
+  // Tokens (B·C) from which a push may use more threads than the calling one: threshold::kStreamTokens,
   // or 1 for a stream whose every token costs far more than waking a thread (HyperMixing's window).
-  virtual int64_t parallel_min_tokens() const { return kParallelMinTokens; }
+  virtual int64_t parallel_min_tokens() const { return threshold::kStreamTokens; }
   // The state header: the class name saved as metadata "stream", the config values that must match
   // on restore, and their names for the error (e.g. "batch, E, H, left_context").
   virtual std::string state_name() const = 0;
