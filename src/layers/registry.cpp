@@ -103,6 +103,7 @@ ContinualMhaOptions continual_options(const Config& c) {
   o.embed_dim_second = c.boolean("embed_dim_second", false);
   o.query_index = c.integer("query_index", -1);
   o.single_output_forward = c.boolean("single_output_forward", true);
+  o.forward_returns_attn_mask = c.boolean("forward_returns_attn_mask", true);
   return o;
 }
 
@@ -125,7 +126,7 @@ const std::vector<Entry>& entries() {
   static const std::vector<std::string> continual = {
       "embed_dim", "num_heads",  "sequence_len",     "dropout",     "bias",
       "add_bias_kv", "add_zero_attn", "kdim",        "vdim",        "batch_first",
-      "embed_dim_second", "query_index", "single_output_forward"};
+      "embed_dim_second", "query_index", "single_output_forward", "forward_returns_attn_mask"};
   static const std::vector<Entry> all = {
       {{"espnet2.asr.state_spaces.attention.MultiHeadedAttention", "espnet_mha",
         {"n_feat", "n_head", "dropout", "transposed"}, "left_context"},

@@ -64,6 +64,9 @@ struct ContinualMhaOptions {
   bool embed_dim_second = false;      // (N, E, T) layout; requires batch_first
   int64_t query_index = -1;           // SingleOutput only: window position of the query, -L <= qi < L
   bool single_output_forward = true;  // SingleOutput only: forward() computes only query_index's query
+  // Upstream forward() returns (o, attn_weights) when true, else o. Kept for the Python drop-in call
+  // (and checkpoints); the C++ forward returns o and fills attn_weights when asked either way.
+  bool forward_returns_attn_mask = true;
   // Throws Error "<cls>: <option>: expected ..., got ..." for the first bad option; batch_first
   // unset means batch_first_default (the class's). query_index is checked by SingleOutput.
   void validate(const char* cls, bool batch_first_default) const;

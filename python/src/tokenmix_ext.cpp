@@ -1,0 +1,346 @@
+// tokenmix._core: the nanobind extension behind the Python package (python/tokenmix).
+//
+// It exposes the C++ layers with their upstream-shaped calls (forward_upstream, step, the continual
+// step API), the unified Layer / Stream API, the registry (make_layer, supported_modules) and
+// safetensors reading / writing. The pure-Python part (python/tokenmix/*.py) turns torch tensors and
+// numpy arrays into the C-contiguous float32 / bool arrays taken here and rebuilds the upstream
+// forward signatures; this file checks nothing the C++ library checks already.
+//
+// Arrays: inputs are viewed without a copy (the caller keeps them alive for the call); outputs are
+// numpy arrays that own the C++ tensor (no copy) except stream outputs, which view a stream buffer
+// reused by the next push and are copied. Every compute call releases the GIL. tokenmix::Error
+// becomes ValueError with the C++ message.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+#include <omp.h>
+
+#include <atomic>
+#include <optional>
+
+#include "tokenmix/tokenmix.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace tokenmix {
+namespace {
+
+using FloatIn = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+using BoolIn = nb::ndarray<const bool, nb::c_contig, nb::device::cpu>;
+using Int64In = nb::ndarray<const int64_t, nb::c_contig, nb::device::cpu>;
+using FloatOut = nb::ndarray<nb::numpy, float>;
+using OptFloat = std::optional<FloatIn>;
+using OptBool = std::optional<BoolIn>;
+
+// A stand-in address for zero-element arrays (numpy may hand out null for them, and an empty
+// Tensor means "argument absent").
+float g_empty_float = 0;
+uint8_t g_empty_byte = 0;
+
+template <typename A>
+Shape shape_of(const A& a) {
+  std::vector<int64_t> dims(a.ndim());
+  for (size_t i = 0; i < a.ndim(); ++i) dims[i] = static_cast<int64_t>(a.shape(i));
+  return Shape(dims);  // throws Error past 4 axes or limits::kMaxElements
+}
+
+Tensor view(const OptFloat& a) {
+  if (!a) return {};
+  float* data = const_cast<float*>(a->data());
+  return Tensor::view(shape_of(*a), data ? data : &g_empty_float);
+}
+
+Mask view(const OptBool& a) {
+  if (!a) return {};
+  // numpy bool is one byte holding 0 or 1, the Mask convention.
+  auto* data = reinterpret_cast<uint8_t*>(const_cast<bool*>(a->data()));
+  return Mask::view(shape_of(*a), data ? data : &g_empty_byte);
+}
+
+// A numpy array owning t's storage (t shares it; no copy).
+FloatOut to_numpy(Tensor t) {
+  auto* holder = new Tensor(std::move(t));
+  nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<Tensor*>(p); });
+  std::vector<size_t> shape;
+  for (int64_t d : holder->shape().dims()) shape.push_back(static_cast<size_t>(d));
+  return FloatOut(holder->data() ? holder->data() : &g_empty_float, shape.size(), shape.data(), owner);
+}
+
+nb::object to_numpy_or_none(Tensor t) {
+  if (t.empty()) return nb::none();
+  return nb::cast(to_numpy(std::move(t)));
+}
+
+// tokenmix.set_num_threads: 0 = OpenMP's default (OMP_NUM_THREADS, else the cores).
+std::atomic<int> g_num_threads{0};
+
+// Runs body with the GIL released and, when set_num_threads(n) was called, n OpenMP threads on the
+// calling thread (the previous setting restored after, so torch's own OpenMP use is unchanged).
+template <typename F>
+auto compute(F&& body) {
+  nb::gil_scoped_release release;
+  const int n = g_num_threads.load();
+  const int saved = omp_get_max_threads();
+  if (n > 0) omp_set_num_threads(n);
+  struct Restore {
+    int n, saved;
+    ~Restore() {
+      if (n > 0) omp_set_num_threads(saved);
+    }
+  } restore{n, saved};
+  return body();
+}
+
+// The layer's own copy of weights (cloned: the layer is a snapshot, whatever later happens to the
+// caller's arrays) and read-only numpy views of that copy, which the Python layer keeps for pickling
+// and save() at no extra memory where the layer keeps the tensors it was given.
+std::pair<StateDict, nb::dict> own_weights(const std::map<std::string, FloatIn>& weights) {
+  StateDict sd;
+  nb::dict views;
+  for (const auto& [key, a] : weights) {
+    const Tensor t = view(OptFloat(a)).clone();
+    sd.set(key, t);
+    auto* holder = new Tensor(t);
+    nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<Tensor*>(p); });
+    std::vector<size_t> shape(a.shape_ptr(), a.shape_ptr() + a.ndim());
+    views[key.c_str()] = nb::ndarray<nb::numpy, const float>(holder->data() ? holder->data() : &g_empty_float,
+                                                             shape.size(), shape.data(), owner);
+  }
+  return {std::move(sd), std::move(views)};
+}
+
+// Every tensor of a safetensors file as numpy arrays of the stored shape (F32/F16/BF16 as float32,
+// BOOL as bool, U8 as uint8, I64 as int64), and its metadata.
+std::pair<nb::dict, std::map<std::string, std::string>> read_all(const SafetensorsFile& f) {
+  nb::dict out;
+  for (const std::string& name : f.names()) {
+    const TensorInfo& info = f.info(name);
+    std::vector<size_t> shape;
+    for (int64_t d : info.dims) shape.push_back(static_cast<size_t>(d));
+    nb::object array;
+    switch (info.dtype) {
+      case DType::F32:
+      case DType::F16:
+      case DType::BF16: {
+        Tensor* holder = new Tensor(f.tensor_flat(name).clone());
+        nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<Tensor*>(p); });
+        array = nb::cast(FloatOut(holder->data() ? holder->data() : &g_empty_float, shape.size(), shape.data(), owner));
+        break;
+      }
+      case DType::BOOL:
+      case DType::U8: {
+        const Mask mask = f.mask(name);
+        auto* holder = new std::vector<uint8_t>(mask.begin(), mask.end());
+        nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<std::vector<uint8_t>*>(p); });
+        uint8_t* data = holder->empty() ? &g_empty_byte : holder->data();
+        if (info.dtype == DType::BOOL)
+          array = nb::cast(nb::ndarray<nb::numpy, bool>(reinterpret_cast<bool*>(data), shape.size(), shape.data(), owner));
+        else
+          array = nb::cast(nb::ndarray<nb::numpy, uint8_t>(data, shape.size(), shape.data(), owner));
+        break;
+      }
+      case DType::I64: {
+        auto* holder = new std::vector<int64_t>(f.int64s(name));
+        nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<std::vector<int64_t>*>(p); });
+        static int64_t empty = 0;
+        array = nb::cast(nb::ndarray<nb::numpy, int64_t>(holder->empty() ? &empty : holder->data(), shape.size(),
+                                                         shape.data(), owner));
+        break;
+      }
+    }
+    out[name.c_str()] = array;
+  }
+  return {out, f.metadata()};
+}
+
+// A safetensors writer filled from a dict of float32 / bool / int64 numpy arrays (C-contiguous; any
+// number of axes for float32 and bool, 1-D for int64).
+SafetensorsWriter writer_from(const nb::dict& tensors, const std::map<std::string, std::string>& metadata) {
+  SafetensorsWriter w;
+  for (auto [key, value] : tensors) {
+    const std::string name = nb::cast<std::string>(key);
+    std::vector<int64_t> dims;
+    auto flat = [&](const auto& a) {
+      int64_t n = 1;
+      for (size_t i = 0; i < a.ndim(); ++i) {
+        dims.push_back(static_cast<int64_t>(a.shape(i)));
+        n = mul_checked(n, dims.back(), "write_safetensors", name.c_str());
+      }
+      return Shape{n};
+    };
+    FloatIn f;
+    BoolIn b;
+    Int64In i;
+    if (nb::try_cast(value, f, false)) {
+      const Shape s = flat(f);
+      w.add(name, Tensor::view(s, const_cast<float*>(f.data() ? f.data() : &g_empty_float)), dims);
+    } else if (nb::try_cast(value, b, false)) {
+      const Shape s = flat(b);
+      w.add(name, Mask::view(s, b.data() ? reinterpret_cast<uint8_t*>(const_cast<bool*>(b.data())) : &g_empty_byte),
+            dims);
+    } else if (nb::try_cast(value, i, false) && i.ndim() == 1) {
+      w.add_int64s(name, std::vector<int64_t>(i.data(), i.data() + i.shape(0)));
+    } else {
+      fail("write_safetensors: tensors['", name,
+           "']: expected a C-contiguous numpy array of float32, bool, or 1-D int64, got ",
+           nb::cast<std::string>(nb::str(nb::handle(value.type()))));
+    }
+  }
+  for (const auto& [k, v] : metadata) w.set_metadata(k, v);
+  return w;
+}
+
+nb::bytes to_bytes(const std::vector<uint8_t>& v) { return nb::bytes(reinterpret_cast<const char*>(v.data()), v.size()); }
+
+std::vector<uint8_t> from_bytes(const nb::bytes& b) {
+  const auto* p = static_cast<const uint8_t*>(b.data());
+  return std::vector<uint8_t>(p, p + b.size());
+}
+
+}  // namespace
+}  // namespace tokenmix
+
+NB_MODULE(_core, m) {
+  using namespace tokenmix;
+  m.doc() = "tokenmix C++ core (see the tokenmix package for the documented API)";
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const Error& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  m.def("set_num_threads", [](int n) {
+    check(n >= 0, "set_num_threads: n: expected >= 0 (0 = the OpenMP default), got ", n);
+    g_num_threads = n;
+  }, "n"_a, "Sets the OpenMP threads every tokenmix call uses (0 = OpenMP's default: OMP_NUM_THREADS, else\n"
+            "the cores). Process-wide; the calling thread's own OpenMP setting (torch's) is restored after each\n"
+            "call. Raises ValueError when n < 0.");
+  m.def("get_num_threads", [] {
+    const int n = g_num_threads.load();
+    return n > 0 ? n : omp_get_max_threads();
+  }, "The threads tokenmix calls use (set_num_threads, else OpenMP's default).");
+
+  m.def("supported_modules", [] {
+    std::vector<std::tuple<std::string, std::string, std::vector<std::string>>> out;
+    for (const auto& s : supported_modules()) out.emplace_back(s.module, s.family, s.options);
+    return out;
+  });
+
+  nb::class_<Stream>(m, "Stream")
+      .def("push", [](Stream& s, const FloatIn& chunk) {
+        return to_numpy(compute([&] { return s.push(view(OptFloat(chunk))).clone(); }));
+      }, "chunk"_a)
+      .def("output_shape", [](const Stream& s, int64_t chunk) { return s.output_shape(chunk).dims(); }, "chunk"_a)
+      .def("delay", &Stream::delay)
+      .def("reset", &Stream::reset)
+      .def("reset_row", &Stream::reset_row, "b"_a)
+      .def("state", [](const Stream& s) { return to_bytes(s.state()); })
+      .def("load_state", [](Stream& s, const nb::bytes& b) { s.load_state(from_bytes(b)); }, "state"_a)
+      .def("save", [](const Stream& s, const std::string& path) { s.save(path); }, "path"_a)
+      .def("restore", [](Stream& s, const std::string& path) { s.restore(path); }, "path"_a);
+
+  nb::class_<Layer>(m, "Layer")
+      .def_prop_ro("name", &Layer::name)
+      .def_prop_ro("d_model", &Layer::d_model)
+      .def("forward", [](const Layer& l, const FloatIn& x, const OptBool& kpm) {
+        return to_numpy(compute([&] { return l.forward(view(OptFloat(x)), view(kpm)); }));
+      }, "x"_a, "key_padding_mask"_a = nb::none())
+      .def("stream_options", [](const Layer& l) {
+        const StreamOptionSpec s = l.stream_options_accepted();
+        return std::make_tuple(s.left_context, s.window, s.max_window);
+      })
+      .def("stream_reference", [](const Layer& l, const FloatIn& x, int64_t left_context, int64_t window,
+                                  int64_t position) {
+        return to_numpy(compute([&] { return l.stream_reference(view(OptFloat(x)), {left_context, window, position}); }));
+      }, "x"_a, "left_context"_a, "window"_a, "position"_a)
+      .def("open_stream", [](const Layer& l, int64_t batch, int64_t left_context, int64_t window, int64_t position) {
+        return l.open_stream(batch, {left_context, window, position});
+      }, "batch"_a, "left_context"_a, "window"_a, "position"_a, nb::keep_alive<0, 1>());
+
+  nb::class_<EspnetMultiHeadedAttention, Layer>(m, "EspnetMultiHeadedAttention")
+      .def("forward_upstream", [](const EspnetMultiHeadedAttention& l, const FloatIn& query, const OptFloat& memory,
+                                  const OptBool& mask, bool need_attn) {
+        Tensor attn;
+        Tensor y = compute([&] { return l.forward(view(OptFloat(query)), view(memory), view(mask), need_attn ? &attn : nullptr); });
+        return std::make_pair(to_numpy(std::move(y)), to_numpy_or_none(std::move(attn)));
+      }, "query"_a, "memory"_a.none(), "mask"_a.none(), "need_attn"_a)
+      .def("step", [](const EspnetMultiHeadedAttention& l, const FloatIn& query, const OptFloat& memory,
+                      const OptBool& mask) {
+        return to_numpy(compute([&] { return l.step(view(OptFloat(query)), view(memory), view(mask)); }));
+      }, "query"_a, "memory"_a.none(), "mask"_a.none());
+
+  nb::class_<ContinualMultiheadAttention, Layer>(m, "ContinualMultiheadAttention")
+      .def_prop_ro("sequence_len", &ContinualMultiheadAttention::sequence_len)
+      .def("forward_upstream", [](const ContinualMultiheadAttention& l, const FloatIn& query, const OptFloat& key,
+                                  const OptFloat& value, const OptBool& key_padding_mask, const OptBool& attn_mask,
+                                  bool need_weights) {
+        Tensor attn;
+        Tensor y = compute([&] {
+          return l.forward(view(OptFloat(query)), view(key), view(value), view(key_padding_mask), view(attn_mask),
+                           need_weights ? &attn : nullptr);
+        });
+        return std::make_pair(to_numpy(std::move(y)), to_numpy_or_none(std::move(attn)));
+      }, "query"_a, "key"_a.none(), "value"_a.none(), "key_padding_mask"_a.none(), "attn_mask"_a.none(),
+         "need_weights"_a);
+  nb::class_<SingleOutputMultiheadAttention, ContinualMultiheadAttention>(m, "SingleOutputMultiheadAttention");
+  nb::class_<RetroactiveMultiheadAttention, ContinualMultiheadAttention>(m, "RetroactiveMultiheadAttention");
+
+  nb::class_<ContinualSteps>(m, "ContinualSteps")
+      .def(nb::init<const ContinualMultiheadAttention&>(), "layer"_a, nb::keep_alive<1, 2>())
+      .def("forward_step", [](ContinualSteps& s, const FloatIn& q, const OptFloat& k, const OptFloat& v, bool update) {
+        return to_numpy_or_none(compute([&] { return s.forward_step(view(OptFloat(q)), view(k), view(v), update).clone(); }));
+      }, "query"_a, "key"_a.none(), "value"_a.none(), "update_state"_a)
+      .def("forward_steps", [](ContinualSteps& s, const FloatIn& q, const OptFloat& k, const OptFloat& v, bool update) {
+        return to_numpy_or_none(compute([&] { return s.forward_steps(view(OptFloat(q)), view(k), view(v), update).clone(); }));
+      }, "query"_a, "key"_a.none(), "value"_a.none(), "update_state"_a)
+      .def("clean_state", &ContinualSteps::clean_state);
+
+  nb::class_<HyperMixing, Layer>(m, "HyperMixing")
+      .def("forward_upstream", [](const HyperMixing& l, const FloatIn& query, const OptBool& key_padding_mask,
+                                  bool need_attn) {
+        Tensor attn;
+        Tensor y = compute([&] { return l.forward(view(OptFloat(query)), view(key_padding_mask), need_attn ? &attn : nullptr); });
+        return std::make_pair(to_numpy(std::move(y)), to_numpy_or_none(std::move(attn)));
+      }, "query"_a, "key_padding_mask"_a.none(), "need_attn"_a);
+
+  nb::class_<LabmlMultiHeadAttention, Layer>(m, "LabmlMultiHeadAttention")
+      .def("forward_upstream", [](const LabmlMultiHeadAttention& l, const FloatIn& query, const FloatIn& key,
+                                  const FloatIn& value, const OptBool& mask) {
+        return to_numpy(compute([&] {
+          return l.forward(view(OptFloat(query)), view(OptFloat(key)), view(OptFloat(value)), view(mask));
+        }));
+      }, "query"_a, "key"_a, "value"_a, "mask"_a.none());
+
+  nb::class_<FastSelfAttention, Layer>(m, "FastSelfAttention")
+      .def("forward_upstream", [](const FastSelfAttention& l, const FloatIn& xs_pad, const OptBool& mask) {
+        return to_numpy(compute([&] { return l.forward_upstream(view(OptFloat(xs_pad)), view(mask)); }));
+      }, "xs_pad"_a, "mask"_a.none());
+
+  m.def("make_layer", [](const std::string& module, const std::string& config,
+                         const std::map<std::string, FloatIn>& weights) {
+    auto [sd, views] = own_weights(weights);
+    return std::make_pair(make_layer(module, config, sd), views);
+  }, "module"_a, "config"_a, "weights"_a);
+
+  m.def("read_safetensors", [](const std::string& path) { return read_all(SafetensorsFile(path)); }, "path"_a);
+  m.def("read_safetensors_bytes", [](const nb::bytes& b) {
+    return read_all(SafetensorsFile::from_bytes(from_bytes(b)));
+  }, "data"_a);
+  m.def("write_safetensors", [](const std::string& path, const nb::dict& tensors,
+                                const std::map<std::string, std::string>& metadata) {
+    writer_from(tensors, metadata).write(path);
+  }, "path"_a, "tensors"_a, "metadata"_a);
+  m.def("safetensors_bytes", [](const nb::dict& tensors, const std::map<std::string, std::string>& metadata) {
+    return to_bytes(writer_from(tensors, metadata).bytes());
+  }, "tensors"_a, "metadata"_a);
+}

@@ -1,0 +1,233 @@
+"""The layer classes: one per upstream family, each callable with its upstream module's forward signature.
+
+Shapes use B batch, T / S time (tokens), E = d_model, H heads. Inputs are numpy arrays or CPU torch
+tensors (float32, C-contiguous; masks bool or integer); outputs are of the inputs' kind, numpy when
+every input is numpy. Every error is a ValueError whose message names the function and argument.
+"""
+from __future__ import annotations
+
+import json
+
+from . import _core
+from ._convert import any_torch, float_in, like, mask_in, optional_float_in
+from ._stream import Stream
+
+
+class Layer:
+    """A tokenmix layer built from an upstream module's constructor arguments and ``state_dict``.
+
+    Immutable: calls never change it, and several Python threads may call one layer at once (the GIL
+    is released during compute). Attributes: ``module`` (the upstream qualified class name),
+    ``config`` (its constructor arguments), ``d_model``. Pickling keeps the weights.
+    """
+
+    def __init__(self, module: str, config: dict, impl, weights: dict):
+        self.module = module
+        self.config = dict(config)
+        self._impl = impl
+        self._weights = weights  # read-only numpy views of the layer's own copy of its state_dict
+
+    @property
+    def d_model(self) -> int:
+        return self._impl.d_model
+
+    @property
+    def family(self) -> str:
+        return self._impl.name
+
+    def state_dict(self) -> dict:
+        """The upstream ``state_dict`` the layer was built from (read-only float32 numpy arrays)."""
+        return dict(self._weights)
+
+    def forward_unified(self, x, key_padding_mask=None):
+        """Self-attention / token mixing in tokenmix's unified form: ``x (B, T, E)``, optional
+        ``key_padding_mask (B, T)`` with True = padded. Returns ``(B, T, E)``."""
+        out = self._impl.forward(float_in(x, "forward_unified", "x"),
+                                 mask_in(key_padding_mask, "forward_unified", "key_padding_mask"))
+        return like(out, any_torch(x))
+
+    def stream(self, batch: int = 1, *, left_context: int = 0, window: int = 0, position: int = -1) -> Stream:
+        """Opens a Stream of ``batch`` rows (see Stream for the options each family takes).
+        Raises ValueError on options this family does not take or out of range."""
+        return Stream(self, batch, left_context, window, position)
+
+    def stream_reference(self, x, *, left_context: int = 0, window: int = 0, position: int = -1):
+        """The offline result a stream with these options reproduces for ``x (B, T, E)`` fed in any
+        chunking: ``(B, T_out, E)`` (the causal, left-context banded forward for attention; the stacked
+        window outputs for windowed families; for continual attention its step outputs)."""
+        out = self._impl.stream_reference(float_in(x, "stream_reference", "x"), left_context, window, position)
+        return like(out, any_torch(x))
+
+    def __reduce__(self):
+        return (_rebuild, (self.module, json.dumps(self.config), dict(self._weights)))
+
+    def __repr__(self):
+        return f"tokenmix.{type(self).__name__}({self.module}, {json.dumps(self.config)})"
+
+
+def _rebuild(module: str, config: str, weights: dict) -> Layer:
+    from ._registry import make_layer
+
+    return make_layer(module, json.loads(config), weights)
+
+
+class EspnetMultiHeadedAttention(Layer):
+    """ESPnet ``espnet2.asr.state_spaces.attention.MultiHeadedAttention`` (Vaswani et al. 2017).
+
+    ``layer(query, memory=None, mask=None)`` -> ``(out, None)``:
+      query (B, T1, E) or (B, E) (read as T1 = 1); memory (B, T2, E) or None (self-attention);
+      mask (B, 1, T2) or (B, T1, T2), True = keep, or None. out: (B, T1, E).
+    ``layer.step(query, state, memory=None, mask=None)`` -> ``(out, state)``: stateless as upstream
+      (state is passed through); query (B, E) gives out (B, E).
+    ``layer.last_attn(query, memory=None, mask=None)``: the probabilities (B, H, T1, T2) that upstream
+    leaves in its ``attn`` attribute.
+    """
+
+    def __call__(self, query, memory=None, mask=None, *args, **kwargs):
+        return self.forward(query, memory, mask)
+
+    def forward(self, query, memory=None, mask=None, *args, **kwargs):
+        fn = "EspnetMultiHeadedAttention.forward"
+        out, _ = self._impl.forward_upstream(float_in(query, fn, "query"), optional_float_in(memory, fn, "memory"),
+                                             mask_in(mask, fn, "mask"), False)
+        return like(out, any_torch(query, memory)), None
+
+    def last_attn(self, query, memory=None, mask=None):
+        fn = "EspnetMultiHeadedAttention.last_attn"
+        _, attn = self._impl.forward_upstream(float_in(query, fn, "query"), optional_float_in(memory, fn, "memory"),
+                                              mask_in(mask, fn, "mask"), True)
+        return like(attn, any_torch(query, memory))
+
+    def step(self, query, state=None, memory=None, mask=None, **kwargs):
+        fn = "EspnetMultiHeadedAttention.step"
+        out = self._impl.step(float_in(query, fn, "query"), optional_float_in(memory, fn, "memory"),
+                              mask_in(mask, fn, "mask"))
+        return like(out, any_torch(query, memory)), state
+
+
+class FastSelfAttention(Layer):
+    """ESPnet ``espnet2.asr.layers.fastformer.FastSelfAttention`` (Fastformer, Wu et al. 2021).
+
+    ``layer(xs_pad, mask)`` -> y (B, T, E): xs_pad (B, T, E); mask (B, 1, T) (or (B, H, T)), True /
+    non-zero = keep, or None.
+    """
+
+    def __call__(self, xs_pad, mask=None):
+        return self.forward(xs_pad, mask)
+
+    def forward(self, xs_pad, mask=None):
+        fn = "FastSelfAttention.forward"
+        out = self._impl.forward_upstream(float_in(xs_pad, fn, "xs_pad"), mask_in(mask, fn, "mask"))
+        return like(out, any_torch(xs_pad))
+
+
+class HyperMixing(Layer):
+    """SpeechBrain ``HyperMixing`` (Mai et al. 2023, HyperMixer; multi-head as in HyperConformer).
+
+    ``layer(query, key, value, attn_mask=None, key_padding_mask=None, return_attn_weights=True,
+    pos_embs=None)`` -> ``(out, attn)``: query (B, T, E) is mixed with itself; key, value, attn_mask and
+    pos_embs are ignored, as upstream. key_padding_mask (B, T), True = padded. out (B, T, E); attn is
+    upstream's placeholder, zeros of shape (B, T, T).
+    """
+
+    def __call__(self, query, key=None, value=None, attn_mask=None, key_padding_mask=None,
+                 return_attn_weights=True, pos_embs=None):
+        return self.forward(query, key, value, attn_mask, key_padding_mask, return_attn_weights, pos_embs)
+
+    def forward(self, query, key=None, value=None, attn_mask=None, key_padding_mask=None,
+                return_attn_weights=True, pos_embs=None):
+        fn = "HyperMixing.forward"
+        out, attn = self._impl.forward_upstream(float_in(query, fn, "query"),
+                                                mask_in(key_padding_mask, fn, "key_padding_mask"), True)
+        t = any_torch(query)
+        return like(out, t), like(attn, t)
+
+
+class LabmlMultiHeadAttention(Layer):
+    """labml.ai ``MultiHeadAttention`` and the Primer-EZ multi-DConv-head attentions (So et al. 2021:
+    per-channel, shared-kernel, per-head and efficient variants).
+
+    ``layer(query=, key=, value=, mask=None)`` (keyword-only, as upstream) -> out [S, B, E]:
+    query [S, B, E]; key, value [S_k, B, E]; mask [S or 1, S_k, B or 1], True = may attend, or None.
+    """
+
+    def __call__(self, *, query, key, value, mask=None):
+        return self.forward(query=query, key=key, value=value, mask=mask)
+
+    def forward(self, *, query, key, value, mask=None):
+        fn = "LabmlMultiHeadAttention.forward"
+        out = self._impl.forward_upstream(float_in(query, fn, "query"), float_in(key, fn, "key"),
+                                          float_in(value, fn, "value"), mask_in(mask, fn, "mask"))
+        return like(out, any_torch(query, key, value))
+
+
+class ContinualMultiheadAttention(Layer):
+    """continual-inference ``SingleOutputMultiheadAttention`` / ``RetroactiveMultiheadAttention``
+    (Hedegaard et al. 2022, Continual Transformers).
+
+    ``layer(query, key=None, value=None, key_padding_mask=None, need_weights=True, attn_mask=None)``:
+      clip-wise forward in the module's layout (batch_first (N, T, E), embed_dim_second (N, E, T), else
+      (T, N, E)); key_padding_mask (N, S) and attn_mask (T, S), True = not allowed. Returns
+      ``(out, attn_weights)`` (head-averaged; None when need_weights is False), or out alone when the
+      module was built with ``forward_returns_attn_mask=False``.
+    ``forward_step(query, key=None, value=None, update_state=True)``: one token (N, E); returns None
+      while warming up. ``forward_steps(query, ...)`` over the time axis; ``clean_state()``.
+      The step state lives in the layer object as upstream's does (one caller at a time for the step
+      API); ``stream()`` gives independent, saveable states.
+    """
+
+    def __init__(self, module, config, impl, weights):
+        super().__init__(module, config, impl, weights)
+        self._steps = _core.ContinualSteps(impl)
+
+    @property
+    def sequence_len(self) -> int:
+        return self._impl.sequence_len
+
+    def __call__(self, query, key=None, value=None, key_padding_mask=None, need_weights=True, attn_mask=None):
+        return self.forward(query, key, value, key_padding_mask, need_weights, attn_mask)
+
+    def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=True, attn_mask=None):
+        fn = type(self).__name__ + ".forward"
+        out, attn = self._impl.forward_upstream(
+            float_in(query, fn, "query"), optional_float_in(key, fn, "key"), optional_float_in(value, fn, "value"),
+            mask_in(key_padding_mask, fn, "key_padding_mask"), mask_in(attn_mask, fn, "attn_mask"),
+            bool(need_weights))
+        t = any_torch(query, key, value)
+        if not self.config.get("forward_returns_attn_mask", True):
+            return like(out, t)
+        return like(out, t), like(attn, t)
+
+    def forward_step(self, query, key=None, value=None, update_state=True, *args, **kwargs):
+        fn = type(self).__name__ + ".forward_step"
+        out = self._steps.forward_step(float_in(query, fn, "query"), optional_float_in(key, fn, "key"),
+                                       optional_float_in(value, fn, "value"), bool(update_state))
+        return like(out, any_torch(query, key, value))
+
+    def forward_steps(self, query, key=None, value=None, update_state=True, *args, **kwargs):
+        fn = type(self).__name__ + ".forward_steps"
+        out = self._steps.forward_steps(float_in(query, fn, "query"), optional_float_in(key, fn, "key"),
+                                        optional_float_in(value, fn, "value"), bool(update_state))
+        return like(out, any_torch(query, key, value))
+
+    def clean_state(self) -> None:
+        self._steps.clean_state()
+
+
+class SingleOutputMultiheadAttention(ContinualMultiheadAttention):
+    __doc__ = ContinualMultiheadAttention.__doc__
+
+
+class RetroactiveMultiheadAttention(ContinualMultiheadAttention):
+    __doc__ = ContinualMultiheadAttention.__doc__
+
+
+# The Python class of each C++ family (Layer.family) and continual variant.
+CLASSES = {
+    "espnet_mha": EspnetMultiHeadedAttention,
+    "fastformer": FastSelfAttention,
+    "hypermixing": HyperMixing,
+    "primer_ez": LabmlMultiHeadAttention,
+    "continual.SingleOutputMultiheadAttention": SingleOutputMultiheadAttention,
+    "continual.RetroactiveMultiheadAttention": RetroactiveMultiheadAttention,
+}
