@@ -205,4 +205,13 @@ TEST(Tensor, UninitializedOwnsItsStorage) {
 }
 
 }  // namespace
+TEST(Tensor, CloneKeepsAbsentTensorsAbsent) {
+  // An empty (absent) tensor has a 0-axis shape, whose numel is 1: clone() must not copy from its
+  // null data. A zero-size tensor clones to a zero-size tensor that is still present.
+  EXPECT_TRUE(Tensor().clone().empty());
+  const Tensor z = Tensor::uninitialized(Shape{0, 5}).clone();
+  EXPECT_FALSE(z.empty());
+  EXPECT_EQ(z.shape(), (Shape{0, 5}));
+}
+
 }  // namespace tokenmix

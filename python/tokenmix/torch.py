@@ -12,8 +12,10 @@ class TokenmixModule(torch.nn.Module):
     (and ``step`` / ``forward_step`` / ``forward_steps`` / ``clean_state`` where upstream has them).
 
     Inference only: raises RuntimeError when called in training mode or with an input that requires
-    gradients (tokenmix computes no gradients). Inputs must be CPU float32 contiguous tensors
-    (ValueError otherwise). ``layer`` is the tokenmix layer; ``replaced`` the upstream class name.
+    gradients (tokenmix computes no gradients). Inputs must be CPU float32 tensors (ValueError
+    otherwise); strided views, common inside models, are made contiguous here (a copy), unlike the
+    layer API, which takes contiguous inputs only. ``layer`` is the tokenmix layer; ``replaced`` the
+    upstream class name.
     """
 
     def __init__(self, layer, replaced: str, path: str):
@@ -24,6 +26,7 @@ class TokenmixModule(torch.nn.Module):
         self.eval()
 
     def _check(self, args, kwargs):
+        """(args, kwargs) with contiguous tensors, after the inference-only checks."""
         if self.training:
             raise RuntimeError(f"tokenmix.torch: {self.path} ({self.replaced}): inference only, but the module is in "
                                "training mode (call model.eval(); tokenmix computes no gradients)")
@@ -32,20 +35,25 @@ class TokenmixModule(torch.nn.Module):
                 raise RuntimeError(f"tokenmix.torch: {self.path} ({self.replaced}): an input requires gradients; "
                                    "tokenmix is inference only (use torch.no_grad() or torch.inference_mode())")
 
+        def contiguous(a):
+            return a.contiguous() if isinstance(a, torch.Tensor) else a
+
+        return [contiguous(a) for a in args], {k: contiguous(v) for k, v in kwargs.items()}
+
     def forward(self, *args, **kwargs):
-        self._check(args, kwargs)
+        args, kwargs = self._check(args, kwargs)
         return self.layer(*args, **kwargs)
 
     def step(self, *args, **kwargs):
-        self._check(args, kwargs)
+        args, kwargs = self._check(args, kwargs)
         return self.layer.step(*args, **kwargs)
 
     def forward_step(self, *args, **kwargs):
-        self._check(args, kwargs)
+        args, kwargs = self._check(args, kwargs)
         return self.layer.forward_step(*args, **kwargs)
 
     def forward_steps(self, *args, **kwargs):
-        self._check(args, kwargs)
+        args, kwargs = self._check(args, kwargs)
         return self.layer.forward_steps(*args, **kwargs)
 
     def clean_state(self):

@@ -86,6 +86,7 @@ BasicTensor<T> BasicTensor<T>::reshape(const Shape& shape) const {
 
 template <typename T>
 BasicTensor<T> BasicTensor<T>::clone() const {
+  if (empty()) return {};  // an absent tensor stays absent (its 0-axis shape would count 1 element)
   BasicTensor t = uninitialized(shape_);
   if (numel() > 0) std::memcpy(t.data_, data_, sizeof(T) * numel());
   return t;
