@@ -1,15 +1,23 @@
 # tokenmix: the two set-up commands of the README.
 #   make demo   installs missing packages, builds Release, replays every shipped reference case
-#   make test   installs missing packages, builds Release, runs the test suite (CTest)
+#   make test   installs missing packages (and the Python venv), builds Release with the Python
+#               extension, runs the test suite (CTest: GoogleTest, the fuzz replays and pytest)
 # Also: make sanitize (ASan+UBSan test run), make clang-test (the suite built with clang), make fuzz
-# (libFuzzer harnesses, FUZZ_TIME seconds each), make bench, make install PREFIX=..., make example.
+# (libFuzzer harnesses, FUZZ_TIME seconds each), make bench, make install PREFIX=..., make example,
+# make venv (the Python test environment), make pip-check (`pip install .` into a fresh venv + the
+# Python quick start).
 BUILD ?= build
 JOBS ?= $(shell nproc)
 PREFIX ?= /usr/local
 
 FUZZ_TIME ?= 60
+# The Python test environment: Debian's python3 with its numpy / torch (--system-site-packages;
+# pip is held to those versions by a constraints file made from them, so PyPI's CUDA torch never
+# comes in) plus python/requirements-*.txt.
+VENV ?= .venv
+PY = $(VENV)/bin/python
 
-.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean
+.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean venv pip-check
 
 setup:
 	@./scripts/setup.sh
@@ -21,8 +29,26 @@ build: setup
 demo: build
 	./$(BUILD)/tokenmix run tests/data/reference
 
-test: build
+test: setup venv
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DTOKENMIX_PYTHON=ON -DPython_EXECUTABLE=$(abspath $(PY))
+	cmake --build $(BUILD) -j $(JOBS)
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: python/requirements-test.txt python/requirements-nodeps.txt scripts/setup.sh
+	@./scripts/setup.sh python
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -c 'import numpy, torch, torchaudio; [print(f"{m.__name__}=={m.__version__}") for m in (numpy, torch, torchaudio)]' > $(VENV)/constraints.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt -r python/requirements-test.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r python/requirements-nodeps.txt
+	touch $@
+
+# What a user does: `pip install .` (scikit-build-core builds the extension) into a fresh venv, then
+# the README's Python quick start against the installed package.
+pip-check: venv
+	rm -rf $(BUILD)-pip && /usr/bin/python3 -m venv --system-site-packages $(BUILD)-pip
+	$(BUILD)-pip/bin/python -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt .
+	cd $(BUILD)-pip && $(abspath $(BUILD))-pip/bin/python $(abspath examples/python/quickstart.py)
 
 sanitize: setup
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DTOKENMIX_SANITIZE=ON -DTOKENMIX_BUILD_BENCHMARKS=OFF
@@ -69,4 +95,4 @@ example: build
 	./$(BUILD)/consumer/tokenmix_consumer tests/data/reference/espnet_mha/espnet_mha_self_nomask_E32_H4_B3_T5.safetensors
 
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-clang $(BUILD)-fuzz
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-clang $(BUILD)-fuzz $(BUILD)-pip

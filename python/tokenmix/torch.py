@@ -19,7 +19,7 @@ class TokenmixModule(torch.nn.Module):
     """
 
     def __init__(self, layer, replaced: str, path: str):
-        super().__init__()
+        torch.nn.Module.__init__(self)  # not the upstream class's __init__ (see _replacement_class)
         self.layer = layer
         self.replaced = replaced
         self.path = path
@@ -63,9 +63,21 @@ class TokenmixModule(torch.nn.Module):
         return f"{self.replaced}, {self.layer.config}"
 
 
+_CLASSES = {}
+
+
+def _replacement_class(upstream: type) -> type:
+    """TokenmixModule specialised as a subclass of the upstream class, so that models which dispatch on
+    isinstance (ESPnet's Branchformer on FastSelfAttention) still take the same branch; TokenmixModule
+    comes first in the method order, so none of the upstream methods run."""
+    if upstream not in _CLASSES:
+        _CLASSES[upstream] = type("Tokenmix" + upstream.__name__, (TokenmixModule, upstream), {})
+    return _CLASSES[upstream]
+
+
 def accelerate(model: torch.nn.Module) -> dict:
     """Replaces, in place, every submodule of ``model`` whose class tokenmix supports by a
-    TokenmixModule with the same weights and call signature. Returns ``{path: original module}`` of
+    TokenmixModule with the same weights and call signature (an instance of the upstream class too). Returns ``{path: original module}`` of
     what it replaced (empty when nothing was supported). Raises ValueError when the model is in
     training mode or when ``model`` itself is a supported class (use ``tokenmix.from_torch`` for it)."""
     if not isinstance(model, torch.nn.Module):
@@ -80,6 +92,6 @@ def accelerate(model: torch.nn.Module) -> dict:
             continue
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, attr, TokenmixModule(from_torch(sub), qualified_name(sub), path))
+        setattr(parent, attr, _replacement_class(type(sub))(from_torch(sub), qualified_name(sub), path))
         replaced[path] = sub
     return replaced
