@@ -44,10 +44,10 @@ $(VENV)/.installed: python/requirements-test.txt python/requirements-nodeps.txt 
 	touch $@
 
 # What a user does: `pip install .` (scikit-build-core builds the extension) into a fresh venv, then
-# the README's Python quick start against the installed package.
+# the README's Python quick start (which starts from a SpeechBrain module) against the installed package.
 pip-check: venv
 	rm -rf $(BUILD)-pip && /usr/bin/python3 -m venv --system-site-packages $(BUILD)-pip
-	$(BUILD)-pip/bin/python -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt .
+	$(BUILD)-pip/bin/python -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt . speechbrain==0.5.16
 	cd $(BUILD)-pip && $(abspath $(BUILD))-pip/bin/python $(abspath examples/python/quickstart.py)
 
 sanitize: setup
