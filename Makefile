@@ -4,7 +4,8 @@
 #               extension, runs the test suite (CTest: GoogleTest, the fuzz replays and pytest)
 # Also: make sanitize (ASan+UBSan test run), make clang-test (the suite built with clang), make fuzz
 # (libFuzzer harnesses, FUZZ_TIME seconds each), make bench, make install PREFIX=..., make example,
-# make venv (the Python test environment), make pip-check (`pip install .` into a fresh venv + the
+# make venv (the Python test environment), make differential [N=2000 SEED=...] (random configurations
+# against the upstream modules), make pip-check (`pip install .` into a fresh venv + the
 # Python quick start).
 BUILD ?= build
 JOBS ?= $(shell nproc)
@@ -17,7 +18,7 @@ FUZZ_TIME ?= 60
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean venv pip-check
+.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean venv pip-check python-build differential
 
 setup:
 	@./scripts/setup.sh
@@ -29,10 +30,21 @@ build: setup
 demo: build
 	./$(BUILD)/tokenmix run tests/data/reference
 
-test: setup venv
+test: python-build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The build with the Python extension (build/python/package/tokenmix), for make test / differential.
+python-build: setup venv
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DTOKENMIX_PYTHON=ON -DPython_EXECUTABLE=$(abspath $(PY))
 	cmake --build $(BUILD) -j $(JOBS)
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The randomized differential suite against the live upstream modules (python/tests/differential.py):
+# N cases per family from SEED (a fresh one by default); prints a table per family and writes every
+# miss as a reference case file into $(BUILD)/differential.
+N ?= 2000
+SEED ?= $(shell date +%s)
+differential: python-build
+	PYTHONPATH=$(BUILD)/python/package $(PY) python/tests/differential.py --n $(N) --seed $(SEED) --out $(BUILD)/differential
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: python/requirements-test.txt python/requirements-nodeps.txt scripts/setup.sh

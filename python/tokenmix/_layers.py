@@ -215,7 +215,17 @@ class ContinualMultiheadAttention(Layer):
 
 
 class SingleOutputMultiheadAttention(ContinualMultiheadAttention):
-    __doc__ = ContinualMultiheadAttention.__doc__
+    __doc__ = ContinualMultiheadAttention.__doc__ + """
+    Upstream shape quirk kept (continual SPEC section 7): in the sequence-first layout
+    ``forward_steps`` returns (T', 1, N, E), or (T', 1, E) when N == 1.
+    """
+
+    def forward_steps(self, query, key=None, value=None, update_state=True, *args, **kwargs):
+        out = super().forward_steps(query, key, value, update_state)
+        if out is None or self.config.get("batch_first", True):
+            return out
+        T, N, E = out.shape
+        return out.reshape(T, 1, E) if N == 1 else out.reshape(T, 1, N, E)
 
 
 class RetroactiveMultiheadAttention(ContinualMultiheadAttention):
