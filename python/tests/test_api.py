@@ -128,6 +128,8 @@ def test_bad_inputs_are_value_errors(rng, tmp_path):
     with pytest.raises(ValueError, match="unknown option 'n_heads'"):
         tokenmix.make_layer("espnet2.asr.state_spaces.attention.MultiHeadedAttention",
                             {"n_feat": 8, "n_heads": 2}, {})
+    with pytest.raises(ValueError, match="config: not JSON-serialisable"):
+        tokenmix.make_layer("espnet2.asr.state_spaces.attention.MultiHeadedAttention", {"n_feat": object()}, {})
     with pytest.raises(ValueError, match="no such file|cannot open"):
         tokenmix.load(tmp_path / "missing.safetensors")
     bad = tmp_path / "bad.safetensors"

@@ -31,8 +31,12 @@ def make_layer(module: str, config: dict, weights: dict) -> Layer:
     module = ALIASES.get(module, module)
     if not isinstance(config, dict):
         raise ValueError(f"make_layer: config: expected a dict of constructor arguments, got {type(config).__name__}")
+    try:
+        config_json = json.dumps(config)
+    except TypeError as e:
+        raise ValueError(f"make_layer: config: not JSON-serialisable: {e}") from None
     arrays = {str(k): float_in(v, "make_layer", f"weights['{k}']") for k, v in weights.items()}
-    impl, views = _core.make_layer(module, json.dumps(config), arrays)
+    impl, views = _core.make_layer(module, config_json, arrays)
     cls = CLASSES.get(impl.name) or CLASSES["continual." + module.rsplit(".", 1)[-1]]
     return cls(module, config, impl, views)
 
