@@ -2,6 +2,7 @@
 // next to the OpenBLAS rate at the layer's projection shape measured in the same run.
 #include <cblas.h>
 #include <omp.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -48,6 +49,14 @@ double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// Minor page faults of the process so far (getrusage): a call that touches fresh pages (a buffer
+// allocated and freed per call, returned to the OS) shows up here.
+int64_t minor_faults() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_minflt;
+}
+
 void set_threads(int n) {
   omp_set_num_threads(n);
   openblas_set_num_threads(n);
@@ -65,8 +74,8 @@ int run(const BenchOptions& o) {
   for (int t : o.threads) check(t >= 1, "tokenmix bench: --threads: expected >= 1, got ", t);
 
   nlohmann::json out = nlohmann::json::array();
-  std::printf("%-15s %-7s %-18s %3s %10s %10s %8s  %-22s %8s %6s %9s %s\n", "layer", "mode", "shape", "thr",
-              "median_ms", "min_ms", "GFLOP/s", "BLAS reference", "GFLOP/s", "peak%", "extra_MiB",
+  std::printf("%-15s %-7s %-18s %3s %10s %10s %8s  %-22s %8s %6s %9s %8s %s\n", "layer", "mode", "shape", "thr",
+              "median_ms", "min_ms", "GFLOP/s", "BLAS reference", "GFLOP/s", "peak%", "extra_MiB", "faults",
               "stream: x weight-bound");
   for (int threads : o.threads) {
     set_threads(threads);
@@ -86,16 +95,22 @@ int run(const BenchOptions& o) {
         runner.prepare();
         runner.call();  // warm-up; its allocations count
         const double extra_mib = static_cast<double>(alloc::heap_peak_bytes() - base) / (1024.0 * 1024.0);
+        // A second warm-up: glibc raises its mmap threshold when the first call frees its large
+        // output, so the second call's output comes from the heap, whose fresh pages fault once.
+        runner.call();
         blas_runner.call();
         // Layer and BLAS reference calls alternate one to one, so both sample the same machine
         // conditions (the machine may be shared) and every layer call finds the caches as the
         // previous reference call left them: the protocol of bench/torch_baseline.py.
         const int calls = shape.mode == Mode::offline ? o.repeats : o.steps;
         std::vector<double> layer_ms, blas_ms;
+        int64_t layer_faults = 0;  // minor page faults inside the layer calls (fresh pages touched)
         for (int i = 0; i < calls; ++i) {
+          const int64_t faults_before = minor_faults();
           double t0 = now_ms();
           runner.call();
           layer_ms.push_back(now_ms() - t0);
+          layer_faults += minor_faults() - faults_before;
           t0 = now_ms();
           blas_runner.call();
           blas_ms.push_back(now_ms() - t0);
@@ -118,7 +133,8 @@ int run(const BenchOptions& o) {
                          {"ref", ref.what},
                          {"ref_gflops", blas_gflops},
                          {"peak_fraction", fraction},
-                         {"peak_mib", extra_mib}};
+                         {"peak_mib", extra_mib},
+                         {"minor_faults_per_call", static_cast<double>(layer_faults) / calls}};
         std::string extra;
         if (shape.mode == Mode::stream) {
           // Time to stream the layer's weights once with sgemv (the reference call).
@@ -129,9 +145,10 @@ int run(const BenchOptions& o) {
           std::snprintf(buf, sizeof buf, "%.2fx of %.3f ms", st.median_ms / bound_ms, bound_ms);
           extra = buf;
         }
-        std::printf("%-15s %-7s %-18s %3d %10.3f %10.3f %8.1f  %-22s %8.1f %5.0f%% %9.1f %s\n", fam.name.c_str(),
+        std::printf("%-15s %-7s %-18s %3d %10.3f %10.3f %8.1f  %-22s %8.1f %5.0f%% %9.1f %8.1f %s\n", fam.name.c_str(),
                     bench::mode_name(shape.mode), shape.str().c_str(), threads, st.median_ms, st.min_ms, gflops,
-                    ref.what.c_str(), blas_gflops, 100 * fraction, extra_mib, extra.c_str());
+                    ref.what.c_str(), blas_gflops, 100 * fraction, extra_mib,
+                    static_cast<double>(layer_faults) / calls, extra.c_str());
         std::fflush(stdout);
         out.push_back(j);
       }
@@ -154,7 +171,9 @@ void add_bench_command(CLI::App& app, int* status) {
       "context, one token per step; E=512, H=8) and compare with the OpenBLAS rate at the layer's projection "
       "shape (sgemm M=B*T,N=K=E offline; stream: sgemv through as many distinct E x E weights as the layer has parameters, i.e. the time to stream its weight bytes) measured in the same run. extra_MiB is the heap "
       "high-water mark above the bytes live before the call (offline: inputs and weights excluded; stream: "
-      "includes the stream state), counted by a global operator new; OpenBLAS's fixed buffers are not counted.");
+      "includes the stream state), counted by a global operator new; OpenBLAS's fixed buffers are not counted. "
+      "faults is the mean number of minor page faults per timed layer call (getrusage) after two warm-up calls: "
+      "fresh pages touched per call, e.g. a buffer the allocator returned to the OS between calls.");
   cmd->add_option("--threads", opts->threads,
                   "Thread counts to run (each sets omp_set_num_threads and openblas_set_num_threads). Default 1");
   cmd->add_option("--json", opts->json,
