@@ -98,7 +98,8 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   // Self-attention on the packed in_proj_weight (3E, E): one GEMM into (N, T, 3E), read through
   // strided views (row stride 3E), instead of three GEMMs.
   const bool packed = extra == 0 && q_in.data() == k_in.data() && k_in.data() == v_in.data() && !in_proj_.empty();
-  // Scratch from the layer's pool (grown only): slots 0 q (or the packed qkv), 1 k, 2 v, 3 context.
+  // Scratch from the layer's pool (grown only): slots 0 q (or the packed qkv), 1 k, 2 v, 3 context,
+  // 4 one head's probabilities (attn_weights only).
   const WorkspacePool::Lease ws = pool_.acquire();
   const float *qp, *kp, *vp;
   int64_t ld = E_;
@@ -151,18 +152,29 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
                                         (attn_mask.empty() || !attn_mask.at(q0 + i, j)));
     am = AttentionMask{keep.data(), Tq * S2, S2, 1, 1};
   }
-  const AttentionShape s = AttentionShape::scaled(N, H_, D_, Tq, S2);
   float* ctx = ws->floats(3, N * Tq * E_);  // attention() writes every row
-  Tensor probs;
-  if (attn_weights) probs = Tensor{Shape{N, H_, Tq, S2}};
-  attention(s, HeadsView{qp + q0 * ld, T * ld, ld}, HeadsView{kp, S2 * ld, ld}, HeadsView{vp, S2 * ld, ld},
-            masked ? &am : nullptr, HeadsOut{ctx, Tq * E_, E_}, attn_weights ? probs.data() : nullptr);
-  if (attn_weights) {
+  const AttentionMask* mask = masked ? &am : nullptr;
+  if (!attn_weights) {
+    attention(AttentionShape::scaled(N, H_, D_, Tq, S2), HeadsView{qp + q0 * ld, T * ld, ld},
+              HeadsView{kp, S2 * ld, ld}, HeadsView{vp, S2 * ld, ld}, mask, HeadsOut{ctx, Tq * E_, E_});
+  } else {
+    // Upstream's head-averaged weights (N, Tq, S2), summed head by head in head order and divided by
+    // H, as torch's mean over heads: one head per attention() call through an (N, Tq, S2)
+    // probabilities buffer (slot 4), so the (N, H, Tq, S2) tensor is never formed.
     Tensor avg{Shape{N, Tq, S2}};
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t h = 0; h < H_; ++h)
-        for (int64_t i = 0; i < Tq * S2; ++i) avg.data()[n * Tq * S2 + i] += probs.data()[(n * H_ + h) * Tq * S2 + i];
-    for (auto& x : avg) x /= static_cast<float>(H_);
+    float* probs = ws->floats(4, N * Tq * S2);
+    const AttentionShape one = AttentionShape::scaled(N, 1, D_, Tq, S2);
+    const int64_t n_probs = N * Tq * S2;
+    for (int64_t h = 0; h < H_; ++h) {
+      const int64_t c = h * D_;  // the head's columns
+      attention(one, HeadsView{qp + q0 * ld + c, T * ld, ld}, HeadsView{kp + c, S2 * ld, ld},
+                HeadsView{vp + c, S2 * ld, ld}, mask, HeadsOut{ctx + c, Tq * E_, E_}, probs);
+      float* a = avg.data();
+      parallel_for(n_probs, n_probs >= threshold::kFirstTouchElements, [&](int64_t i) { a[i] += probs[i]; });
+    }
+    const float heads = static_cast<float>(H_);
+    float* a = avg.data();
+    parallel_for(n_probs, n_probs >= threshold::kFirstTouchElements, [&](int64_t i) { a[i] /= heads; });
     *attn_weights = avg;
   }
   Tensor y = Tensor::uninitialized(Shape{N, Tq, E_});
