@@ -18,7 +18,7 @@ FUZZ_TIME ?= 60
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean venv pip-check python-build differential
+.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean venv pip-check python-build differential bench-python
 
 setup:
 	@./scripts/setup.sh
@@ -54,6 +54,11 @@ $(VENV)/.installed: python/requirements-test.txt python/requirements-nodeps.txt 
 	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt -r python/requirements-test.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r python/requirements-nodeps.txt
 	touch $@
+
+# The upstream modules vs tokenmix.from_torch vs ONNX Runtime, side by side from Python (BENCHMARKS.md).
+bench-python: python-build
+	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt -r python/requirements-bench.txt
+	PYTHONPATH=$(BUILD)/python/package $(PY) bench/python_bench.py --threads 1 2 --ort
 
 # What a user does: `pip install .` (scikit-build-core builds the extension) into a fresh venv, then
 # the README's Python quick start (which starts from a SpeechBrain module) against the installed package.
