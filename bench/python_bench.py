@@ -8,7 +8,8 @@ For every supported family (E=512, H=8; offline B=8 T=256 and B=1 T=4096) the re
 torch.no_grad(), with the same thread count on both sides (torch.set_num_threads and
 tokenmix.set_num_threads); medians over --repeats calls after one warm-up call each. With --ort the
 module is also exported with torch.onnx.export (opset 14, the shape's B and T fixed) and run on ONNX
-Runtime's CPU provider (intra_op_num_threads = the thread count, inter_op 1, sequential execution),
+Runtime's CPU provider (intra_op_num_threads = the thread count, inter_op 1, sequential execution,
+no spin-waiting),
 alternating with the other two; an export or session that fails is reported as such. Prints one row
 per measurement: times, tokenmix's speed-up over each, and each side's largest difference from the
 upstream output.
@@ -75,6 +76,9 @@ def ort_session(module, call, x, threads):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # No spin-waiting after a run: ORT's spinning workers would take the cores from the PyTorch
+        # and tokenmix calls that alternate with it (both of which sleep between calls).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]), None
     except Exception as e:  # noqa: BLE001 - any failure is the result to report
         return None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
