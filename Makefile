@@ -4,7 +4,8 @@
 #               extension, runs the test suite (CTest: GoogleTest, the fuzz replays and pytest)
 # Also: make sanitize (ASan+UBSan test run), make clang-test (the suite built with clang), make fuzz
 # (libFuzzer harnesses, FUZZ_TIME seconds each), make bench, make install PREFIX=..., make example,
-# make venv (the Python test environment), make differential [N=2000 SEED=...] (random configurations
+# make venv (the Python test environment), make python-sanitize (pytest through an ASan + UBSan
+# build of the extension), make differential [N=2000 SEED=...] (random configurations
 # against the upstream modules), make pip-check (`pip install .` into a fresh venv + the
 # Python quick start).
 BUILD ?= build
@@ -18,7 +19,7 @@ FUZZ_TIME ?= 60
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean venv pip-check python-build differential bench-python
+.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean venv pip-check python-build differential bench-python python-sanitize
 
 setup:
 	@./scripts/setup.sh
@@ -72,6 +73,17 @@ sanitize: setup
 	cmake --build $(BUILD)-asan -j $(JOBS)
 	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
 
+# The Python extension built with ASan + UBSan and the pytest suite run through it (the sanitizer
+# runtimes preloaded into the venv's python; leak checking off, as CPython keeps memory to exit).
+python-sanitize: setup venv
+	cmake -S . -B $(BUILD)-pyasan -DCMAKE_BUILD_TYPE=Debug -DTOKENMIX_SANITIZE=ON -DTOKENMIX_PYTHON=ON \
+	  -DTOKENMIX_BUILD_TESTS=OFF -DTOKENMIX_BUILD_BENCHMARKS=OFF -DTOKENMIX_BUILD_CLI=OFF -DPython_EXECUTABLE=$(abspath $(PY))
+	cmake --build $(BUILD)-pyasan -j $(JOBS) --target tokenmix_core tokenmix_python_files
+	cd python/tests && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  PYTHONPATH=$(abspath $(BUILD))-pyasan/python/package TOKENMIX_REQUIRE_UPSTREAM=1 OMP_NUM_THREADS=2 \
+	  $(abspath $(PY)) -m pytest -q -p no:cacheprovider .
+
 # The library, CLI and suite built with clang (Debian's clang 14) and run.
 clang-test:
 	@./scripts/setup.sh clang
@@ -112,4 +124,4 @@ example: build
 	./$(BUILD)/consumer/tokenmix_consumer tests/data/reference/espnet_mha/espnet_mha_self_nomask_E32_H4_B3_T5.safetensors
 
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-clang $(BUILD)-fuzz $(BUILD)-pip
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-clang $(BUILD)-fuzz $(BUILD)-pip $(BUILD)-pyasan
