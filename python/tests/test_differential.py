@@ -20,3 +20,24 @@ def test_differential_subset(family):
     # The generator reaches the edges it is meant to: most cases are exact parity, and the oracle's
     # other outcomes stay the exception.
     assert counts["pass"] >= N_PER_FAMILY * 0.8, counts
+
+
+def test_the_oracle_catches_a_wrong_answer():
+    """A tokenmix result 1e-3 (relative) off, on an otherwise exact case, is a parity miss: the noise
+    floor from ulp-perturbed upstream runs must not swallow real errors."""
+    require("speechbrain")
+    import torch
+
+    case = differential.gen_hypermixing(torch.Generator().manual_seed(3))
+    run = case.run
+
+    def wrong(f, x):
+        out = run(f, x)
+        if isinstance(f, differential.tokenmix.Layer):
+            y = out["out.output"]
+            out["out.output"] = y + 1e-3 * y.abs().max()
+        return out
+
+    case.run = wrong
+    outcome, detail = differential.judge(case)
+    assert outcome == "parity", (outcome, detail)
