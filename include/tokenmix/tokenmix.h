@@ -1,6 +1,7 @@
 // tokenmix/tokenmix.h: umbrella header (core, I/O, kernels, streaming, every layer family).
 #pragma once
 
+#include "tokenmix/core/cpu.h"
 #include "tokenmix/core/error.h"
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/core/threads.h"

@@ -210,6 +210,11 @@ std::vector<uint8_t> from_bytes(const nb::bytes& b) {
 NB_MODULE(_core, m) {
   using namespace tokenmix;
   m.doc() = "tokenmix C++ core (see the tokenmix package for the documented API)";
+  if (const std::string missing = missing_build_isa(); !missing.empty())
+    throw nb::import_error(("tokenmix: this build uses CPU instructions this CPU lacks (" + missing +
+                            "); reinstall from source on this machine, or build the wheel with "
+                            "CMAKE_ARGS=-DTOKENMIX_NATIVE=OFF").c_str());
+  m.attr("build_isa") = build_isa();
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {

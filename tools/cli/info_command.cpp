@@ -1,7 +1,9 @@
-// `tokenmix info`: what a safetensors file holds (metadata, tensors) and the layer it describes.
+// `tokenmix info`: what a safetensors file holds (metadata, tensors) and the layer it describes, or
+// without a file the CPU extensions this build assumes.
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "tokenmix/core/cpu.h"
 #include "tokenmix/layers/registry.h"
 
 namespace tokenmix::cli {
@@ -24,7 +26,11 @@ int info(const std::string& path, bool list_modules) {
     }
     if (path.empty()) return 0;
   }
-  check(!path.empty(), "tokenmix info: FILE: required unless --modules is given");
+  if (path.empty()) {  // no file: what this build runs on
+    const std::string isa = build_isa();
+    std::printf("build ISA %s\n", isa.empty() ? "baseline (no extensions assumed)" : isa.c_str());
+    return 0;
+  }
   const SafetensorsFile f(path);
   std::printf("file      %s\n", path.c_str());
   for (const auto& [k, v] : f.metadata()) {
@@ -56,8 +62,9 @@ void add_info_command(CLI::App& app, int* status) {
   CLI::App* cmd = app.add_subcommand(
       "info",
       "Print what a safetensors file holds (metadata, tensors with dtype and shape) and, for a "
-      "self-describing checkpoint or a reference case, the layer it builds. Exit status: 0, or 2 when the "
-      "file cannot be read or its layer cannot be built (the reason is printed).");
+      "self-describing checkpoint or a reference case, the layer it builds; without FILE, the CPU "
+      "extensions this build assumes. Exit status: 0, or 2 when the file cannot be read or its layer "
+      "cannot be built (the reason is printed).");
   cmd->add_option("FILE", *path, "A checkpoint, reference case or saved stream state");
   cmd->add_flag("--modules", *modules, "List the supported upstream modules with their options");
   cmd->callback([path, modules, status] { *status = info(*path, *modules); });

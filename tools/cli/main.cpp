@@ -3,9 +3,15 @@
 #include <new>
 
 #include "cli/commands.h"
+#include "tokenmix/core/cpu.h"
 #include "tokenmix/core/error.h"
 
 int main(int argc, char** argv) {
+  if (const std::string missing = tokenmix::missing_build_isa(); !missing.empty()) {
+    std::cerr << "tokenmix: error: this build uses CPU instructions this CPU lacks (" << missing
+              << "); rebuild on this machine or with -DTOKENMIX_NATIVE=OFF\n";
+    return tokenmix::cli::kBadInputStatus;
+  }
   CLI::App app{"tokenmix: attention and token-mixing layers (ESPnet MHA, continual attention, "
                "HyperMixing, Primer-EZ, Fastformer) in C++"};
   app.require_subcommand(1);
