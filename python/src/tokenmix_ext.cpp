@@ -41,8 +41,11 @@ using OptBool = std::optional<BoolIn>;
 
 // A stand-in address for zero-element arrays (numpy may hand out null for them, and an empty
 // Tensor means "argument absent").
-float g_empty_float = 0;
-uint8_t g_empty_byte = 0;
+template <typename T>
+T* nonnull(T* data) {
+  static T empty{};
+  return data ? data : &empty;
+}
 
 template <typename A>
 Shape shape_of(const A& a) {
@@ -51,26 +54,28 @@ Shape shape_of(const A& a) {
   return Shape(dims);  // throws Error past 4 axes or limits::kMaxElements
 }
 
-Tensor view(const OptFloat& a) {
-  if (!a) return {};
-  float* data = const_cast<float*>(a->data());
-  return Tensor::view(shape_of(*a), data ? data : &g_empty_float);
+Tensor view(const FloatIn& a) { return Tensor::view(shape_of(a), nonnull(const_cast<float*>(a.data()))); }
+Tensor view(const OptFloat& a) { return a ? view(*a) : Tensor{}; }
+
+// numpy bool is one byte holding 0 or 1, the Mask convention.
+Mask view(const BoolIn& a) {
+  return Mask::view(shape_of(a), nonnull(reinterpret_cast<uint8_t*>(const_cast<bool*>(a.data()))));
+}
+Mask view(const OptBool& a) { return a ? view(*a) : Mask{}; }
+
+// A numpy array of T over data, of the given shape, that keeps holder (which owns data) alive.
+template <typename T, typename Holder>
+nb::ndarray<nb::numpy, T> owning(Holder* holder, T* data, const std::vector<size_t>& shape) {
+  nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<Holder*>(p); });
+  return nb::ndarray<nb::numpy, T>(nonnull(data), shape.size(), shape.data(), owner);
 }
 
-Mask view(const OptBool& a) {
-  if (!a) return {};
-  // numpy bool is one byte holding 0 or 1, the Mask convention.
-  auto* data = reinterpret_cast<uint8_t*>(const_cast<bool*>(a->data()));
-  return Mask::view(shape_of(*a), data ? data : &g_empty_byte);
-}
+std::vector<size_t> dims_of(const std::vector<int64_t>& dims) { return {dims.begin(), dims.end()}; }
 
 // A numpy array owning t's storage (t shares it; no copy).
 FloatOut to_numpy(Tensor t) {
   auto* holder = new Tensor(std::move(t));
-  nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<Tensor*>(p); });
-  std::vector<size_t> shape;
-  for (int64_t d : holder->shape().dims()) shape.push_back(static_cast<size_t>(d));
-  return FloatOut(holder->data() ? holder->data() : &g_empty_float, shape.size(), shape.data(), owner);
+  return owning(holder, holder->data(), dims_of(holder->shape().dims()));
 }
 
 nb::object to_numpy_or_none(Tensor t) {
@@ -105,13 +110,10 @@ std::pair<StateDict, nb::dict> own_weights(const std::map<std::string, FloatIn>&
   StateDict sd;
   nb::dict views;
   for (const auto& [key, a] : weights) {
-    const Tensor t = view(OptFloat(a)).clone();
+    const Tensor t = view(a).clone();
     sd.set(key, t);
     auto* holder = new Tensor(t);
-    nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<Tensor*>(p); });
-    std::vector<size_t> shape(a.shape_ptr(), a.shape_ptr() + a.ndim());
-    views[key.c_str()] = nb::ndarray<nb::numpy, const float>(holder->data() ? holder->data() : &g_empty_float,
-                                                             shape.size(), shape.data(), owner);
+    views[key.c_str()] = owning<const float>(holder, holder->data(), dims_of(t.shape().dims()));
   }
   return {std::move(sd), std::move(views)};
 }
@@ -122,40 +124,30 @@ std::pair<nb::dict, std::map<std::string, std::string>> read_all(const Safetenso
   nb::dict out;
   for (const std::string& name : f.names()) {
     const TensorInfo& info = f.info(name);
-    std::vector<size_t> shape;
-    for (int64_t d : info.dims) shape.push_back(static_cast<size_t>(d));
-    nb::object array;
+    const std::vector<size_t> shape = dims_of(info.dims);
     switch (info.dtype) {
       case DType::F32:
       case DType::F16:
       case DType::BF16: {
-        Tensor* holder = new Tensor(f.tensor_flat(name).clone());
-        nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<Tensor*>(p); });
-        array = nb::cast(FloatOut(holder->data() ? holder->data() : &g_empty_float, shape.size(), shape.data(), owner));
+        auto* holder = new Tensor(f.tensor_flat(name).clone());  // writable, not a view of the file
+        out[name.c_str()] = owning(holder, holder->data(), shape);
         break;
       }
       case DType::BOOL:
       case DType::U8: {
-        const Mask mask = f.mask(name);
-        auto* holder = new std::vector<uint8_t>(mask.begin(), mask.end());
-        nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<std::vector<uint8_t>*>(p); });
-        uint8_t* data = holder->empty() ? &g_empty_byte : holder->data();
+        auto* holder = new Mask(f.mask(name));
         if (info.dtype == DType::BOOL)
-          array = nb::cast(nb::ndarray<nb::numpy, bool>(reinterpret_cast<bool*>(data), shape.size(), shape.data(), owner));
+          out[name.c_str()] = owning(holder, reinterpret_cast<bool*>(holder->data()), shape);
         else
-          array = nb::cast(nb::ndarray<nb::numpy, uint8_t>(data, shape.size(), shape.data(), owner));
+          out[name.c_str()] = owning(holder, holder->data(), shape);
         break;
       }
       case DType::I64: {
         auto* holder = new std::vector<int64_t>(f.int64s(name));
-        nb::capsule owner(holder, [](void* p) noexcept { delete static_cast<std::vector<int64_t>*>(p); });
-        static int64_t empty = 0;
-        array = nb::cast(nb::ndarray<nb::numpy, int64_t>(holder->empty() ? &empty : holder->data(), shape.size(),
-                                                         shape.data(), owner));
+        out[name.c_str()] = owning(holder, holder->data(), shape);
         break;
       }
     }
-    out[name.c_str()] = array;
   }
   return {out, f.metadata()};
 }
@@ -180,11 +172,10 @@ SafetensorsWriter writer_from(const nb::dict& tensors, const std::map<std::strin
     Int64In i;
     if (nb::try_cast(value, f, false)) {
       const Shape s = flat(f);
-      w.add(name, Tensor::view(s, const_cast<float*>(f.data() ? f.data() : &g_empty_float)), dims);
+      w.add(name, Tensor::view(s, nonnull(const_cast<float*>(f.data()))), dims);
     } else if (nb::try_cast(value, b, false)) {
       const Shape s = flat(b);
-      w.add(name, Mask::view(s, b.data() ? reinterpret_cast<uint8_t*>(const_cast<bool*>(b.data())) : &g_empty_byte),
-            dims);
+      w.add(name, Mask::view(s, nonnull(reinterpret_cast<uint8_t*>(const_cast<bool*>(b.data())))), dims);
     } else if (nb::try_cast(value, i, false) && i.ndim() == 1) {
       w.add_int64s(name, std::vector<int64_t>(i.data(), i.data() + i.shape(0)));
     } else {
@@ -243,7 +234,7 @@ NB_MODULE(_core, m) {
 
   nb::class_<Stream>(m, "Stream")
       .def("push", [](Stream& s, const FloatIn& chunk) {
-        return to_numpy(compute([&] { return s.push(view(OptFloat(chunk))).clone(); }));
+        return to_numpy(compute([&] { return s.push(view(chunk)).clone(); }));
       }, "chunk"_a)
       .def("output_shape", [](const Stream& s, int64_t chunk) { return s.output_shape(chunk).dims(); }, "chunk"_a)
       .def("delay", &Stream::delay)
@@ -258,15 +249,11 @@ NB_MODULE(_core, m) {
       .def_prop_ro("name", &Layer::name)
       .def_prop_ro("d_model", &Layer::d_model)
       .def("forward", [](const Layer& l, const FloatIn& x, const OptBool& kpm) {
-        return to_numpy(compute([&] { return l.forward(view(OptFloat(x)), view(kpm)); }));
+        return to_numpy(compute([&] { return l.forward(view(x), view(kpm)); }));
       }, "x"_a, "key_padding_mask"_a = nb::none())
-      .def("stream_options", [](const Layer& l) {
-        const StreamOptionSpec s = l.stream_options_accepted();
-        return std::make_tuple(s.left_context, s.window, s.max_window);
-      })
       .def("stream_reference", [](const Layer& l, const FloatIn& x, int64_t left_context, int64_t window,
                                   int64_t position) {
-        return to_numpy(compute([&] { return l.stream_reference(view(OptFloat(x)), {left_context, window, position}); }));
+        return to_numpy(compute([&] { return l.stream_reference(view(x), {left_context, window, position}); }));
       }, "x"_a, "left_context"_a, "window"_a, "position"_a)
       .def("open_stream", [](const Layer& l, int64_t batch, int64_t left_context, int64_t window, int64_t position) {
         return l.open_stream(batch, {left_context, window, position});
@@ -276,12 +263,12 @@ NB_MODULE(_core, m) {
       .def("forward_upstream", [](const EspnetMultiHeadedAttention& l, const FloatIn& query, const OptFloat& memory,
                                   const OptBool& mask, bool need_attn) {
         Tensor attn;
-        Tensor y = compute([&] { return l.forward(view(OptFloat(query)), view(memory), view(mask), need_attn ? &attn : nullptr); });
+        Tensor y = compute([&] { return l.forward(view(query), view(memory), view(mask), need_attn ? &attn : nullptr); });
         return std::make_pair(to_numpy(std::move(y)), to_numpy_or_none(std::move(attn)));
       }, "query"_a, "memory"_a.none(), "mask"_a.none(), "need_attn"_a)
       .def("step", [](const EspnetMultiHeadedAttention& l, const FloatIn& query, const OptFloat& memory,
                       const OptBool& mask) {
-        return to_numpy(compute([&] { return l.step(view(OptFloat(query)), view(memory), view(mask)); }));
+        return to_numpy(compute([&] { return l.step(view(query), view(memory), view(mask)); }));
       }, "query"_a, "memory"_a.none(), "mask"_a.none());
 
   nb::class_<ContinualMultiheadAttention, Layer>(m, "ContinualMultiheadAttention")
@@ -291,7 +278,7 @@ NB_MODULE(_core, m) {
                                   bool need_weights) {
         Tensor attn;
         Tensor y = compute([&] {
-          return l.forward(view(OptFloat(query)), view(key), view(value), view(key_padding_mask), view(attn_mask),
+          return l.forward(view(query), view(key), view(value), view(key_padding_mask), view(attn_mask),
                            need_weights ? &attn : nullptr);
         });
         return std::make_pair(to_numpy(std::move(y)), to_numpy_or_none(std::move(attn)));
@@ -303,10 +290,10 @@ NB_MODULE(_core, m) {
   nb::class_<ContinualSteps>(m, "ContinualSteps")
       .def(nb::init<const ContinualMultiheadAttention&>(), "layer"_a, nb::keep_alive<1, 2>())
       .def("forward_step", [](ContinualSteps& s, const FloatIn& q, const OptFloat& k, const OptFloat& v, bool update) {
-        return to_numpy_or_none(compute([&] { return s.forward_step(view(OptFloat(q)), view(k), view(v), update).clone(); }));
+        return to_numpy_or_none(compute([&] { return s.forward_step(view(q), view(k), view(v), update).clone(); }));
       }, "query"_a, "key"_a.none(), "value"_a.none(), "update_state"_a)
       .def("forward_steps", [](ContinualSteps& s, const FloatIn& q, const OptFloat& k, const OptFloat& v, bool update) {
-        return to_numpy_or_none(compute([&] { return s.forward_steps(view(OptFloat(q)), view(k), view(v), update).clone(); }));
+        return to_numpy_or_none(compute([&] { return s.forward_steps(view(q), view(k), view(v), update).clone(); }));
       }, "query"_a, "key"_a.none(), "value"_a.none(), "update_state"_a)
       .def("clean_state", &ContinualSteps::clean_state);
 
@@ -314,7 +301,7 @@ NB_MODULE(_core, m) {
       .def("forward_upstream", [](const HyperMixing& l, const FloatIn& query, const OptBool& key_padding_mask,
                                   bool need_attn) {
         Tensor attn;
-        Tensor y = compute([&] { return l.forward(view(OptFloat(query)), view(key_padding_mask), need_attn ? &attn : nullptr); });
+        Tensor y = compute([&] { return l.forward(view(query), view(key_padding_mask), need_attn ? &attn : nullptr); });
         return std::make_pair(to_numpy(std::move(y)), to_numpy_or_none(std::move(attn)));
       }, "query"_a, "key_padding_mask"_a.none(), "need_attn"_a);
 
@@ -322,13 +309,13 @@ NB_MODULE(_core, m) {
       .def("forward_upstream", [](const LabmlMultiHeadAttention& l, const FloatIn& query, const FloatIn& key,
                                   const FloatIn& value, const OptBool& mask) {
         return to_numpy(compute([&] {
-          return l.forward(view(OptFloat(query)), view(OptFloat(key)), view(OptFloat(value)), view(mask));
+          return l.forward(view(query), view(key), view(value), view(mask));
         }));
       }, "query"_a, "key"_a, "value"_a, "mask"_a.none());
 
   nb::class_<FastSelfAttention, Layer>(m, "FastSelfAttention")
       .def("forward_upstream", [](const FastSelfAttention& l, const FloatIn& xs_pad, const OptBool& mask) {
-        return to_numpy(compute([&] { return l.forward_upstream(view(OptFloat(xs_pad)), view(mask)); }));
+        return to_numpy(compute([&] { return l.forward_upstream(view(xs_pad), view(mask)); }));
       }, "xs_pad"_a, "mask"_a.none());
 
   m.def("make_layer", [](const std::string& module, const std::string& config,

@@ -112,6 +112,24 @@ def _stream_or_forward(g, T, forward_on_full):
     return run
 
 
+def _window_stream(g, B, T, name, out, forward_window):
+    """(run, L, P) for a sliding-window stream of L tokens emitting position P: tokenmix pushes
+    inputs[name] in random chunks; upstream runs forward_window(f, window) -> (B, L, E) on every
+    window and keeps row P."""
+    L = _int(g, 1, T)
+    P = _int(g, -1, L - 1)
+    cuts = _chunks(g, T)
+
+    def run(f, inp):
+        x = inp[name]
+        if isinstance(f, tokenmix.Layer):
+            s = f.stream(B, window=L, position=P)
+            return {out: torch.cat([s.push(x[:, a:b].contiguous()) for a, b in cuts], dim=1)}
+        return {out: torch.stack([forward_window(f, x[:, s: s + L])[:, P] for s in range(T - L + 1)], 1)}
+
+    return run, L, P
+
+
 def gen_espnet(g):
     from espnet2.asr.state_spaces.attention import MultiHeadedAttention
 
@@ -185,17 +203,7 @@ def gen_fastformer(g):
     m = _randomize(FastSelfAttention(E, H, 0.0), g, x8)
     x = torch.randn(B, T, E, generator=g)
     if _int(g, 0, 3) == 0:  # sliding-window stream vs upstream forward on every window
-        L = _int(g, 1, T)
-        P = _int(g, -1, L - 1)
-        cuts = _chunks(g, T)
-
-        def run(f, inp):
-            if isinstance(f, tokenmix.Layer):
-                s = f.stream(B, window=L, position=P)
-                outs = [s.push(inp["in.xs_pad"][:, a:b].contiguous()) for a, b in cuts]
-                return {"out.y": torch.cat(outs, dim=1)}
-            return {"out.y": torch.stack([f(inp["in.xs_pad"][:, s: s + L], None)[:, P] for s in range(T - L + 1)], 1)}
-
+        run, L, P = _window_stream(g, B, T, "in.xs_pad", "out.y", lambda f, w: f(w, None))
         return Case("fastformer", m, {"in.xs_pad": x}, run, None, x8, f"E={E} H={H} B={B} T={T} window={L} P={P}")
     mask = None
     if _int(g, 0, 1):
@@ -224,18 +232,8 @@ def gen_hypermixing(g):
     m = _randomize(HyperMixing(E, K, tied=tied, num_heads=H, fix_tm_hidden_size=fix, max_length=max_length), g, x8)
     x = torch.randn(B, T, E, generator=g)
     what = f"E={E} H={H} K={K} tied={tied} fix={fix} B={B} T={T} max_length={max_length}"
-    if _int(g, 0, 3) == 0:
-        L = _int(g, 1, T)
-        P = _int(g, -1, L - 1)
-        cuts = _chunks(g, T)
-
-        def run(f, inp):
-            if isinstance(f, tokenmix.Layer):
-                s = f.stream(B, window=L, position=P)
-                return {"out.output": torch.cat([s.push(inp["in.x"][:, a:b].contiguous()) for a, b in cuts], 1)}
-            xs = inp["in.x"]
-            return {"out.output": torch.stack([f(xs[:, s: s + L], xs, xs)[0][:, P] for s in range(T - L + 1)], 1)}
-
+    if _int(g, 0, 3) == 0:  # sliding-window stream vs upstream forward on every window
+        run, L, P = _window_stream(g, B, T, "in.x", "out.output", lambda f, w: f(w, w, w)[0])
         return Case("hypermixing", m, {"in.x": x}, run, None, x8, what + f" window={L} P={P}")
     kpm = None
     if _int(g, 0, 1):

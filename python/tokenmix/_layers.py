@@ -27,6 +27,10 @@ class Layer:
         self._impl = impl
         self._weights = weights  # read-only numpy views of the layer's own copy of its state_dict
 
+    def __call__(self, *args, **kwargs):
+        """The upstream module's forward: see ``forward`` of each class."""
+        return self.forward(*args, **kwargs)
+
     @property
     def d_model(self) -> int:
         return self._impl.d_model
@@ -83,20 +87,19 @@ class EspnetMultiHeadedAttention(Layer):
     leaves in its ``attn`` attribute.
     """
 
-    def __call__(self, query, memory=None, mask=None, *args, **kwargs):
-        return self.forward(query, memory, mask)
-
     def forward(self, query, memory=None, mask=None, *args, **kwargs):
-        fn = "EspnetMultiHeadedAttention.forward"
-        out, _ = self._impl.forward_upstream(float_in(query, fn, "query"), optional_float_in(memory, fn, "memory"),
-                                             mask_in(mask, fn, "mask"), False)
-        return like(out, any_torch(query, memory)), None
+        return self._forward("forward", query, memory, mask, False)[0], None
 
     def last_attn(self, query, memory=None, mask=None):
-        fn = "EspnetMultiHeadedAttention.last_attn"
-        _, attn = self._impl.forward_upstream(float_in(query, fn, "query"), optional_float_in(memory, fn, "memory"),
-                                              mask_in(mask, fn, "mask"), True)
-        return like(attn, any_torch(query, memory))
+        return self._forward("last_attn", query, memory, mask, True)[1]
+
+    def _forward(self, method, query, memory, mask, need_attn):
+        """(out, attn or None) of upstream forward(query, memory, mask)."""
+        fn = "EspnetMultiHeadedAttention." + method
+        out, attn = self._impl.forward_upstream(float_in(query, fn, "query"), optional_float_in(memory, fn, "memory"),
+                                                mask_in(mask, fn, "mask"), need_attn)
+        t = any_torch(query, memory)
+        return like(out, t), like(attn, t)
 
     def step(self, query, state=None, memory=None, mask=None, **kwargs):
         fn = "EspnetMultiHeadedAttention.step"
@@ -112,9 +115,6 @@ class FastSelfAttention(Layer):
     non-zero = keep, or None.
     """
 
-    def __call__(self, xs_pad, mask=None):
-        return self.forward(xs_pad, mask)
-
     def forward(self, xs_pad, mask=None):
         fn = "FastSelfAttention.forward"
         out = self._impl.forward_upstream(float_in(xs_pad, fn, "xs_pad"), mask_in(mask, fn, "mask"))
@@ -129,10 +129,6 @@ class HyperMixing(Layer):
     pos_embs are ignored, as upstream. key_padding_mask (B, T), True = padded. out (B, T, E); attn is
     upstream's placeholder, zeros of shape (B, T, T).
     """
-
-    def __call__(self, query, key=None, value=None, attn_mask=None, key_padding_mask=None,
-                 return_attn_weights=True, pos_embs=None):
-        return self.forward(query, key, value, attn_mask, key_padding_mask, return_attn_weights, pos_embs)
 
     def forward(self, query, key=None, value=None, attn_mask=None, key_padding_mask=None,
                 return_attn_weights=True, pos_embs=None):
@@ -150,9 +146,6 @@ class LabmlMultiHeadAttention(Layer):
     ``layer(query=, key=, value=, mask=None)`` (keyword-only, as upstream) -> out [S, B, E]:
     query [S, B, E]; key, value [S_k, B, E]; mask [S or 1, S_k, B or 1], True = may attend, or None.
     """
-
-    def __call__(self, *, query, key, value, mask=None):
-        return self.forward(query=query, key=key, value=value, mask=mask)
 
     def forward(self, *, query, key, value, mask=None):
         fn = "LabmlMultiHeadAttention.forward"
@@ -184,9 +177,6 @@ class ContinualMultiheadAttention(Layer):
     def sequence_len(self) -> int:
         return self._impl.sequence_len
 
-    def __call__(self, query, key=None, value=None, key_padding_mask=None, need_weights=True, attn_mask=None):
-        return self.forward(query, key, value, key_padding_mask, need_weights, attn_mask)
-
     def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=True, attn_mask=None):
         fn = type(self).__name__ + ".forward"
         out, attn = self._impl.forward_upstream(
@@ -199,15 +189,15 @@ class ContinualMultiheadAttention(Layer):
         return like(out, t), like(attn, t)
 
     def forward_step(self, query, key=None, value=None, update_state=True, *args, **kwargs):
-        fn = type(self).__name__ + ".forward_step"
-        out = self._steps.forward_step(float_in(query, fn, "query"), optional_float_in(key, fn, "key"),
-                                       optional_float_in(value, fn, "value"), bool(update_state))
-        return like(out, any_torch(query, key, value))
+        return self._step("forward_step", query, key, value, update_state)
 
     def forward_steps(self, query, key=None, value=None, update_state=True, *args, **kwargs):
-        fn = type(self).__name__ + ".forward_steps"
-        out = self._steps.forward_steps(float_in(query, fn, "query"), optional_float_in(key, fn, "key"),
-                                        optional_float_in(value, fn, "value"), bool(update_state))
+        return self._step("forward_steps", query, key, value, update_state)
+
+    def _step(self, method, query, key, value, update_state):
+        fn = f"{type(self).__name__}.{method}"
+        out = getattr(self._steps, method)(float_in(query, fn, "query"), optional_float_in(key, fn, "key"),
+                                           optional_float_in(value, fn, "value"), bool(update_state))
         return like(out, any_torch(query, key, value))
 
     def clean_state(self) -> None:

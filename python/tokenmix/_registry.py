@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from . import _core
+from ._convert import float_in
 from ._layers import CLASSES, Layer
 
 # Qualified class names from_torch recognises (upstream __module__ + "." + __qualname__) and the
@@ -26,8 +27,6 @@ def make_layer(module: str, config: dict, weights: dict) -> Layer:
     ``config`` (absent ones take upstream's defaults) and ``weights`` (upstream state_dict keys ->
     float32 arrays or tensors). Raises ValueError for an unsupported module or option, a bad value, or
     missing / unexpected / mis-shaped weights."""
-    from ._convert import float_in
-
     module = ALIASES.get(module, module)
     if not isinstance(config, dict):
         raise ValueError(f"make_layer: config: expected a dict of constructor arguments, got {type(config).__name__}")

@@ -25,8 +25,8 @@ class TokenmixModule(torch.nn.Module):
         self.path = path
         self.eval()
 
-    def _check(self, args, kwargs):
-        """(args, kwargs) with contiguous tensors, after the inference-only checks."""
+    def _call(self, method, args, kwargs):
+        """layer.<method>(*args, **kwargs) after the inference-only checks, tensors made contiguous."""
         if self.training:
             raise RuntimeError(f"tokenmix.torch: {self.path} ({self.replaced}): inference only, but the module is in "
                                "training mode (call model.eval(); tokenmix computes no gradients)")
@@ -38,23 +38,20 @@ class TokenmixModule(torch.nn.Module):
         def contiguous(a):
             return a.contiguous() if isinstance(a, torch.Tensor) else a
 
-        return [contiguous(a) for a in args], {k: contiguous(v) for k, v in kwargs.items()}
+        return getattr(self.layer, method)(*[contiguous(a) for a in args],
+                                           **{k: contiguous(v) for k, v in kwargs.items()})
 
     def forward(self, *args, **kwargs):
-        args, kwargs = self._check(args, kwargs)
-        return self.layer(*args, **kwargs)
+        return self._call("forward", args, kwargs)
 
     def step(self, *args, **kwargs):
-        args, kwargs = self._check(args, kwargs)
-        return self.layer.step(*args, **kwargs)
+        return self._call("step", args, kwargs)
 
     def forward_step(self, *args, **kwargs):
-        args, kwargs = self._check(args, kwargs)
-        return self.layer.forward_step(*args, **kwargs)
+        return self._call("forward_step", args, kwargs)
 
     def forward_steps(self, *args, **kwargs):
-        args, kwargs = self._check(args, kwargs)
-        return self.layer.forward_steps(*args, **kwargs)
+        return self._call("forward_steps", args, kwargs)
 
     def clean_state(self):
         self.layer.clean_state()

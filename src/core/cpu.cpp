@@ -1,72 +1,64 @@
 // The build's assumed extensions come from the compiler's macros in this file, compiled with the
-// library's flags (it runs no vector code itself); the check uses __builtin_cpu_supports, which
-// reads CPUID at run time.
+// library's flags (it runs no vector code itself); whether the CPU has them, from
+// __builtin_cpu_supports, which reads CPUID at run time.
 #include "tokenmix/core/cpu.h"
 
-#include <utility>
 #include <vector>
 
 namespace tokenmix {
 
 namespace {
 
-// (name, compiled in) for each extension the kernels or the compiler's own code may use.
-std::vector<std::pair<const char*, bool>> assumed() {
-  return {
-#if defined(__x86_64__) || defined(__i386__)
-#if defined(__AVX__)
-      {"avx", true},
-#endif
-#if defined(__AVX2__)
-      {"avx2", true},
-#endif
-#if defined(__FMA__)
-      {"fma", true},
-#endif
-#if defined(__AVX512F__)
-      {"avx512f", true},
-#endif
-#if defined(__AVX512BW__)
-      {"avx512bw", true},
-#endif
-#if defined(__AVX512VL__)
-      {"avx512vl", true},
-#endif
-#if defined(__AVX512DQ__)
-      {"avx512dq", true},
-#endif
-#endif
-  };
-}
+// An extension this build was compiled to use (the compiler may emit its instructions anywhere).
+struct Extension {
+  const char* name;
+  int present;  // this CPU has it (__builtin_cpu_supports: non-zero)
+};
 
-bool cpu_has(const std::string& name) {
+// Every extension compiled in, of those the kernels or the compiler's own code may use.
+std::vector<Extension> extensions() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (name == "avx") return __builtin_cpu_supports("avx");
-  if (name == "avx2") return __builtin_cpu_supports("avx2");
-  if (name == "fma") return __builtin_cpu_supports("fma");
-  if (name == "avx512f") return __builtin_cpu_supports("avx512f");
-  if (name == "avx512bw") return __builtin_cpu_supports("avx512bw");
-  if (name == "avx512vl") return __builtin_cpu_supports("avx512vl");
-  if (name == "avx512dq") return __builtin_cpu_supports("avx512dq");
+  return {
+#ifdef __AVX__
+      {"avx", __builtin_cpu_supports("avx")},
 #endif
-  (void)name;
-  return true;
+#ifdef __AVX2__
+      {"avx2", __builtin_cpu_supports("avx2")},
+#endif
+#ifdef __FMA__
+      {"fma", __builtin_cpu_supports("fma")},
+#endif
+#ifdef __AVX512F__
+      {"avx512f", __builtin_cpu_supports("avx512f")},
+#endif
+#ifdef __AVX512BW__
+      {"avx512bw", __builtin_cpu_supports("avx512bw")},
+#endif
+#ifdef __AVX512VL__
+      {"avx512vl", __builtin_cpu_supports("avx512vl")},
+#endif
+#ifdef __AVX512DQ__
+      {"avx512dq", __builtin_cpu_supports("avx512dq")},
+#endif
+  };
+#else
+  return {};
+#endif
 }
 
 }  // namespace
 
 std::string build_isa() {
   std::string out;
-  for (const auto& [name, on] : assumed())
-    if (on) out += (out.empty() ? "" : " ") + std::string(name);
+  for (const Extension& e : extensions()) out += (out.empty() ? "" : " ") + std::string(e.name);
   return out;
 }
 
 std::string missing_build_isa() {
   std::string out;
-  for (const auto& [name, on] : assumed())
-    if (on && !cpu_has(name)) out += (out.empty() ? "" : " ") + std::string(name);
+  for (const Extension& e : extensions())
+    if (!e.present) out += (out.empty() ? "" : " ") + std::string(e.name);
   return out;
 }
 
