@@ -13,3 +13,13 @@ if(NOT TARGET tokenmix_blas)
   target_include_directories(tokenmix_blas INTERFACE ${TOKENMIX_CBLAS_INCLUDE})
   target_link_libraries(tokenmix_blas INTERFACE ${TOKENMIX_OPENBLAS})
 endif()
+# oneDNN (Debian libdnnl-dev, built on OpenMP: the same libgomp pool as ours and OpenBLAS'): the
+# matmul primitive behind Linear. Found by path: Debian's dnnl-config.cmake insists on OpenCL headers
+# for its GPU runtime, which tokenmix does not use.
+find_path(TOKENMIX_DNNL_INCLUDE oneapi/dnnl/dnnl.hpp REQUIRED)
+find_library(TOKENMIX_DNNL NAMES dnnl REQUIRED)
+if(NOT TARGET tokenmix_dnnl)
+  add_library(tokenmix_dnnl INTERFACE IMPORTED)
+  target_include_directories(tokenmix_dnnl INTERFACE ${TOKENMIX_DNNL_INCLUDE})
+  target_link_libraries(tokenmix_dnnl INTERFACE ${TOKENMIX_DNNL})
+endif()

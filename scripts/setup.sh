@@ -3,7 +3,7 @@
 # `setup.sh clang` adds clang 14 with its OpenMP and sanitizer/libFuzzer runtimes (make clang-test, make fuzz);
 # `setup.sh python` adds Python's headers and venv and Debian's numpy / torch (make venv, make test).
 set -euo pipefail
-packages=(g++ cmake make libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
+packages=(g++ cmake make libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
           libbenchmark-dev)
 if [ "${1:-}" = clang ]; then packages+=(clang libomp-14-dev libclang-rt-14-dev); fi
 if [ "${1:-}" = python ]; then packages+=(python3-dev python3-venv python3-numpy python3-torch python3-torchaudio); fi

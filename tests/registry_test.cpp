@@ -84,18 +84,28 @@ TEST(Registry, ErrorsNameModuleOptionAndFile) {
 
 // Each family's options struct validates field by field, before any weight is read.
 TEST(Registry, OptionsValidateEachField) {
-  EspnetMhaOptions e{8, 2};
+  EspnetMhaOptions e;
+  e.n_feat = 8;
+  e.n_head = 2;
   e.validate();
   e.dropout = 1.5;
   test::expect_error([&] { e.validate(); }, "EspnetMultiHeadedAttention: dropout: expected 0 <= p <= 1, got 1.5");
-  test::expect_error([] { EspnetMhaOptions{8, 3}.validate(); }, "n_feat (8) must be divisible by n_head (3)");
-  test::expect_error([] { FastSelfAttentionOptions{0, 1}.validate(); },
+  e.dropout = 0;
+  e.n_head = 3;
+  test::expect_error([&] { e.validate(); }, "n_feat (8) must be divisible by n_head (3)");
+  test::expect_error([] { FastSelfAttentionOptions{}.validate(); },
                      "FastSelfAttention: size: expected 1 <= size <= 65536, got 0");
-  LabmlMhaOptions l{2, 8};
+  const LabmlMhaOptions fresh = [] {
+    LabmlMhaOptions o;
+    o.heads = 2;
+    o.d_model = 8;
+    return o;
+  }();
+  LabmlMhaOptions l = fresh;
   l.validate();
   l.dropout_prob = -0.1;
   test::expect_error([&] { l.validate(); }, "LabmlMultiHeadAttention: dropout_prob: expected 0 <= p <= 1, got -0.1");
-  l = LabmlMhaOptions{2, 8};
+  l = fresh;
   l.bias = false;
   l.conv = QkvConv::kShared;
   test::expect_error([&] { l.validate(); }, "bias: expected true for the Primer-EZ classes");

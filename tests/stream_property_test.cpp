@@ -73,11 +73,18 @@ TEST_P(StreamContract, NoHeapAllocationPerPushAfterWarmUp) {
   opts.window = 4;
   opts = test::accepted_options(*layer_, opts);
   for (const int64_t C : {1, 3}) test::expect_no_allocations_per_push(*layer_, x, opts, C);
+  // The same layer on the reference GEMM backend: no allocation at all.
+  cases::Case c = cases::parse_case(*file_);
+  c.linear = {Precision::kFp32, GemmBackend::kReference};
+  const auto reference = cases::build_layer(c);
+  for (const int64_t C : {1, 3}) test::expect_no_allocations_per_push(*reference, x, opts, C);
 }
 
 // Offline forward reuses its scratch (the layer's WorkspacePool): a later call of the same shape
-// allocates its output and at most 1 KiB more (the heap high-water mark above the bytes live before
-// the call), so no large buffer is allocated, and page-faulted, again.
+// allocates its output and at most 16 KiB more (the heap high-water mark above the bytes live before
+// the call), so no large buffer is allocated, and page-faulted, again. (The margin: a worker thread's
+// first oneDNN call on a projection creates its execution context, a stream and a 640-byte
+// scratchpad, and whether a warm-up call already did depends on how the OpenMP threads overlapped.)
 TEST_P(StreamContract, ForwardReusesScratch) {
   const StreamOptionSpec spec = layer_->stream_options_accepted();
   const int64_t T = spec.window ? std::min<int64_t>(64, spec.max_window) : 64;
@@ -92,7 +99,7 @@ TEST_P(StreamContract, ForwardReusesScratch) {
   RecordProperty("forward_extra_bytes", std::to_string(extra));
   std::printf("[ scratch ] %s: repeated forward's extra heap %lld bytes (output %lld)\n", GetParam().label.c_str(),
               static_cast<long long>(extra), static_cast<long long>(out_bytes));
-  EXPECT_LE(extra, out_bytes + 1024) << "the forward allocated scratch again";
+  EXPECT_LE(extra, out_bytes + (16 << 10)) << "the forward allocated scratch again";
 }
 
 INSTANTIATE_TEST_SUITE_P(AllLayers, StreamContract, ::testing::ValuesIn(layer_cases()),

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "onednn_matmul.h"
 #include "tokenmix/core/threads.h"
 
 namespace tokenmix {
@@ -136,25 +137,46 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn)
   return y;
 }
 
-Linear::Linear(Tensor weight, Tensor bias) : weight_(std::move(weight)), bias_(std::move(bias)) {
+Linear::Linear(Tensor weight, Tensor bias, const LinearOptions& options)
+    : weight_(std::move(weight)), bias_(std::move(bias)), options_(options) {
   check_ndim(weight_, 2, "Linear", "weight");
   if (!bias_.empty()) check_shape(bias_, {weight_.dim(0)}, "Linear", "bias");
+  options_.Validate("Linear");
+  if (options_.backend == GemmBackend::kReference) return;  // fp32 (Validate), auto included
+  precision_ = resolve_precision(options_.precision);
+  // An empty product (no rows of weights or no inputs) has nothing to pack: the reference path
+  // writes its bias-or-zeros output.
+  if (weight_.numel() > 0) packed_ = std::make_shared<const OnednnMatmul>(weight_, bias_, precision_);
 }
 
 Linear Linear::rows(int64_t first, int64_t count) const {
   check(first >= 0 && count >= 0 && first <= out_features() - count, "Linear::rows: [", first, ", ", first + count,
         ") out of range for ", out_features(), " output features");
-  Linear part;
-  part.weight_ = weight_.narrow(first, count);
-  if (!bias_.empty()) part.bias_ = bias_.narrow(first, count);
-  return part;
+  return Linear(weight_.narrow(first, count), bias_.empty() ? Tensor{} : bias_.narrow(first, count), options_);
+}
+
+std::string Linear::impl() const {
+  return packed_ ? "onednn " + packed_->impl() : std::string("openblas sgemm (reference)");
 }
 
 void Linear::apply(const float* x, int64_t rows, int64_t ldx, float* y, int64_t ldy, bool accumulate) const {
+  if (packed_) {
+    packed_->apply(x, rows, ldx, y, ldy, accumulate);
+    return;
+  }
   linear_raw(x, rows, in_features(), ldx, weight_.data(), bias_.empty() ? nullptr : bias_.data(), out_features(),
              y, ldy, accumulate);
 }
 
-Tensor Linear::operator()(const Tensor& x, const char* fn) const { return linear(x, weight_, bias_, fn); }
+Tensor Linear::operator()(const Tensor& x, const char* fn) const {
+  check(x.ndim() >= 1 && x.dim(-1) == in_features(), fn, ": input: expected last axis of size ", in_features(),
+        ", got shape ", x.shape());
+  std::vector<int64_t> d = x.shape().dims();
+  d.back() = out_features();
+  Tensor y = Tensor::uninitialized(Shape(d));
+  const int64_t rows = out_features() ? y.numel() / out_features() : 0;
+  apply(x.data(), rows, in_features(), y.data(), out_features());
+  return y;
+}
 
 }  // namespace tokenmix

@@ -55,12 +55,12 @@ ContinualMultiheadAttention::ContinualMultiheadAttention(const char* cls, const 
   const Tensor b_in = o.bias ? r.take("in_proj_bias", Shape{3 * E_}) : Tensor{};
   const bool have_bias = !o.bias || !b_in.empty();  // (a missing bias is reported by finish())
   if (packed && !w_in.empty() && have_bias) {
-    in_proj_ = Linear(w_in, b_in);
+    in_proj_ = Linear(w_in, b_in, o.linear);
     for (int i = 0; i < 3; ++i) qkv_[i] = in_proj_.rows(i * E_, E_);
   } else if (!packed && !w[0].empty() && !w[1].empty() && !w[2].empty() && have_bias) {
-    for (int i = 0; i < 3; ++i) qkv_[i] = Linear(w[i], o.bias ? b_in.narrow(i * E_, E_) : Tensor{});
+    for (int i = 0; i < 3; ++i) qkv_[i] = Linear(w[i], o.bias ? b_in.narrow(i * E_, E_) : Tensor{}, o.linear);
   }
-  out_ = take_linear(r, "out_proj.", E_, E_, o.bias);
+  out_ = take_linear(r, "out_proj.", E_, E_, o.linear, o.bias);
   if (o.add_bias_kv) {
     bias_k_ = r.take("bias_k", Shape{1, 1, E_});
     bias_v_ = r.take("bias_v", Shape{1, 1, E_});

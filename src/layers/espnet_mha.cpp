@@ -27,20 +27,23 @@ EspnetMultiHeadedAttention::EspnetMultiHeadedAttention(const EspnetMhaOptions& o
   options.validate();
   const int64_t n_feat = n_feat_;
   WeightReader r(state_dict, fn);
-  const Linear q = take_linear(r, "linear_q.", n_feat, n_feat), k = take_linear(r, "linear_k.", n_feat, n_feat),
-               v = take_linear(r, "linear_v.", n_feat, n_feat);
-  out_ = take_linear(r, "linear_out.", n_feat, n_feat);
+  const int64_t E = n_feat;
+  Tensor w[3], b[3];
+  const char* names[3] = {"linear_q.", "linear_k.", "linear_v."};
+  for (int i = 0; i < 3; ++i) {
+    w[i] = r.take(std::string(names[i]) + "weight", Shape{E, E});
+    b[i] = r.take(std::string(names[i]) + "bias", Shape{E});
+  }
+  out_ = take_linear(r, "linear_out.", n_feat, n_feat, options.linear);
   r.finish();
   // q, k, v stacked into one (3E, E) projection (self-attention projects them in one GEMM); q_, k_,
-  // v_ are views of its rows.
-  const int64_t E = n_feat;
+  // v_ are its rows (cross-attention projects query and memory separately).
   Tensor w_qkv{Shape{3 * E, E}}, b_qkv{Shape{3 * E}};
-  const Linear* parts[] = {&q, &k, &v};
   for (int i = 0; i < 3; ++i) {
-    std::copy(parts[i]->weight().begin(), parts[i]->weight().end(), w_qkv.data() + i * E * E);
-    std::copy(parts[i]->bias().begin(), parts[i]->bias().end(), b_qkv.data() + i * E);
+    std::copy(w[i].begin(), w[i].end(), w_qkv.data() + i * E * E);
+    std::copy(b[i].begin(), b[i].end(), b_qkv.data() + i * E);
   }
-  qkv_ = Linear(w_qkv, b_qkv);
+  qkv_ = Linear(w_qkv, b_qkv, options.linear);
   q_ = qkv_.rows(0, E);
   k_ = qkv_.rows(E, E);
   v_ = qkv_.rows(2 * E, E);

@@ -57,11 +57,11 @@ FastSelfAttention::FastSelfAttention(const FastSelfAttentionOptions& o, const St
   const int64_t size = o.size, attention_heads = o.attention_heads;
   scale_ = std::sqrt(static_cast<float>(head_dim_));
   WeightReader r(state_dict, fn);
-  query_ = take_linear(r, "query.", size, size);
-  query_att_ = take_linear(r, "query_att.", attention_heads, size);
-  key_ = take_linear(r, "key.", size, size);
-  key_att_ = take_linear(r, "key_att.", attention_heads, size);
-  transform_ = take_linear(r, "transform.", size, size);
+  query_ = take_linear(r, "query.", size, size, o.linear);
+  query_att_ = take_linear(r, "query_att.", attention_heads, size, o.linear);
+  key_ = take_linear(r, "key.", size, size, o.linear);
+  key_att_ = take_linear(r, "key_att.", attention_heads, size, o.linear);
+  transform_ = take_linear(r, "transform.", size, size, o.linear);
   r.finish();
 }
 

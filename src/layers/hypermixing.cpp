@@ -85,8 +85,8 @@ HyperMixing::HyperMixing(const HyperMixingOptions& o, const StateDict& state_dic
   auto heads = [&](const std::array<Tensor, 4>& t) {
     Generator g;
     for (int64_t h = 0; h < H_; ++h) {
-      g.fc1.emplace_back(t[0][h], t[1][h]);
-      g.fc2.emplace_back(t[2][h], t[3][h]);
+      g.fc1.emplace_back(t[0][h], t[1][h], o.linear);
+      g.fc2.emplace_back(t[2][h], t[3][h], o.linear);
     }
     return g;
   };

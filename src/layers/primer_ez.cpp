@@ -171,10 +171,10 @@ LabmlMultiHeadAttention::LabmlMultiHeadAttention(const LabmlMhaOptions& o, const
   const bool bias = o.bias;
   WeightReader r(state_dict, fn);
   const std::string sub = conv == QkvConv::kNone ? ".linear." : ".0.linear.";
-  qkv_[0] = take_linear(r, "query" + sub, d_model, d_model, bias);
-  qkv_[1] = take_linear(r, "key" + sub, d_model, d_model, bias);
-  qkv_[2] = take_linear(r, "value" + sub, d_model, d_model);
-  out_ = take_linear(r, "output.", d_model, d_model);
+  qkv_[0] = take_linear(r, "query" + sub, d_model, d_model, o.linear, bias);
+  qkv_[1] = take_linear(r, "key" + sub, d_model, d_model, o.linear, bias);
+  qkv_[2] = take_linear(r, "value" + sub, d_model, d_model, o.linear);
+  out_ = take_linear(r, "output.", d_model, d_model, o.linear);
   if (conv != QkvConv::kNone) {
     const char* names[3] = {"query", "key", "value"};
     for (int i = 0; i < 3; ++i)

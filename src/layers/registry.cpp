@@ -81,15 +81,16 @@ class Config {
   nlohmann::json json_;
 };
 
-using Builder = std::function<std::unique_ptr<Layer>(const Config&, const StateDict&)>;
+using Builder = std::function<std::unique_ptr<Layer>(const Config&, const StateDict&, const LinearOptions&)>;
 
 struct Entry {
   ModuleSpec spec;
   Builder build;
 };
 
-ContinualMhaOptions continual_options(const Config& c) {
+ContinualMhaOptions continual_options(const Config& c, const LinearOptions& linear) {
   ContinualMhaOptions o;
+  o.linear = linear;
   o.embed_dim = c.integer("embed_dim");
   o.num_heads = c.integer("num_heads");
   o.sequence_len = c.integer("sequence_len");
@@ -110,8 +111,9 @@ ContinualMhaOptions continual_options(const Config& c) {
 Entry labml(const std::string& cls, QkvConv conv, bool has_bias) {
   std::vector<std::string> options = {"heads", "d_model", "dropout_prob"};
   if (has_bias) options.push_back("bias");
-  return {{cls, "primer_ez", options, "left_context"}, [conv](const Config& c, const StateDict& w) {
+  return {{cls, "primer_ez", options, "left_context"}, [conv](const Config& c, const StateDict& w, const LinearOptions& l) {
             LabmlMhaOptions o;
+  o.linear = l;
             o.heads = c.integer("heads");
             o.d_model = c.integer("d_model");
             o.dropout_prob = c.number("dropout_prob", 0.1);
@@ -130,8 +132,9 @@ const std::vector<Entry>& entries() {
   static const std::vector<Entry> all = {
       {{"espnet2.asr.state_spaces.attention.MultiHeadedAttention", "espnet_mha",
         {"n_feat", "n_head", "dropout", "transposed"}, "left_context"},
-       [](const Config& c, const StateDict& w) {
+       [](const Config& c, const StateDict& w, const LinearOptions& l) {
          EspnetMhaOptions o;
+  o.linear = l;
          o.n_feat = c.integer("n_feat");
          o.n_head = c.integer("n_head");
          o.dropout = c.number("dropout", 0.0);
@@ -140,19 +143,20 @@ const std::vector<Entry>& entries() {
        }},
       {{"continual.multihead_attention.single_output_mha.SingleOutputMultiheadAttention", "continual", continual,
         "none (the window is sequence_len)"},
-       [](const Config& c, const StateDict& w) {
-         return std::make_unique<SingleOutputMultiheadAttention>(continual_options(c), w);
+       [](const Config& c, const StateDict& w, const LinearOptions& l) {
+         return std::make_unique<SingleOutputMultiheadAttention>(continual_options(c, l), w);
        }},
       {{"continual.multihead_attention.retroactive_mha.RetroactiveMultiheadAttention", "continual", continual,
         "none (the window is sequence_len)"},
-       [](const Config& c, const StateDict& w) {
-         return std::make_unique<RetroactiveMultiheadAttention>(continual_options(c), w);
+       [](const Config& c, const StateDict& w, const LinearOptions& l) {
+         return std::make_unique<RetroactiveMultiheadAttention>(continual_options(c, l), w);
        }},
       {{"speechbrain.nnet.hypermixing.HyperMixing", "hypermixing",
         {"input_output_dim", "hypernet_size", "tied", "num_heads", "fix_tm_hidden_size", "max_length"},
         "window, position"},
-       [](const Config& c, const StateDict& w) {
+       [](const Config& c, const StateDict& w, const LinearOptions& l) {
          HyperMixingOptions o;
+  o.linear = l;
          o.input_output_dim = c.integer("input_output_dim");
          o.hypernet_size = c.integer("hypernet_size");
          o.tied = c.boolean("tied", false);
@@ -168,8 +172,9 @@ const std::vector<Entry>& entries() {
       labml(primer + "efficient.MultiDConvHeadAttention", QkvConv::kEfficient, false),
       {{"espnet2.asr.layers.fastformer.FastSelfAttention", "fastformer", {"size", "attention_heads", "dropout_rate"},
         "window, position"},
-       [](const Config& c, const StateDict& w) {
+       [](const Config& c, const StateDict& w, const LinearOptions& l) {
          FastSelfAttentionOptions o;
+  o.linear = l;
          o.size = c.integer("size");
          o.attention_heads = c.integer("attention_heads");
          o.dropout_rate = c.number("dropout_rate", 0.0);
@@ -190,22 +195,23 @@ const std::vector<ModuleSpec>& supported_modules() {
   return specs;
 }
 
-std::unique_ptr<Layer> make_layer(const std::string& module, const std::string& config, const StateDict& weights) {
+std::unique_ptr<Layer> make_layer(const std::string& module, const std::string& config, const StateDict& weights,
+                                  const LinearOptions& linear) {
   for (const auto& e : entries())
-    if (e.spec.module == module) return e.build(Config(module, config, e.spec.options), weights);
+    if (e.spec.module == module) return e.build(Config(module, config, e.spec.options), weights, linear);
   std::string list;
   for (const auto& e : entries()) list += "\n  " + e.spec.module + " (" + e.spec.family + ")";
   fail("make_layer: module: unknown or not a sequence layer: '", module, "'; supported:", list);
 }
 
-std::unique_ptr<Layer> load_layer(const std::string& path) {
+std::unique_ptr<Layer> load_layer(const std::string& path, const LinearOptions& linear) {
   const SafetensorsFile f(path);
   const auto& meta = f.metadata();
   for (const char* key : {"module", "config"})
     check(meta.count(key) != 0, "load_layer: ", path, ": __metadata__ has no '", key,
           "' (a self-describing checkpoint stores the upstream module and its constructor arguments)");
   const std::string prefix = meta.count("call") ? "param." : "";
-  return make_layer(meta.at("module"), meta.at("config"), StateDict::from_file(f, prefix));
+  return make_layer(meta.at("module"), meta.at("config"), StateDict::from_file(f, prefix), linear);
 }
 
 }  // namespace tokenmix

@@ -47,7 +47,9 @@ std::vector<std::string> registry_modules(const std::string& family) {
   return out;
 }
 
-std::unique_ptr<Layer> build_layer(const Case& c) { return make_layer(c.module, c.config.dump(), params(c)); }
+std::unique_ptr<Layer> build_layer(const Case& c) {
+  return make_layer(c.module, c.config.dump(), params(c), c.linear);
+}
 
 namespace {
 
@@ -62,6 +64,10 @@ Comparison compare(const std::string& name, const Tensor& got, const Safetensors
     return cmp;
   }
   cmp.pass = true;
+  double scale = 0;
+  for (int64_t i = 0; i < want.numel(); ++i)
+    if (std::isfinite(want.data()[i])) scale = std::max(scale, std::fabs(double(want.data()[i])));
+  const double scale_atol = tol.scale * scale;
   for (int64_t i = 0; i < got.numel(); ++i) {
     const double a = got.data()[i], e = want.data()[i], d = std::fabs(a - e);
     if (std::isnan(d)) {
@@ -74,15 +80,19 @@ Comparison compare(const std::string& name, const Tensor& got, const Safetensors
       cmp.max_abs = std::max(cmp.max_abs, d);
       cmp.max_rel = std::max(cmp.max_rel, d / std::max(std::fabs(e), 1e-6));
     }
-    if (d > tol.atol + tol.rtol * std::fabs(e)) cmp.pass = false;
+    if (d > tol.atol + tol.rtol * std::fabs(e) + scale_atol) cmp.pass = false;
   }
   return cmp;
 }
 
 }  // namespace
 
-CaseResult run_case(const SafetensorsFile& file, double atol, double rtol) {
-  const Case c = parse_case(file);
+double precision_gate(Precision p) { return p == Precision::kBf16 ? 1e-2 : 0.0; }
+
+CaseResult run_case(const SafetensorsFile& file, double atol, double rtol, const LinearOptions& linear) {
+  Case c = parse_case(file);
+  c.linear = linear;
+  const Precision runs = linear.backend == GemmBackend::kReference ? Precision::kFp32 : resolve_precision(linear.precision);
   const CaseFamily& fam = family_for(c.module);
   Outputs produced;
   try {
@@ -105,6 +115,7 @@ CaseResult run_case(const SafetensorsFile& file, double atol, double rtol) {
     Tolerance tol = fam.tolerance(name, c);
     if (atol >= 0) tol.atol = atol;
     if (rtol >= 0) tol.rtol = rtol;
+    tol.scale = precision_gate(runs);
     r.comparisons.push_back(compare(name, it->second, file, tol));
   }
   return r;

@@ -25,9 +25,18 @@ namespace tokenmix::cases {
 // produced flattened to 4-D); the stored dims are used when writing.
 using Outputs = std::map<std::string, Tensor>;
 
+// An output passes when every element is within atol + rtol * |expected| + scale * max |expected|.
+// scale is the reduced-precision gate (precision_gate()); 0 for fp32.
 struct Tolerance {
-  double atol = 1e-5, rtol = 1e-5;
+  double atol = 1e-5, rtol = 1e-5, scale = 0;
 };
+
+// The parity gate of a precision, as a fraction of an output's largest magnitude: 0 for fp32; for
+// bf16 1e-2 (bf16 keeps 8 significant bits, 2^-9 relative rounding per operand; a projection's
+// rounding errors add up to ~1e-3 of its output's scale, and the layers' softmaxes, norms and second
+// products may amplify that a few times: 1e-2 leaves margin without letting a wrong kernel through,
+// whose errors are O(1) of the scale).
+double precision_gate(Precision p);
 
 // Everything a family needs from a case file, with the metadata parsed.
 struct Case {
@@ -35,6 +44,7 @@ struct Case {
   std::string module;
   nlohmann::json config;  // constructor kwargs
   nlohmann::json call;    // object or list of calls
+  LinearOptions linear = {};  // how the replayed layer's projections run (tokenmix run --precision)
 };
 
 struct CaseFamily {
@@ -76,7 +86,8 @@ struct CaseResult {
 Case parse_case(const SafetensorsFile& file);
 // Runs the case and compares against its out.* tensors, with the family's tolerance or, where
 // atol / rtol are >= 0, with those instead. Throws Error on bad input.
-CaseResult run_case(const SafetensorsFile& file, double atol = -1, double rtol = -1);
+// linear: how the layer's projections run; with bf16 each output's tolerance gains precision_gate().
+CaseResult run_case(const SafetensorsFile& file, double atol = -1, double rtol = -1, const LinearOptions& linear = {});
 // Writes the outputs under their out.* names, with the stored dims of the case's own tensors.
 void write_outputs(const CaseResult& result, const SafetensorsFile& file, const std::string& path);
 
@@ -109,7 +120,7 @@ int64_t config_int(const Case& c, const std::string& key, int64_t fallback);
 StateDict params(const Case& c);
 // The modules of the library's registry (supported_modules()) of one family.
 std::vector<std::string> registry_modules(const std::string& family);
-// The case's layer from the library's registry (make_layer with module, config and params).
+// The case's layer from the library's registry (make_layer with module, config, params and c.linear).
 std::unique_ptr<Layer> build_layer(const Case& c);
 // build_layer as the concrete class L the family's call replay needs.
 template <typename L>

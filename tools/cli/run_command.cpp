@@ -18,6 +18,7 @@ struct RunOptions {
   std::vector<std::string> paths;
   std::string out;
   double atol = -1, rtol = -1;
+  std::string precision = "fp32";
 };
 
 // Every .safetensors file under the given paths, with the folder it was found under (for --out).
@@ -73,6 +74,13 @@ int run(const RunOptions& o) {
   };
   std::map<std::string, Row> summary;
   int failed = 0;  // cases that mismatched or could not be run
+  LinearOptions linear;
+  linear.precision = parse_precision(o.precision, "tokenmix run: --precision");
+  const Precision runs = linear.backend == GemmBackend::kReference ? Precision::kFp32 : resolve_precision(linear.precision);
+  std::printf("precision %s (%s): each output within its SPEC tolerance", precision_name(runs),
+              linear.backend == GemmBackend::kReference ? "reference GEMM" : "oneDNN GEMM");
+  if (cases::precision_gate(runs) > 0) std::printf(" + %.0e x its largest |expected|", cases::precision_gate(runs));
+  std::printf("\n");
   for (const auto& [file, root] : files) {
     const std::string shown = root.empty() ? file.string() : fs::relative(file, root).string();
     std::string family = "?";
@@ -81,7 +89,7 @@ int run(const RunOptions& o) {
     try {
       SafetensorsFile f(file.string());
       family = cases::family_for(cases::parse_case(f).module).family;
-      const cases::CaseResult r = cases::run_case(f, o.atol, o.rtol);
+      const cases::CaseResult r = cases::run_case(f, o.atol, o.rtol, linear);
       if (!o.out.empty()) write_case_outputs(r, f, many ? fs::path(o.out) / fs::path(shown) : fs::path(o.out));
       double max_abs = 0, max_rel = 0;
       bool pass = true;
@@ -149,6 +157,11 @@ void add_run_command(CLI::App& app, int* status) {
                   "Absolute tolerance. Default: each family's tolerance from its SPEC (1e-5; HyperMixing "
                   "2e-5; Retroactive streams 2e-5)");
   cmd->add_option("--rtol", opts->rtol, "Relative tolerance. Default: each family's tolerance from its SPEC");
+  cmd->add_option("--precision", opts->precision,
+                  "Precision of the layers' projections: fp32, bf16 (error: the CPU lacks AVX512-BF16 / AMX) or auto "
+                  "(bf16 where it is faster on this CPU, else fp32). bf16 outputs are compared with the fp32 "
+                  "expectations within the precision's gate: the SPEC tolerance + 1e-2 x the output's largest "
+                  "magnitude. Default: fp32");
   cmd->callback([opts, status] { *status = run(*opts); });
 }
 

@@ -1,9 +1,14 @@
-// tokenmix/kernels/linear.h: dense projections on OpenBLAS (cblas), PyTorch nn.Linear layout.
+// tokenmix/kernels/linear.h: dense projections in PyTorch nn.Linear layout (the Linear type, on
+// oneDNN's matmul with prepacked weights, fp32 or bf16), and the plain OpenBLAS (cblas) GEMM / GEMV
+// wrappers used for products of activations and as Linear's reference path.
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <string>
 
 #include "tokenmix/core/tensor.h"
+#include "tokenmix/kernels/precision.h"
 
 namespace tokenmix {
 
@@ -22,24 +27,35 @@ void linear_raw(const float* x, int64_t rows, int64_t in_features, int64_t ldx, 
 // has the wrong size.
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn = "linear");
 
+class OnednnMatmul;
+
 // A projection's weights in PyTorch nn.Linear layout, y = x·Wᵀ + b. Every projection of every layer
-// applies its weights through it, so the GEMM is chosen in one place; float32 today (dtype() is the
-// seam for bf16 / int8 weights prepacked at load).
+// applies its weights through it, so the GEMM and the precision are chosen in one place
+// (LinearOptions): on the oneDNN backend the weights are reordered once, at construction, into the
+// layout and precision oneDNN's matmul wants on this CPU (never stored); on the reference backend
+// apply() is one OpenBLAS sgemm on the weights as loaded. Immutable; apply() is thread-safe.
 class Linear {
  public:
   Linear() = default;
   // weight (out_features, in_features); bias (out_features) or empty (no bias). The tensors are
-  // shared, not copied. Throws Error "Linear: ..." on other shapes.
-  explicit Linear(Tensor weight, Tensor bias = {});
-  // Output features [first, first + count) as their own projection (a view of the same storage),
-  // e.g. the query part of a packed in_proj. Throws Error when the range is out of bounds.
+  // shared, not copied (weight() stays the float32 weights whatever the precision). Throws Error
+  // "Linear: ..." on other shapes, on invalid options, and when the precision cannot run on this
+  // CPU (resolve_precision).
+  explicit Linear(Tensor weight, Tensor bias = {}, const LinearOptions& options = {});
+  // Output features [first, first + count) as their own projection with the same options (a view
+  // of the same float32 storage, packed again), e.g. the query part of a packed in_proj. Throws
+  // Error when the range is out of bounds.
   Linear rows(int64_t first, int64_t count) const;
 
   bool empty() const { return weight_.empty(); }
   int64_t in_features() const { return weight_.dim(1); }
   int64_t out_features() const { return weight_.dim(0); }
-  const char* dtype() const { return "F32"; }
-  const Tensor& weight() const { return weight_; }  // (out_features, in_features)
+  // What runs: fp32 or bf16 (never auto).
+  Precision precision() const { return precision_; }
+  // The GEMM implementation, e.g. "onednn brg:avx512_core_bf16" or "openblas sgemm (reference)".
+  std::string impl() const;
+  const LinearOptions& options() const { return options_; }
+  const Tensor& weight() const { return weight_; }  // (out_features, in_features), float32
   const Tensor& bias() const { return bias_; }      // (out_features) or empty
   // y (rows, stride ldy) = x (rows, stride ldx) · Wᵀ + b; accumulate adds to y instead (the bias
   // too). No checks (callers validate shapes).
@@ -49,6 +65,9 @@ class Linear {
 
  private:
   Tensor weight_, bias_;
+  LinearOptions options_;
+  Precision precision_ = Precision::kFp32;
+  std::shared_ptr<const OnednnMatmul> packed_;  // null on the reference backend (or with no weights)
 };
 
 // C (M x N, ldc) = alpha * A (M x K, lda) · op(B) + beta * C, row-major; op(B) = Bᵀ when

@@ -67,6 +67,7 @@ struct ContinualMhaOptions {
   // Upstream forward() returns (o, attn_weights) when true, else o. Kept for the Python drop-in call
   // (and checkpoints); the C++ forward returns o and fills attn_weights when asked either way.
   bool forward_returns_attn_mask = true;
+  LinearOptions linear;  // precision and GEMM backend of the projections (ours, not an upstream argument)
   // Throws Error "<cls>: <option>: expected ..., got ..." for the first bad option; batch_first
   // unset means batch_first_default (the class's). query_index is checked by SingleOutput.
   void validate(const char* cls, bool batch_first_default) const;
@@ -116,6 +117,7 @@ class ContinualMultiheadAttention : public Layer {
   // batch < 1 and for configurations that cannot stream.
   StreamOptionSpec stream_options_accepted() const override { return {}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
+  const Linear& projection() const override { return out_; }
 
  protected:
   // Loads in_proj_weight (3E, E) (or q/k/v_proj_weight with kdim/vdim), in_proj_bias (3E),

@@ -30,6 +30,7 @@ struct EspnetMhaOptions {
   int64_t n_head = 0;        // H >= 1 with E % H == 0
   double dropout = 0.0;      // 0 <= p <= 1; accepted, never applied (inference)
   bool transposed = false;   // accepted and ignored, as upstream (SPEC section 2)
+  LinearOptions linear;  // precision and GEMM backend of the projections (ours, not an upstream argument)
   // Throws Error "EspnetMultiHeadedAttention: <option>: expected ..., got ..." for the first bad one.
   void validate() const;
 };
@@ -41,7 +42,7 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
   // unexpected and mis-shaped keys.
   EspnetMultiHeadedAttention(const EspnetMhaOptions& options, const StateDict& state_dict);
   EspnetMultiHeadedAttention(int64_t n_feat, int64_t n_head, const StateDict& state_dict)
-      : EspnetMultiHeadedAttention(EspnetMhaOptions{n_feat, n_head}, state_dict) {}
+      : EspnetMultiHeadedAttention(EspnetMhaOptions{n_feat, n_head, 0.0, false, {}}, state_dict) {}
 
   std::string name() const override { return "espnet_mha"; }
   int64_t d_model() const override { return n_feat_; }
@@ -85,6 +86,7 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
   // O(t·E + E²) for t cached tokens. options.left_context limits the cache (0 = unlimited).
   StreamOptionSpec stream_options_accepted() const override { return {true, false, 0}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
+  const Linear& projection() const override { return out_; }
 
 
  private:

@@ -50,6 +50,7 @@ struct FastSelfAttentionOptions {
   int64_t size = 0;             // E, 1 <= E <= 2^16
   int64_t attention_heads = 0;  // H >= 1 with E % H == 0
   double dropout_rate = 0.0;    // 0 <= p <= 1; identity at inference
+  LinearOptions linear;  // precision and GEMM backend of the projections (ours, not an upstream argument)
   // Throws Error "FastSelfAttention: <option>: expected ..., got ..." for the first bad one.
   void validate() const;
 };
@@ -63,7 +64,7 @@ class FastSelfAttention : public Layer {
   // throws Error listing missing, unexpected and mis-shaped keys.
   FastSelfAttention(const FastSelfAttentionOptions& options, const StateDict& state_dict);
   FastSelfAttention(int64_t size, int64_t attention_heads, double dropout_rate, const StateDict& state_dict)
-      : FastSelfAttention(FastSelfAttentionOptions{size, attention_heads, dropout_rate}, state_dict) {}
+      : FastSelfAttention(FastSelfAttentionOptions{size, attention_heads, dropout_rate, {}}, state_dict) {}
 
   std::string name() const override { return "fastformer"; }
   int64_t d_model() const override { return size_; }
@@ -93,6 +94,7 @@ class FastSelfAttention : public Layer {
   // on invalid batch or options.
   StreamOptionSpec stream_options_accepted() const override { return {false, true, limits::kMaxTokens}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
+  const Linear& projection() const override { return transform_; }
 
   // Shared building blocks of forward and the stream (rows of width cache_width()):
   // one token's cached row is [q (E) | k (E) | a (H)], a = the scaled query-attention logits.

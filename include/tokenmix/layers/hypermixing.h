@@ -49,6 +49,7 @@ struct HyperMixingOptions {
   bool fix_tm_hidden_size = false;  // K = hypernet_size instead of hypernet_size / H
   int64_t max_length = 3000;        // rows of the positional table (1 <= max_length <= 2^20,
                                     // limits::kMaxTokens); forward needs T <= max_length
+  LinearOptions linear;  // precision and GEMM backend of the projections (ours, not an upstream argument)
   // Throws Error "HyperMixing: <option>: expected ..., got ..." for the first bad one.
   void validate() const;
 };
@@ -97,6 +98,7 @@ class HyperMixing : public Layer {
   // batch < 1. The layer must outlive the stream.
   StreamOptionSpec stream_options_accepted() const override { return {false, true, max_length_}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
+  const Linear& projection() const override { return gen1_.fc1.front(); }
 
  private:
   friend class HyperMixingStream;

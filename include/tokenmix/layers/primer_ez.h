@@ -127,6 +127,7 @@ struct LabmlMhaOptions {
   double dropout_prob = 0.1;  // 0 <= p <= 1; identity at inference
   bool bias = true;           // MultiHeadAttention only (query/key biases); true for the Primer classes
   QkvConv conv = QkvConv::kNone;
+  LinearOptions linear;  // precision and GEMM backend of the projections (ours, not an upstream argument)
   // Throws Error "LabmlMultiHeadAttention: <option>: expected ..., got ..." for the first bad one.
   void validate() const;
 };
@@ -146,7 +147,7 @@ class LabmlMultiHeadAttention : public Layer, private CausalAttentionCore {
   LabmlMultiHeadAttention(const LabmlMhaOptions& options, const StateDict& state_dict);
   LabmlMultiHeadAttention(QkvConv conv, int64_t heads, int64_t d_model, const StateDict& state_dict,
                           bool bias = true)
-      : LabmlMultiHeadAttention(LabmlMhaOptions{heads, d_model, 0.1, bias, conv}, state_dict) {}
+      : LabmlMultiHeadAttention(LabmlMhaOptions{heads, d_model, 0.1, bias, conv, {}}, state_dict) {}
 
   std::string name() const override { return "primer_ez"; }
   int64_t d_model() const override { return d_model_; }
@@ -179,6 +180,7 @@ class LabmlMultiHeadAttention : public Layer, private CausalAttentionCore {
   // stream_reference for any chunking. Throws Error when batch < 1 or left_context < 0.
   StreamOptionSpec stream_options_accepted() const override { return {true, false, 0}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
+  const Linear& projection() const override { return out_; }
 
   // The convolution after projection `which` (null for kNone); used by the stream.
   const CausalDepthwiseConv* qkv_conv(Projection which) const { return convs_[static_cast<int>(which)].get(); }

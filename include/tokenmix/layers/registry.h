@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/precision.h"
 #include "tokenmix/streaming/stream.h"
 
 namespace tokenmix {
@@ -32,13 +33,14 @@ const std::vector<ModuleSpec>& supported_modules();
 // keyword arguments; absent ones take the upstream defaults) and weights (upstream state_dict keys).
 // Throws Error "make_layer: ..." naming the module when it is not supported (listing the supported
 // ones), the config when it is not a JSON object, an option when it is unknown or of the wrong type,
-// and the layer's own errors for bad values or weights.
+// and the layer's own errors for bad values or weights. linear: the precision and GEMM backend of its
+// projections (kernels/precision.h; precision auto resolves per CPU; an unsupported one throws).
 std::unique_ptr<Layer> make_layer(const std::string& module, const std::string& config,
-                                  const StateDict& weights);
+                                  const StateDict& weights, const LinearOptions& linear = {});
 
 // make_layer from one self-describing checkpoint file: module and config from its __metadata__, the
 // weights from its tensors (from the "param." tensors when the file is a reference case, i.e. its
 // metadata has a "call"). Throws Error naming the file when it cannot be read or lacks module/config.
-std::unique_ptr<Layer> load_layer(const std::string& path);
+std::unique_ptr<Layer> load_layer(const std::string& path, const LinearOptions& linear = {});
 
 }  // namespace tokenmix

@@ -14,6 +14,7 @@
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/core/threads.h"
 #include "tokenmix/io/safetensors.h"
+#include "tokenmix/kernels/linear.h"
 
 namespace tokenmix {
 
@@ -116,6 +117,10 @@ class Layer {
   // Opens a stream for `batch` rows. Throws Error on invalid options or for configurations the
   // math cannot stream.
   virtual std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const = 0;
+  // One of its projections; all of a layer's projections share its LinearOptions, so this one's
+  // precision() (fp32 or bf16: what runs, auto resolved) and impl() (e.g. "onednn
+  // brg:avx512_core_bf16") describe them all.
+  virtual const Linear& projection() const = 0;
 };
 
 }  // namespace tokenmix

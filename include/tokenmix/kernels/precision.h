@@ -1,0 +1,64 @@
+// tokenmix/kernels/precision.h: the arithmetic a projection (Linear) runs in, and the GEMM backend.
+//
+// fp32: float32 weights, inputs and accumulation (the reference numbers).
+// bf16: weights rounded to bfloat16 (nearest even) once at load, each input row rounded to bfloat16
+//       per call; products accumulate in float32 and the output is float32. About 2^-9 relative
+//       error per product, ~1e-3 of the output's scale on the layers here (tests/precision_test.cpp
+//       gates every family on every reference case).
+// auto: bf16 where this CPU runs it faster than fp32 (AMX-BF16, or AVX512-BF16 on AMD, whose
+//       vdpbf16ps runs at the fp32 FMA rate), fp32 elsewhere (e.g. Intel AVX512-BF16 without AMX
+//       executes vdpbf16ps at half rate; AVX2 has no bf16 arithmetic). The rule is resolve_precision().
+// Everything outside the projections (softmax, masks, layer norms, attention products, sums) stays
+// float32 whatever the precision.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace tokenmix {
+
+enum class Precision { kFp32, kBf16, kAuto };
+
+// How a Linear computes: the oneDNN matmul primitive on weights prepacked at construction (the fast
+// path, any precision), or the reference path (OpenBLAS sgemm on the weights as loaded; fp32 only)
+// that tests compare against. The environment variable TOKENMIX_GEMM=reference makes kReference the
+// default of LinearOptions (read once per process).
+enum class GemmBackend { kOnednn, kReference };
+
+// "fp32" | "bf16" | "auto". Throws Error "<fn>: precision: expected fp32, bf16 or auto, got '<s>'".
+Precision parse_precision(const std::string& s, const char* fn = "parse_precision");
+const char* precision_name(Precision p);
+// auto -> bf16 or fp32 for this CPU (rule above); fp32 / bf16 unchanged. Throws Error
+// "resolve_precision: bf16: this CPU has no AVX512-BF16 or AMX-BF16 (cpu: ...)" when bf16 is asked
+// for explicitly on a CPU without bf16 arithmetic (oneDNN would emulate it slower than fp32).
+Precision resolve_precision(Precision p);
+// The process default backend: kReference when TOKENMIX_GEMM=reference, else kOnednn. Throws Error
+// when TOKENMIX_GEMM holds anything but "onednn" or "reference".
+GemmBackend default_gemm_backend();
+
+// How the projections of one layer run. Not an upstream constructor argument: chosen by the caller
+// (make_layer / load_layer options, the CLI's --precision, Python's precision=).
+struct LinearOptions {
+  Precision precision = Precision::kFp32;
+  GemmBackend backend = default_gemm_backend();
+  // Throws Error "<fn>: ..." when precision is not fp32 on the reference backend.
+  void Validate(const char* fn) const;
+};
+
+// bfloat16 bits of x, rounded to nearest even (a NaN stays a quiet NaN): the rounding of the bf16
+// backend and of the tests' reference.
+inline uint16_t to_bf16(float x) {
+  uint32_t u;
+  __builtin_memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float from_bf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float x;
+  __builtin_memcpy(&x, &u, 4);
+  return x;
+}
+
+}  // namespace tokenmix

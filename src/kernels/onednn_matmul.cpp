@@ -1,0 +1,193 @@
+#include "onednn_matmul.h"
+
+#include <omp.h>
+
+#include <dnnl.hpp>
+#include <mutex>
+#include <vector>
+
+#include "tokenmix/core/error.h"
+#include "tokenmix/core/threads.h"
+#include "tokenmix/core/workspace.h"
+
+namespace tokenmix {
+
+namespace {
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+
+const dnnl::engine& cpu_engine() {
+  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// oneDNN wants its buffers 64-byte aligned; Workspace buffers are float vectors.
+float* aligned(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
+}
+
+constexpr size_t kMaxPrimitives = 64;
+}  // namespace
+
+struct OnednnMatmul::State {
+  struct Key {
+    int64_t M, ldx, ldy;
+    bool accumulate;
+    int threads;
+    bool operator==(const Key& o) const {
+      return M == o.M && ldx == o.ldx && ldy == o.ldy && accumulate == o.accumulate && threads == o.threads;
+    }
+  };
+  struct Entry {
+    Key key;
+    uint64_t id;  // unique per primitive created (contexts find their memory objects by it)
+    dnnl::matmul matmul;
+    dnnl::memory::desc src, dst, scratchpad;
+  };
+  // What one call at a time uses: a stream, scratch, and memory objects per primitive whose data
+  // handles are re-pointed per call, so a repeated shape allocates nothing of ours.
+  struct Context {
+    dnnl::stream stream{cpu_engine()};
+    Workspace ws;  // slot 0: scratchpad, slot 1: bf16 input rows
+    struct Memories {
+      uint64_t id;
+      dnnl::memory src, dst, scratchpad;
+    };
+    std::vector<Memories> memories;  // oldest first, at most kMaxPrimitives
+
+    Memories& memories_for(const Entry& e) {
+      for (Memories& m : memories)
+        if (m.id == e.id) return m;
+      if (memories.size() >= kMaxPrimitives) memories.erase(memories.begin());
+      const dnnl::engine& eng = cpu_engine();
+      memories.push_back({e.id, dnnl::memory(e.src, eng, nullptr), dnnl::memory(e.dst, eng, nullptr),
+                          dnnl::memory(e.scratchpad, eng, nullptr)});
+      return memories.back();
+    }
+  };
+
+  int64_t N = 0, K = 0;
+  dt type = dt::f32;
+  dnnl::memory::desc weights_desc;  // the packed layout
+  dnnl::memory weights, bias;       // packed weights; bias (1, N) f32 or empty
+  mutable std::mutex mutex;         // guards cache, next_id, contexts
+  mutable std::vector<Entry> cache;  // oldest first
+  mutable uint64_t next_id = 0;
+  mutable std::vector<std::unique_ptr<Context>> contexts;  // idle ones
+
+  dnnl::matmul::primitive_desc describe(const Key& k, dnnl::memory::desc* src, dnnl::memory::desc* dst) const {
+    *src = type == dt::f32 ? dnnl::memory::desc({k.M, K}, dt::f32, {k.ldx, 1}) : dnnl::memory::desc({k.M, K}, type, tag::ab);
+    *dst = dnnl::memory::desc({k.M, N}, dt::f32, {k.ldy, 1});
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (k.accumulate) {
+      dnnl::post_ops ops;
+      ops.append_sum(1.f);
+      attr.set_post_ops(ops);
+    }
+    // Calls use the packed layout; the packing pd (weights still empty) lets oneDNN choose it.
+    const dnnl::memory::desc wd = weights ? weights_desc : dnnl::memory::desc({K, N}, type, tag::any);
+    return bias ? dnnl::matmul::primitive_desc(dnnl::matmul::desc(*src, wd, bias.get_desc(), *dst), attr, cpu_engine())
+                : dnnl::matmul::primitive_desc(dnnl::matmul::desc(*src, wd, *dst), attr, cpu_engine());
+  }
+
+  // The cached primitive for k (created on first use, under the thread count of the call). Called
+  // with mutex held.
+  const Entry& entry(const Key& k) const {
+    for (const Entry& e : cache)
+      if (e.key == k) return e;
+    Entry e{k, next_id++, {}, {}, {}, {}};
+    const auto pd = describe(k, &e.src, &e.dst);
+    e.matmul = dnnl::matmul(pd);
+    e.scratchpad = pd.scratchpad_desc();
+    if (cache.size() >= kMaxPrimitives) cache.erase(cache.begin());
+    cache.push_back(std::move(e));
+    return cache.back();
+  }
+};
+
+OnednnMatmul::OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision precision)
+    : s_(std::make_unique<State>()), precision_(precision) {
+  check(precision == Precision::kFp32 || precision == Precision::kBf16, "Linear: precision: expected fp32 or bf16, got ",
+        precision_name(precision));
+  State& s = *s_;
+  s.N = weight.dim(0);
+  s.K = weight.dim(1);
+  s.type = precision == Precision::kBf16 ? dt::bf16 : dt::f32;
+  try {
+    if (!bias.empty()) {
+      s.bias = dnnl::memory(dnnl::memory::desc({1, s.N}, dt::f32, tag::ab), cpu_engine());
+      std::copy(bias.begin(), bias.end(), static_cast<float*>(s.bias.get_data_handle()));
+    }
+    // The layout oneDNN picks for the weights (the same for every M; a representative M of 256).
+    dnnl::memory::desc src, dst;
+    const auto pd = s.describe({256, s.K, s.N, false, 1}, &src, &dst);
+    impl_ = pd.impl_info_str();
+    s.weights_desc = pd.weights_desc();
+    s.weights = dnnl::memory(s.weights_desc, cpu_engine());
+    // PyTorch's (N, K) row-major weight is the (K, N) matrix in layout "ba".
+    dnnl::memory plain(dnnl::memory::desc({s.K, s.N}, dt::f32, tag::ba), cpu_engine(),
+                             const_cast<float*>(weight.data()));
+    dnnl::stream stream(cpu_engine());
+    dnnl::reorder(plain, s.weights).execute(stream, plain, s.weights);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    fail("Linear: oneDNN cannot build a ", precision_name(precision), " matmul of ", s.K, " -> ", s.N,
+         " features on this CPU (", e.what(), ")");
+  }
+}
+
+OnednnMatmul::~OnednnMatmul() = default;
+
+int64_t OnednnMatmul::weight_bytes() const {
+  return static_cast<int64_t>(s_->weights_desc.get_size()) + (s_->bias ? s_->N * 4 : 0);
+}
+
+void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64_t ldy, bool accumulate) const {
+  if (M == 0) return;
+  const State& s = *s_;
+  // Inside a parallel region oneDNN runs on the calling thread: the primitive is built for one.
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const bool bf16 = s.type == dt::bf16;
+  const State::Key key{M, bf16 ? s.K : ldx, ldy, accumulate, threads};
+  const ThreadLimit limit(threads);
+  std::unique_ptr<State::Context> ctx;
+  State::Entry entry;  // a copy (handles): the cache may change once the lock is released
+  {
+    const std::lock_guard<std::mutex> lock(s.mutex);
+    entry = s.entry(key);
+    if (!s.contexts.empty()) {
+      ctx = std::move(s.contexts.back());
+      s.contexts.pop_back();
+    }
+  }
+  if (!ctx) ctx = std::make_unique<State::Context>();
+  State::Context::Memories& mem = ctx->memories_for(entry);
+  const void* src = x;
+  if (bf16) {
+    // Each input row rounded to bf16 (M x K, dense).
+    uint16_t* xb = reinterpret_cast<uint16_t*>(aligned(ctx->ws.floats(1, (M * s.K + 1) / 2 + 16)));
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < s.K; ++k) xb[m * s.K + k] = to_bf16(x[m * ldx + k]);
+    src = xb;
+  }
+  mem.src.set_data_handle(const_cast<void*>(src));
+  mem.dst.set_data_handle(y);
+  mem.scratchpad.set_data_handle(
+      aligned(ctx->ws.floats(0, static_cast<int64_t>(entry.scratchpad.get_size() / sizeof(float)) + 16)));
+  // The C API takes the arguments as an array (the C++ one builds a hash map per call).
+  dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, mem.src.get()},
+                             {DNNL_ARG_WEIGHTS, s.weights.get()},
+                             {DNNL_ARG_DST, mem.dst.get()},
+                             {DNNL_ARG_SCRATCHPAD, mem.scratchpad.get()},
+                             {DNNL_ARG_BIAS, s.bias ? s.bias.get() : nullptr}};
+  const dnnl_status_t status = dnnl_primitive_execute(entry.matmul.get(), ctx->stream.get(), s.bias ? 5 : 4, args);
+  const dnnl_status_t waited = dnnl_stream_wait(ctx->stream.get());
+  {
+    const std::lock_guard<std::mutex> lock(s.mutex);
+    s.contexts.push_back(std::move(ctx));
+  }
+  check(status == dnnl_success && waited == dnnl_success, "Linear: oneDNN matmul failed (status ", int(status), ")");
+}
+
+}  // namespace tokenmix

@@ -1,0 +1,81 @@
+#include "tokenmix/kernels/precision.h"
+
+#include <cpuid.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <dnnl.hpp>
+
+#include "tokenmix/core/error.h"
+
+namespace tokenmix {
+
+namespace {
+bool amd_cpu() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+  char vendor[13] = {};
+  std::memcpy(vendor, &b, 4);
+  std::memcpy(vendor + 4, &d, 4);
+  std::memcpy(vendor + 8, &c, 4);
+  return std::strcmp(vendor, "AuthenticAMD") == 0;
+}
+
+// oneDNN's view of the CPU (it honours ONEDNN_MAX_CPU_ISA, so tests can cap it).
+const char* isa_name(dnnl::cpu_isa isa) {
+  switch (isa) {
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    default: return "older than avx2";
+  }
+}
+}  // namespace
+
+Precision parse_precision(const std::string& s, const char* fn) {
+  if (s == "fp32") return Precision::kFp32;
+  if (s == "bf16") return Precision::kBf16;
+  if (s == "auto") return Precision::kAuto;
+  fail(fn, ": precision: expected fp32, bf16 or auto, got '", s, "'");
+}
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::kFp32: return "fp32";
+    case Precision::kBf16: return "bf16";
+    case Precision::kAuto: return "auto";
+  }
+  return "?";
+}
+
+Precision resolve_precision(Precision p) {
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  const bool bf16_units = isa == dnnl::cpu_isa::avx512_core_amx || isa == dnnl::cpu_isa::avx512_core_bf16;
+  if (p == Precision::kBf16)
+    check(bf16_units, "resolve_precision: bf16: this CPU has no AVX512-BF16 or AMX-BF16 (oneDNN ISA: ", isa_name(isa),
+          ")");
+  if (p != Precision::kAuto) return p;
+  const bool bf16_fast = isa == dnnl::cpu_isa::avx512_core_amx || (isa == dnnl::cpu_isa::avx512_core_bf16 && amd_cpu());
+  return bf16_fast ? Precision::kBf16 : Precision::kFp32;
+}
+
+GemmBackend default_gemm_backend() {
+  static const GemmBackend backend = [] {
+    const char* v = std::getenv("TOKENMIX_GEMM");
+    if (v == nullptr || *v == '\0' || std::strcmp(v, "onednn") == 0) return GemmBackend::kOnednn;
+    check(std::strcmp(v, "reference") == 0, "default_gemm_backend: TOKENMIX_GEMM: expected onednn or reference, got '",
+          v, "'");
+    return GemmBackend::kReference;
+  }();
+  return backend;
+}
+
+void LinearOptions::Validate(const char* fn) const {
+  check(backend == GemmBackend::kOnednn || precision == Precision::kFp32, fn, ": precision ",
+        precision_name(precision), " needs the oneDNN GEMM backend (TOKENMIX_GEMM=reference runs fp32 only)");
+}
+
+}  // namespace tokenmix
