@@ -30,13 +30,13 @@ constexpr size_t kMaxPrimitives = 64;
 }  // namespace
 
 struct OnednnMatmul::State {
+  // Operands are always dense (row stride K / N): oneDNN's brgemm kernels take no other, and its
+  // strided fallback is a reference loop. apply() packs strided rows into scratch instead.
   struct Key {
-    int64_t M, ldx, ldy;
+    int64_t M;
     bool accumulate;
     int threads;
-    bool operator==(const Key& o) const {
-      return M == o.M && ldx == o.ldx && ldy == o.ldy && accumulate == o.accumulate && threads == o.threads;
-    }
+    bool operator==(const Key& o) const { return M == o.M && accumulate == o.accumulate && threads == o.threads; }
   };
   struct Entry {
     Key key;
@@ -48,7 +48,7 @@ struct OnednnMatmul::State {
   // handles are re-pointed per call, so a repeated shape allocates nothing of ours.
   struct Context {
     dnnl::stream stream{cpu_engine()};
-    Workspace ws;  // slot 0: scratchpad, slot 1: bf16 input rows
+    Workspace ws;  // slot 0: scratchpad, slot 1: dense (or bf16) input rows, slot 2: dense output rows
     struct Memories {
       uint64_t id;
       dnnl::memory src, dst, scratchpad;
@@ -76,8 +76,8 @@ struct OnednnMatmul::State {
   mutable std::vector<std::unique_ptr<Context>> contexts;  // idle ones
 
   dnnl::matmul::primitive_desc describe(const Key& k, dnnl::memory::desc* src, dnnl::memory::desc* dst) const {
-    *src = type == dt::f32 ? dnnl::memory::desc({k.M, K}, dt::f32, {k.ldx, 1}) : dnnl::memory::desc({k.M, K}, type, tag::ab);
-    *dst = dnnl::memory::desc({k.M, N}, dt::f32, {k.ldy, 1});
+    *src = dnnl::memory::desc({k.M, K}, type, tag::ab);
+    *dst = dnnl::memory::desc({k.M, N}, dt::f32, tag::ab);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     if (k.accumulate) {
@@ -121,7 +121,7 @@ OnednnMatmul::OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision p
     }
     // The layout oneDNN picks for the weights (the same for every M; a representative M of 256).
     dnnl::memory::desc src, dst;
-    const auto pd = s.describe({256, s.K, s.N, false, 1}, &src, &dst);
+    const auto pd = s.describe({256, false, 1}, &src, &dst);
     impl_ = pd.impl_info_str();
     s.weights_desc = pd.weights_desc();
     s.weights = dnnl::memory(s.weights_desc, cpu_engine());
@@ -149,7 +149,10 @@ void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64
   // Inside a parallel region oneDNN runs on the calling thread: the primitive is built for one.
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   const bool bf16 = s.type == dt::bf16;
-  const State::Key key{M, bf16 ? s.K : ldx, ldy, accumulate, threads};
+  const int64_t N = s.N, K = s.K;
+  // A strided output is computed into dense rows and added / copied into y afterwards.
+  const bool dense_out = ldy == N;
+  const State::Key key{M, accumulate && dense_out, threads};
   const ThreadLimit limit(threads);
   std::unique_ptr<State::Context> ctx;
   State::Entry entry;  // a copy (handles): the cache may change once the lock is released
@@ -166,13 +169,18 @@ void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64
   const void* src = x;
   if (bf16) {
     // Each input row rounded to bf16 (M x K, dense).
-    uint16_t* xb = reinterpret_cast<uint16_t*>(aligned(ctx->ws.floats(1, (M * s.K + 1) / 2 + 16)));
+    uint16_t* xb = reinterpret_cast<uint16_t*>(aligned(ctx->ws.floats(1, (M * K + 1) / 2 + 16)));
     for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < s.K; ++k) xb[m * s.K + k] = to_bf16(x[m * ldx + k]);
+      for (int64_t k = 0; k < K; ++k) xb[m * K + k] = to_bf16(x[m * ldx + k]);
     src = xb;
+  } else if (ldx != K) {
+    float* xd = aligned(ctx->ws.floats(1, M * K + 16));
+    for (int64_t m = 0; m < M; ++m) std::copy(x + m * ldx, x + m * ldx + K, xd + m * K);
+    src = xd;
   }
+  float* dst = dense_out ? y : aligned(ctx->ws.floats(2, M * N + 16));
   mem.src.set_data_handle(const_cast<void*>(src));
-  mem.dst.set_data_handle(y);
+  mem.dst.set_data_handle(dst);
   mem.scratchpad.set_data_handle(
       aligned(ctx->ws.floats(0, static_cast<int64_t>(entry.scratchpad.get_size() / sizeof(float)) + 16)));
   // The C API takes the arguments as an array (the C++ one builds a hash map per call).
@@ -183,6 +191,15 @@ void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64
                              {DNNL_ARG_BIAS, s.bias ? s.bias.get() : nullptr}};
   const dnnl_status_t status = dnnl_primitive_execute(entry.matmul.get(), ctx->stream.get(), s.bias ? 5 : 4, args);
   const dnnl_status_t waited = dnnl_stream_wait(ctx->stream.get());
+  if (!dense_out && status == dnnl_success)
+    for (int64_t m = 0; m < M; ++m) {
+      const float* r = dst + m * N;
+      float* out = y + m * ldy;
+      if (accumulate)
+        for (int64_t n = 0; n < N; ++n) out[n] += r[n];
+      else
+        std::copy(r, r + N, out);
+    }
   {
     const std::lock_guard<std::mutex> lock(s.mutex);
     s.contexts.push_back(std::move(ctx));

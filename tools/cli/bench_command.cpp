@@ -26,6 +26,7 @@ using bench::Mode;
 
 struct BenchOptions {
   std::vector<int> threads{1};
+  std::vector<std::string> precisions{"fp32"}, gemms{"onednn"};
   std::string json, filter;
   int repeats = 5;
   int steps = 200;
@@ -62,6 +63,40 @@ void set_threads(int n) {
   openblas_set_num_threads(n);
 }
 
+// One way of running the layers: a precision on a GEMM backend (the cross product of --precision and
+// --gemm; the reference backend runs fp32 only).
+struct Variant {
+  std::string label;  // "bf16", "fp32/reference"
+  LinearOptions linear;
+};
+
+std::vector<Variant> variants(const BenchOptions& o) {
+  std::vector<Variant> out;
+  for (const std::string& g : o.gemms) {
+    check(g == "onednn" || g == "reference", "tokenmix bench: --gemm: expected onednn or reference, got '", g, "'");
+    const GemmBackend backend = g == "onednn" ? GemmBackend::kOnednn : GemmBackend::kReference;
+    for (const std::string& p : o.precisions) {
+      const Precision precision = parse_precision(p, "tokenmix bench: --precision");
+      if (backend == GemmBackend::kReference && precision != Precision::kFp32) continue;
+      if (backend == GemmBackend::kOnednn) resolve_precision(precision);  // a clear error before any timing
+      out.push_back({backend == GemmBackend::kReference ? p + "/reference" : p, {precision, backend}});
+    }
+  }
+  check(!out.empty(), "tokenmix bench: --precision / --gemm: no combination to run (the reference GEMM runs fp32 only)");
+  return out;
+}
+
+// max |y - want| / max |want|: the error of a reduced-precision output on the scale of the fp32 one
+// (the parity gate's measure, cases::precision_gate).
+double scaled_error(const Tensor& y, const Tensor& want) {
+  double err = 0, scale = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    scale = std::max(scale, static_cast<double>(std::fabs(want.data()[i])));
+    err = std::max(err, static_cast<double>(std::fabs(y.data()[i] - want.data()[i])));
+  }
+  return scale > 0 ? err / scale : err;
+}
+
 int run(const BenchOptions& o) {
   check(o.repeats >= 1, "tokenmix bench: --repeats: expected >= 1, got ", o.repeats);
   check(o.steps >= 1, "tokenmix bench: --steps: expected >= 1, got ", o.steps);
@@ -73,10 +108,11 @@ int run(const BenchOptions& o) {
   }
   for (int t : o.threads) check(t >= 1, "tokenmix bench: --threads: expected >= 1, got ", t);
 
+  const std::vector<Variant> runs = variants(o);
   nlohmann::json out = nlohmann::json::array();
-  std::printf("%-15s %-7s %-18s %3s %10s %10s %8s  %-22s %8s %6s %9s %8s %s\n", "layer", "mode", "shape", "thr",
-              "median_ms", "min_ms", "GFLOP/s", "BLAS reference", "GFLOP/s", "peak%", "extra_MiB", "faults",
-              "stream: x weight-bound");
+  std::printf("%-15s %-7s %-18s %3s %-14s %10s %10s %8s  %-22s %8s %6s %9s %8s %9s  %s\n", "layer", "mode", "shape", "thr",
+              "precision", "median_ms", "min_ms", "GFLOP/s", "BLAS reference", "GFLOP/s", "peak%", "extra_MiB",
+              "faults", "err/fp32", "impl; stream: x weight-bound");
   for (int threads : o.threads) {
     set_threads(threads);
     for (const auto& fam : bench::families()) {
@@ -88,69 +124,95 @@ int run(const BenchOptions& o) {
         const bench::BlasReference ref = bench::blas_reference(shape, bench::Runner::params_of(fam, shape));
         bench::BlasRunner blas_runner(ref);
 
+        // The fp32 output every variant's error is measured against (reference GEMM, not timed).
+        Tensor want;
+        {
+          bench::Runner fp32(fam, shape, {Precision::kFp32, GemmBackend::kReference});
+          fp32.prepare();
+          fp32.call();
+          want = fp32.output();
+        }
         // Extra heap = high-water mark above the live bytes once weights and input exist (stream: the
         // stream state, KV cache / windows, and the context push count as extra).
-        bench::Runner runner(fam, shape);
-        const int64_t base = alloc::reset_heap_peak();
-        runner.prepare();
-        runner.call();  // warm-up; its allocations count
-        const double extra_mib = static_cast<double>(alloc::heap_peak_bytes() - base) / (1024.0 * 1024.0);
-        // A second warm-up: glibc raises its mmap threshold when the first call frees its large
-        // output, so the second call's output comes from the heap, whose fresh pages fault once.
-        runner.call();
-        blas_runner.call();
-        // Layer and BLAS reference calls alternate one to one, so both sample the same machine
-        // conditions (the machine may be shared) and every layer call finds the caches as the
-        // previous reference call left them: the protocol of bench/torch_baseline.py.
-        const int calls = shape.mode == Mode::offline ? o.repeats : o.steps;
-        std::vector<double> layer_ms, blas_ms;
-        int64_t layer_faults = 0;  // minor page faults inside the layer calls (fresh pages touched)
-        for (int i = 0; i < calls; ++i) {
-          const int64_t faults_before = minor_faults();
-          double t0 = now_ms();
+        std::vector<std::unique_ptr<bench::Runner>> runners;
+        std::vector<double> extra_mib, error;
+        for (const Variant& v : runs) {
+          runners.push_back(std::make_unique<bench::Runner>(fam, shape, v.linear));
+          bench::Runner& runner = *runners.back();
+          const int64_t base = alloc::reset_heap_peak();
+          runner.prepare();
+          runner.call();  // warm-up; its allocations count
+          extra_mib.push_back(static_cast<double>(alloc::heap_peak_bytes() - base) / (1024.0 * 1024.0));
+          error.push_back(scaled_error(runner.output(), want));
+          // A second warm-up: glibc raises its mmap threshold when the first call frees its large
+          // output, so the second call's output comes from the heap, whose fresh pages fault once.
           runner.call();
-          layer_ms.push_back(now_ms() - t0);
-          layer_faults += minor_faults() - faults_before;
-          t0 = now_ms();
+        }
+        blas_runner.call();
+        // Every variant's calls and the BLAS reference alternate one to one, so all sample the same
+        // machine conditions (the machine may be shared) and each call finds the caches as the previous
+        // call left them: the protocol of bench/torch_baseline.py.
+        const int calls = shape.mode == Mode::offline ? o.repeats : o.steps;
+        std::vector<std::vector<double>> layer_ms(runs.size());
+        std::vector<double> blas_ms;
+        std::vector<int64_t> layer_faults(runs.size(), 0);  // minor page faults inside the layer calls
+        for (int i = 0; i < calls; ++i) {
+          for (size_t v = 0; v < runs.size(); ++v) {
+            const int64_t faults_before = minor_faults();
+            const double t0 = now_ms();
+            runners[v]->call();
+            layer_ms[v].push_back(now_ms() - t0);
+            layer_faults[v] += minor_faults() - faults_before;
+          }
+          const double t0 = now_ms();
           blas_runner.call();
           blas_ms.push_back(now_ms() - t0);
         }
-        const Stats st = stats_of(layer_ms), blas = stats_of(blas_ms);
+        const Stats blas = stats_of(blas_ms);
         const double blas_gflops = ref.flops / (blas.median_ms * 1e6);
         const double flops = fam.flops(shape);
-        const double gflops = flops / (st.median_ms * 1e6);
-        const double fraction = gflops / blas_gflops;
-        nlohmann::json j{{"impl", "tokenmix"},
-                         {"layer", fam.name},
-                         {"mode", bench::mode_name(shape.mode)},
-                         {"shape", shape.str()},
-                         {"dims", {{"B", shape.batch}, {"T", shape.length}, {"E", shape.width}, {"H", shape.heads}}},
-                         {"threads", threads},
-                         {"median_ms", st.median_ms},
-                         {"min_ms", st.min_ms},
-                         {"flops", flops},
-                         {"gflops", gflops},
-                         {"ref", ref.what},
-                         {"ref_gflops", blas_gflops},
-                         {"peak_fraction", fraction},
-                         {"peak_mib", extra_mib},
-                         {"minor_faults_per_call", static_cast<double>(layer_faults) / calls}};
-        std::string extra;
-        if (shape.mode == Mode::stream) {
-          // Time to stream the layer's weights once with sgemv (the reference call).
-          const double bound_ms = blas.median_ms;
-          j["weight_bound_ms"] = bound_ms;
-          j["x_weight_bound"] = st.median_ms / bound_ms;
-          char buf[64];
-          std::snprintf(buf, sizeof buf, "%.2fx of %.3f ms", st.median_ms / bound_ms, bound_ms);
-          extra = buf;
+        for (size_t v = 0; v < runs.size(); ++v) {
+          const Stats st = stats_of(layer_ms[v]);
+          const double gflops = flops / (st.median_ms * 1e6);
+          const double fraction = gflops / blas_gflops;
+          const Linear& proj = runners[v]->layer().projection();
+          nlohmann::json j{{"impl", "tokenmix"},
+                           {"layer", fam.name},
+                           {"mode", bench::mode_name(shape.mode)},
+                           {"shape", shape.str()},
+                           {"dims", {{"B", shape.batch}, {"T", shape.length}, {"E", shape.width}, {"H", shape.heads}}},
+                           {"threads", threads},
+                           {"precision", precision_name(proj.precision())},
+                           {"requested", runs[v].label},
+                           {"gemm", proj.impl()},
+                           {"median_ms", st.median_ms},
+                           {"min_ms", st.min_ms},
+                           {"flops", flops},
+                           {"gflops", gflops},
+                           {"ref", ref.what},
+                           {"ref_gflops", blas_gflops},
+                           {"peak_fraction", fraction},
+                           {"peak_mib", extra_mib[v]},
+                           {"minor_faults_per_call", static_cast<double>(layer_faults[v]) / calls},
+                           {"max_rel_err_vs_fp32", error[v]}};
+          std::string extra = proj.impl();
+          if (shape.mode == Mode::stream) {
+            // Time to stream the layer's float32 weights once with sgemv (the reference call).
+            const double bound_ms = blas.median_ms;
+            j["weight_bound_ms"] = bound_ms;
+            j["x_weight_bound"] = st.median_ms / bound_ms;
+            char buf[64];
+            std::snprintf(buf, sizeof buf, "; %.2fx of %.3f ms", st.median_ms / bound_ms, bound_ms);
+            extra += buf;
+          }
+          std::printf("%-15s %-7s %-18s %3d %-14s %10.3f %10.3f %8.1f  %-22s %8.1f %5.0f%% %9.1f %8.1f %9.1e  %s\n",
+                      fam.name.c_str(), bench::mode_name(shape.mode), shape.str().c_str(), threads,
+                      runs[v].label.c_str(), st.median_ms, st.min_ms, gflops, ref.what.c_str(), blas_gflops,
+                      100 * fraction, extra_mib[v], static_cast<double>(layer_faults[v]) / calls, error[v],
+                      extra.c_str());
+          std::fflush(stdout);
+          out.push_back(j);
         }
-        std::printf("%-15s %-7s %-18s %3d %10.3f %10.3f %8.1f  %-22s %8.1f %5.0f%% %9.1f %8.1f %s\n", fam.name.c_str(),
-                    bench::mode_name(shape.mode), shape.str().c_str(), threads, st.median_ms, st.min_ms, gflops,
-                    ref.what.c_str(), blas_gflops, 100 * fraction, extra_mib,
-                    static_cast<double>(layer_faults) / calls, extra.c_str());
-        std::fflush(stdout);
-        out.push_back(j);
       }
     }
   }
@@ -176,9 +238,18 @@ void add_bench_command(CLI::App& app, int* status) {
       "fresh pages touched per call, e.g. a buffer the allocator returned to the OS between calls.");
   cmd->add_option("--threads", opts->threads,
                   "Thread counts to run (each sets omp_set_num_threads and openblas_set_num_threads). Default 1");
+  cmd->add_option("--precision", opts->precisions,
+                  "Precisions to run side by side, e.g. fp32,bf16 (each: fp32, bf16 or auto; bf16 is an error on a "
+                  "CPU without AVX512-BF16 / AMX). err/fp32 is max |y - y_fp32| / max |y_fp32| against the same layer "
+                  "run in fp32 on the reference GEMM. Default fp32")
+      ->delimiter(',');
+  cmd->add_option("--gemm", opts->gemms,
+                  "GEMM backends to run side by side: onednn (prepacked weights), reference (OpenBLAS sgemm on the "
+                  "weights as loaded; fp32 only). Default onednn")
+      ->delimiter(',');
   cmd->add_option("--json", opts->json,
-                  "Write the measurements as a JSON array (layer, mode, shape, threads, median_ms, min_ms, "
-                  "gflops, peak_fraction, peak_mib, ...)");
+                  "Write the measurements as a JSON array (layer, mode, shape, threads, precision, gemm, median_ms, "
+                  "min_ms, gflops, peak_fraction, peak_mib, minor_faults_per_call, max_rel_err_vs_fp32, ...)");
   cmd->add_option("--filter", opts->filter, "Only measurements whose 'layer/mode/shape' matches this regex");
   cmd->add_option("--repeats", opts->repeats, "Timed calls per offline measurement (after one warm-up). Default 5");
   cmd->add_option("--steps", opts->steps, "Timed one-token pushes per stream measurement. Default 200");

@@ -35,8 +35,9 @@ double mha_flops(int64_t rows_projected, int64_t batch, int64_t q, int64_t k, in
 int64_t stream_window(const BenchShape& s) { return s.length + 1; }
 
 // The layer through the library's registry, as a user would build it from a checkpoint.
-std::unique_ptr<Layer> build(const std::string& module, const nlohmann::json& config, const StateDict& sd) {
-  return make_layer(module, config.dump(), sd);
+std::unique_ptr<Layer> build(const std::string& module, const nlohmann::json& config, const StateDict& sd,
+                             const LinearOptions& linear) {
+  return make_layer(module, config.dump(), sd, linear);
 }
 
 // ---- HyperMixing (SpeechBrain): E = width, hypernet_size = 4·E (K = 4E/H per head), untied, H heads.
@@ -133,10 +134,10 @@ BenchFamily labml_family(const std::string& name, QkvConv conv) {
   const bool primer = conv != QkvConv::kNone;
   return {name,
           [conv](const BenchShape& s) { return labml_params(s, conv); },
-          [primer](const BenchShape& s, const StateDict& sd) {
+          [primer](const BenchShape& s, const StateDict& sd, const LinearOptions& linear) {
             return build(primer ? "labml_nn.transformers.primer_ez.MultiDConvHeadAttention"
                                 : "labml_nn.transformers.mha.MultiHeadAttention",
-                         {{"heads", s.heads}, {"d_model", s.width}}, sd);
+                         {{"heads", s.heads}, {"d_model", s.width}}, sd, linear);
           },
           [primer](const BenchShape& s) { return labml_flops(s, primer); },
           [](const BenchShape& s) {
@@ -171,9 +172,9 @@ const std::vector<BenchFamily>& families() {
                         linear_params("linear_v.", s.width, s.width),
                         linear_params("linear_out.", s.width, s.width)});
        },
-       [](const BenchShape& s, const StateDict& sd) {
+       [](const BenchShape& s, const StateDict& sd, const LinearOptions& linear) {
          return build("espnet2.asr.state_spaces.attention.MultiHeadedAttention",
-                      {{"n_feat", s.width}, {"n_head", s.heads}}, sd);
+                      {{"n_feat", s.width}, {"n_head", s.heads}}, sd, linear);
        },
        [](const BenchShape& s) {
          return s.mode == Mode::offline ? mha_flops(s.batch * s.length, s.batch, s.length, s.length, s.width)
@@ -188,8 +189,8 @@ const std::vector<BenchFamily>& families() {
       // (bidirectional pooling); stream = sliding window of W = length + 1 tokens emitting the newest
       // position (the layer cannot be causal).
       {"hypermixing", hypermixing_params,
-       [](const BenchShape& s, const StateDict& sd) {
-         return build("speechbrain.nnet.hypermixing.HyperMixing", hypermixing_config(s), sd);
+       [](const BenchShape& s, const StateDict& sd, const LinearOptions& linear) {
+         return build("speechbrain.nnet.hypermixing.HyperMixing", hypermixing_config(s), sd, linear);
        },
        hypermixing_flops,
        [](const BenchShape& s) {
@@ -201,9 +202,9 @@ const std::vector<BenchFamily>& families() {
       // ESPnet FastSelfAttention (Fastformer): offline = forward over T; stream = sliding window of
       // W = length + 1 tokens emitting the newest position (global pooling cannot be causal).
       {"fastformer", fastformer_params,
-       [](const BenchShape& s, const StateDict& sd) {
+       [](const BenchShape& s, const StateDict& sd, const LinearOptions& linear) {
          return build("espnet2.asr.layers.fastformer.FastSelfAttention",
-                      {{"size", s.width}, {"attention_heads", s.heads}, {"dropout_rate", 0.0}}, sd);
+                      {{"size", s.width}, {"attention_heads", s.heads}, {"dropout_rate", 0.0}}, sd, linear);
        },
        fastformer_flops,
        [](const BenchShape& s) {
@@ -219,9 +220,9 @@ const std::vector<BenchFamily>& families() {
       // query). One token: q/k/v projections of the token and out_proj (4·E²), attention of the newest
       // query over the L = W cached keys/values.
       {"continual_so", continual_params,
-       [](const BenchShape& s, const StateDict& sd) {
+       [](const BenchShape& s, const StateDict& sd, const LinearOptions& linear) {
          return build("continual.multihead_attention.single_output_mha.SingleOutputMultiheadAttention",
-                      continual_config(s), sd);
+                      continual_config(s), sd, linear);
        },
        [](const BenchShape& s) { return mha_flops(s.batch, s.batch, 1, stream_window(s), s.width); },
        [](const BenchShape&) { return StreamOptions{}; }, /*offline=*/false},
@@ -232,9 +233,9 @@ const std::vector<BenchFamily>& families() {
       // the leaving and the new key 2·W·E, numerator updates 2·W·H·E), the W outputs (W·H·E); upstream's
       // step instead re-projects all W outputs (W·E² MACs), which this count does not credit.
       {"continual_retro", continual_params,
-       [](const BenchShape& s, const StateDict& sd) {
+       [](const BenchShape& s, const StateDict& sd, const LinearOptions& linear) {
          return build("continual.multihead_attention.retroactive_mha.RetroactiveMultiheadAttention",
-                      continual_config(s), sd);
+                      continual_config(s), sd, linear);
        },
        [](const BenchShape& s) {
          if (s.mode == Mode::offline) return mha_flops(s.batch * s.length, s.batch, s.length, s.length, s.width);

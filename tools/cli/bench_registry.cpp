@@ -82,11 +82,12 @@ BlasReference blas_reference(const BenchShape& s, int64_t params) {
   return r;
 }
 
-Runner::Runner(const BenchFamily& family, const BenchShape& shape) : family_(family), shape_(shape) {
+Runner::Runner(const BenchFamily& family, const BenchShape& shape, const LinearOptions& linear)
+    : family_(family), shape_(shape) {
   check(shape.mode == Mode::stream || family.offline, "tokenmix bench: ", family.name, " has no offline mode");
   const auto specs = family.params(shape);
   params_ = param_count(specs);
-  layer_ = family.make(shape, random_state_dict(specs));
+  layer_ = family.make(shape, random_state_dict(specs), linear);
   if (shape.mode == Mode::offline) {
     input_ = random_input(Shape{shape.batch, shape.length, shape.width});
   } else {
@@ -110,12 +111,8 @@ void Runner::prepare() {
 }
 
 void Runner::call() {
-  if (shape_.mode == Mode::offline) {
-    const Tensor y = layer_->forward(input_);
-    (void)y;
-  } else {
-    stream_->push(input_);
-  }
+  output_ = {};  // (the previous output is freed before the call, as a caller discarding it would)
+  output_ = shape_.mode == Mode::offline ? layer_->forward(input_) : stream_->push(input_);
 }
 
 BlasRunner::BlasRunner(const BlasReference& r) : r_(r) {

@@ -50,8 +50,9 @@ struct BenchFamily {
   std::string name;
   // state_dict keys and shapes of the layer built for this shape (width E, heads H).
   std::function<std::vector<ParamSpec>(const BenchShape&)> params;
-  // Builds the layer from a state_dict holding random values for params(shape).
-  std::function<std::unique_ptr<Layer>(const BenchShape&, const StateDict&)> make;
+  // Builds the layer from a state_dict holding random values for params(shape), its projections
+  // running as `linear` says (precision, GEMM backend).
+  std::function<std::unique_ptr<Layer>(const BenchShape&, const StateDict&, const LinearOptions&)> make;
   // Floating-point operations (multiply and add counted separately) of one offline forward of the
   // whole (B, T, E) input, or of one streamed token for all B rows (Mode::stream). Written from the
   // math next to the entry; elementwise work (softmax, bias, activations) may be left out, say so.
@@ -105,9 +106,12 @@ BlasReference blas_reference(const BenchShape& s, int64_t params = 0);
 // the family cannot run the shape (e.g. no stream).
 class Runner {
  public:
-  Runner(const BenchFamily& family, const BenchShape& shape);
+  Runner(const BenchFamily& family, const BenchShape& shape, const LinearOptions& linear = {});
   ~Runner();
   void call();
+  // The output of the last call() (offline: the forward's; stream: the push's).
+  const Tensor& output() const { return output_; }
+  const Layer& layer() const { return *layer_; }
   // Floats in the layer's parameters.
   int64_t params() const { return params_; }
   // Floats in the parameters of `family` at `shape` (without building the layer).
@@ -120,7 +124,7 @@ class Runner {
   BenchShape shape_;
   std::unique_ptr<Layer> layer_;
   std::unique_ptr<Stream> stream_;
-  Tensor input_, context_;
+  Tensor input_, context_, output_;
   int64_t params_ = 0;
 };
 
