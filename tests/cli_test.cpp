@@ -23,24 +23,8 @@ const std::string kRef = TOKENMIX_REFERENCE_DIR;
 const std::string kRegressions = kRef + "/../regressions";
 const std::string kGood = kRef + "/espnet_mha/espnet_mha_self_nomask_E32_H4_B3_T5.safetensors";
 
-struct Result {
-  int status = -1;
-  std::string out;  // stdout and stderr
-};
-
-// Runs `tokenmix <args>` under a 60 s timeout (a hang fails the test instead of the suite).
-Result cli(const std::string& args) {
-  const std::string cmd = "timeout 60 '" + std::string(TOKENMIX_CLI) + "' " + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using test::cli;
+using Result = test::CliResult;
 
 size_t count(const std::string& s, const std::string& what) {
   size_t n = 0;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tokenmix/core/error.h"
@@ -152,6 +154,26 @@ inline Tensor run_stream(Stream& s, const Tensor& x, const std::vector<int64_t>&
   Tensor out{Shape(dims)};
   for (int64_t b = 0; b < B; ++b) std::copy(rows[b].begin(), rows[b].end(), out.data() + b * rows[b].size());
   return out;
+}
+
+struct CliResult {
+  int status = -1;
+  std::string out;  // stdout and stderr
+};
+
+// Runs `[env] tokenmix <args>` under a 60 s timeout (a hang fails the test instead of the suite); env
+// is a prefix of VAR=value assignments, e.g. "ONEDNN_MAX_CPU_ISA=AVX2".
+inline CliResult cli(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + " timeout 60 '" + std::string(TOKENMIX_CLI) + "' " + args + " 2>&1";
+  CliResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
 }
 
 }  // namespace tokenmix::test

@@ -248,6 +248,8 @@ NB_MODULE(_core, m) {
   nb::class_<Layer>(m, "Layer")
       .def_prop_ro("name", &Layer::name)
       .def_prop_ro("d_model", &Layer::d_model)
+      .def_prop_ro("precision", [](const Layer& l) { return std::string(precision_name(l.projection().precision())); })
+      .def_prop_ro("gemm", [](const Layer& l) { return l.projection().impl(); })
       .def("forward", [](const Layer& l, const FloatIn& x, const OptBool& kpm) {
         return to_numpy(compute([&] { return l.forward(view(x), view(kpm)); }));
       }, "x"_a, "key_padding_mask"_a = nb::none())
@@ -319,10 +321,12 @@ NB_MODULE(_core, m) {
       }, "xs_pad"_a, "mask"_a.none());
 
   m.def("make_layer", [](const std::string& module, const std::string& config,
-                         const std::map<std::string, FloatIn>& weights) {
+                         const std::map<std::string, FloatIn>& weights, const std::string& precision) {
     auto [sd, views] = own_weights(weights);
-    return std::make_pair(make_layer(module, config, sd), views);
-  }, "module"_a, "config"_a, "weights"_a);
+    LinearOptions linear;
+    linear.precision = parse_precision(precision, "make_layer");
+    return std::make_pair(make_layer(module, config, sd, linear), views);
+  }, "module"_a, "config"_a, "weights"_a, "precision"_a = "fp32");
 
   m.def("read_safetensors", [](const std::string& path) { return read_all(SafetensorsFile(path)); }, "path"_a);
   m.def("read_safetensors_bytes", [](const nb::bytes& b) {

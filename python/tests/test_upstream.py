@@ -1,13 +1,15 @@
 """from_torch against the real upstream modules (installed from PyPI into the test venv): random
 configurations and inputs per family and variant; the tokenmix call returns what the module returns,
 within the family SPEC's tolerance, with the same structure (tuple / tensor / None)."""
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
 import tokenmix
 
-from conftest import assert_close, require
+from conftest import REFERENCE_DIR, assert_close, require
 
 SEEDS = range(6)
 
@@ -261,3 +263,60 @@ def test_accelerate_upstream_encoders():
     assert all(isinstance(m.attn, fastformer.FastSelfAttention) for m in enc.encoders)
     for a, e in zip(actual, expected):
         assert_close(a, e, 1e-4, 1e-4, "accelerated encoder")
+
+
+def _bf16_supported():
+    try:
+        tokenmix.load(REFERENCE_DIR / "espnet_mha/espnet_mha_self_nomask_E32_H4_B3_T5.safetensors", precision="bf16")
+        return True
+    except ValueError as e:
+        assert "no AVX512-BF16 or AMX-BF16" in str(e)
+        return False
+
+
+def test_precision_bf16_against_the_upstream_modules():
+    """from_torch(m, precision=...) and accelerate(model, precision=...): bf16 within the parity gate
+    (1e-2 of the output's scale) of the upstream fp32 module, and reported; auto keeps bf16 only for
+    weights that pass the gate; a bad precision is a ValueError. Weights at the scale of upstream's
+    initialisation (N(0, 1/E)); at 4x that, attention logits reach tens and bf16 fails the gate."""
+    attention = require("espnet2.asr.state_spaces.attention")
+    fastformer = require("espnet2.asr.layers.fastformer")
+    import tokenmix.torch
+
+    torch.manual_seed(1)
+    m = randomize(attention.MultiHeadedAttention(64, 4), scale=0.125).eval()
+    x = torch.randn(2, 23, 64)
+    with torch.no_grad():
+        want = m(x, None, None)[0].numpy()
+    auto = tokenmix.from_torch(m, precision="auto")
+    assert auto.precision in ("fp32", "bf16") and auto.gemm.startswith(("onednn ", "openblas "))
+    assert tokenmix.from_torch(m).precision == "fp32"
+    with pytest.raises(ValueError, match="precision: expected fp32, bf16 or auto, got 'fp8'"):
+        tokenmix.from_torch(m, precision="fp8")
+    if not _bf16_supported():
+        pytest.skip("this CPU has no bf16 arithmetic (tests/precision_test.cpp covers the refusal)")
+    layer = tokenmix.from_torch(m, precision="bf16")
+    assert layer.precision == "bf16" and "bf16" in layer.gemm
+    got = layer(x.numpy())[0]
+    scale = np.abs(want).max()
+    err = np.abs(got - want).max() / scale
+    assert 1e-6 < err <= 1e-2, f"bf16 error {err:.2e} of the output scale"  # rounded, yet within the gate
+    assert pickle.loads(pickle.dumps(layer)).precision == "bf16"
+    sharp = randomize(attention.MultiHeadedAttention(64, 4), scale=0.5)
+    with torch.no_grad():
+        want = sharp(x, None, None)[0].numpy()
+    assert np.abs(tokenmix.from_torch(sharp, precision="bf16")(x)[0].numpy() - want).max() > 1e-2 * np.abs(want).max()
+    if auto.precision == "bf16":  # auto chose bf16 for this CPU: it must refuse it for these weights
+        assert tokenmix.from_torch(sharp, precision="auto").precision == "fp32"
+
+    ff = randomize(fastformer.FastSelfAttention(64, 4, 0.0), scale=0.125).eval()
+    model = torch.nn.Sequential()
+    model.add_module("ff", ff)
+    model.eval()
+    mask = torch.ones(2, 1, 23, dtype=torch.bool)
+    with torch.no_grad():
+        want = ff(x, mask).numpy()
+        tokenmix.torch.accelerate(model, precision="bf16")
+        got = model.ff(x, mask).numpy()
+    assert isinstance(model.ff, tokenmix.torch.TokenmixModule)
+    assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max()

@@ -21,11 +21,12 @@ class Layer:
     ``config`` (its constructor arguments), ``d_model``. Pickling keeps the weights.
     """
 
-    def __init__(self, module: str, config: dict, impl, weights: dict):
+    def __init__(self, module: str, config: dict, impl, weights: dict, requested_precision: str = "fp32"):
         self.module = module
         self.config = dict(config)
         self._impl = impl
         self._weights = weights  # read-only numpy views of the layer's own copy of its state_dict
+        self._requested = requested_precision  # as asked for ("auto" re-resolves on the CPU that unpickles)
 
     def __call__(self, *args, **kwargs):
         """The upstream module's forward: see ``forward`` of each class."""
@@ -38,6 +39,16 @@ class Layer:
     @property
     def family(self) -> str:
         return self._impl.name
+
+    @property
+    def precision(self) -> str:
+        """What the projections run in: ``"fp32"`` or ``"bf16"`` (``"auto"`` resolved for this CPU)."""
+        return self._impl.precision
+
+    @property
+    def gemm(self) -> str:
+        """The GEMM implementation behind the projections, e.g. ``"onednn brg:avx512_core_bf16"``."""
+        return self._impl.gemm
 
     def state_dict(self) -> dict:
         """The upstream ``state_dict`` the layer was built from (read-only float32 numpy arrays)."""
@@ -63,16 +74,16 @@ class Layer:
         return like(out, any_torch(x))
 
     def __reduce__(self):
-        return (_rebuild, (self.module, json.dumps(self.config), dict(self._weights)))
+        return (_rebuild, (self.module, json.dumps(self.config), dict(self._weights), self._requested))
 
     def __repr__(self):
         return f"tokenmix.{type(self).__name__}({self.module}, {json.dumps(self.config)})"
 
 
-def _rebuild(module: str, config: str, weights: dict) -> Layer:
+def _rebuild(module: str, config: str, weights: dict, precision: str = "fp32") -> Layer:
     from ._registry import make_layer
 
-    return make_layer(module, json.loads(config), weights)
+    return make_layer(module, json.loads(config), weights, precision)
 
 
 class EspnetMultiHeadedAttention(Layer):
@@ -169,8 +180,8 @@ class ContinualMultiheadAttention(Layer):
       API); ``stream()`` gives independent, saveable states.
     """
 
-    def __init__(self, module, config, impl, weights):
-        super().__init__(module, config, impl, weights)
+    def __init__(self, module, config, impl, weights, requested_precision="fp32"):
+        super().__init__(module, config, impl, weights, requested_precision)
         self._steps = _core.ContinualSteps(impl)
 
     @property

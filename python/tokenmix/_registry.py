@@ -22,11 +22,15 @@ def supported_modules() -> list:
     return [(m, f, list(o)) for m, f, o in _core.supported_modules()]
 
 
-def make_layer(module: str, config: dict, weights: dict) -> Layer:
+def make_layer(module: str, config: dict, weights: dict, precision: str = "fp32") -> Layer:
     """The layer of upstream class ``module`` (qualified name) built with constructor arguments
     ``config`` (absent ones take upstream's defaults) and ``weights`` (upstream state_dict keys ->
-    float32 arrays or tensors). Raises ValueError for an unsupported module or option, a bad value, or
-    missing / unexpected / mis-shaped weights."""
+    float32 arrays or tensors). ``precision`` of its projections: ``"fp32"``, ``"bf16"`` (weights and
+    projection inputs rounded to bfloat16, float32 accumulation and output; about 1e-3 of the output's
+    scale) or ``"auto"`` (bf16 where this CPU runs it faster: AMX, or AVX512-BF16 on AMD; else fp32);
+    ``Layer.precision`` tells which runs. Raises ValueError for an unsupported module or option, a bad
+    value, missing / unexpected / mis-shaped weights, an unknown precision, or bf16 on a CPU without
+    AVX512-BF16 / AMX."""
     module = ALIASES.get(module, module)
     if not isinstance(config, dict):
         raise ValueError(f"make_layer: config: expected a dict of constructor arguments, got {type(config).__name__}")
@@ -35,9 +39,9 @@ def make_layer(module: str, config: dict, weights: dict) -> Layer:
     except TypeError as e:
         raise ValueError(f"make_layer: config: not JSON-serialisable: {e}") from None
     arrays = {str(k): float_in(v, "make_layer", f"weights['{k}']") for k, v in weights.items()}
-    impl, views = _core.make_layer(module, config_json, arrays)
+    impl, views = _core.make_layer(module, config_json, arrays, precision)
     cls = CLASSES.get(impl.name) or CLASSES["continual." + module.rsplit(".", 1)[-1]]
-    return cls(module, config, impl, views)
+    return cls(module, config, impl, views, precision)
 
 
 def _dropout(m, name: str) -> float:
@@ -127,13 +131,14 @@ def describe(module):
     return name, reader(module), weights
 
 
-def from_torch(module) -> Layer:
+def from_torch(module, precision: str = "fp32") -> Layer:
     """The tokenmix layer equivalent to a PyTorch module of a supported upstream class (by qualified
     class name): its constructor arguments are read from the module, its weights from ``state_dict()``
     (copied: later changes to the module do not reach the layer). Dropout is not applied (inference).
-    Raises ValueError for an unsupported class or option (e.g. ESPnet's unsupported arguments)."""
+    ``precision``: see ``make_layer``. Raises ValueError for an unsupported class or option (e.g.
+    ESPnet's unsupported arguments) or precision."""
     name, config, weights = describe(module)
-    return make_layer(name, config, weights)
+    return make_layer(name, config, weights, precision)
 
 
 def save(module, path) -> None:
@@ -149,10 +154,11 @@ def save(module, path) -> None:
                             {"module": name, "config": json.dumps(config)})
 
 
-def load(path) -> Layer:
+def load(path, precision: str = "fp32") -> Layer:
     """The layer a self-describing checkpoint describes (or a reference case file, whose weights are
-    its ``param.*`` tensors). Raises ValueError naming the file when it cannot be read, lacks
-    ``module`` / ``config`` metadata, or holds an unsupported module or bad weights."""
+    its ``param.*`` tensors), its projections in ``precision`` (see ``make_layer``). Raises ValueError
+    naming the file when it cannot be read, lacks ``module`` / ``config`` metadata, or holds an
+    unsupported module or bad weights, and for an unsupported precision."""
     path = os.fspath(path)
     tensors, metadata = _core.read_safetensors(path)
     for key in ("module", "config"):
@@ -168,4 +174,4 @@ def load(path) -> Layer:
     for k, v in weights.items():
         if v.dtype != np.float32:
             raise ValueError(f"load: {path}: tensor '{prefix}{k}': expected a floating-point weight, got {v.dtype}")
-    return make_layer(metadata["module"], config, weights)
+    return make_layer(metadata["module"], config, weights, precision)

@@ -72,11 +72,13 @@ def _replacement_class(upstream: type) -> type:
     return _CLASSES[upstream]
 
 
-def accelerate(model: torch.nn.Module) -> dict:
+def accelerate(model: torch.nn.Module, precision: str = "fp32") -> dict:
     """Replaces, in place, every submodule of ``model`` whose class tokenmix supports by a
-    TokenmixModule with the same weights and call signature (an instance of the upstream class too). Returns ``{path: original module}`` of
-    what it replaced (empty when nothing was supported). Raises ValueError when the model is in
-    training mode or when ``model`` itself is a supported class (use ``tokenmix.from_torch`` for it)."""
+    TokenmixModule with the same weights and call signature (an instance of the upstream class too),
+    its projections in ``precision`` (``"fp32"``, ``"bf16"`` or ``"auto"``; see
+    ``tokenmix.make_layer``). Returns ``{path: original module}`` of what it replaced (empty when
+    nothing was supported). Raises ValueError when the model is in training mode, when ``model``
+    itself is a supported class (use ``tokenmix.from_torch`` for it), or for an unsupported precision."""
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"accelerate: model: expected a torch.nn.Module, got {type(model).__name__}")
     if model.training:
@@ -89,6 +91,6 @@ def accelerate(model: torch.nn.Module) -> dict:
             continue
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, attr, _replacement_class(type(sub))(from_torch(sub), qualified_name(sub), path))
+        setattr(parent, attr, _replacement_class(type(sub))(from_torch(sub, precision), qualified_name(sub), path))
         replaced[path] = sub
     return replaced

@@ -74,7 +74,7 @@ GemmBackend default_gemm_backend() {
 }
 
 void LinearOptions::Validate(const char* fn) const {
-  check(backend == GemmBackend::kOnednn || precision == Precision::kFp32, fn, ": precision ",
+  check(backend == GemmBackend::kOnednn || precision != Precision::kBf16, fn, ": precision ",
         precision_name(precision), " needs the oneDNN GEMM backend (TOKENMIX_GEMM=reference runs fp32 only)");
 }
 

@@ -1,6 +1,8 @@
 #include "tokenmix/layers/registry.h"
 
+#include <cmath>
 #include <functional>
+#include <random>
 #include <optional>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -195,10 +197,55 @@ const std::vector<ModuleSpec>& supported_modules() {
   return specs;
 }
 
+namespace {
+// max |y - want| / max |want| (0 when want is all zeros and y equals it).
+double scaled_error(const Tensor& y, const Tensor& want) {
+  double err = 0, scale = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    scale = std::max(scale, static_cast<double>(std::fabs(want.data()[i])));
+    const double d = std::fabs(static_cast<double>(y.data()[i]) - want.data()[i]);
+    err = std::max(err, std::isnan(d) ? std::numeric_limits<double>::infinity() : d);
+  }
+  return scale > 0 ? err / scale : err;
+}
+
+// precision auto where this CPU runs bf16 faster: the bf16 layer if its output on a probe input
+// (x ~ N(0, 1), (1, kProbeTokens, E), seeded) is within kBf16Gate of the fp32 reference's, else fp32.
+// Very peaked attention (logits of tens) amplifies bf16's rounding beyond the gate; this catches it
+// for the layer's own weights.
+std::unique_ptr<Layer> auto_precision(const Entry& e, const Config& c, const StateDict& weights,
+                                      const LinearOptions& linear) {
+  LinearOptions bf16 = linear, fp32 = linear;
+  bf16.precision = Precision::kBf16;
+  fp32.precision = Precision::kFp32;
+  std::unique_ptr<Layer> candidate = e.build(c, weights, bf16);
+  const std::unique_ptr<Layer> reference = e.build(c, weights, {Precision::kFp32, GemmBackend::kReference});
+  constexpr int64_t kProbeTokens = 16;
+  const int64_t E = reference->d_model();
+  Tensor x{Shape{1, kProbeTokens, E}};
+  std::mt19937 gen(20261207);
+  std::normal_distribution<float> normal;
+  for (float& v : x) v = normal(gen);
+  double err;
+  try {
+    err = scaled_error(candidate->forward(x), reference->forward(x));
+  } catch (const Error&) {  // a configuration that cannot take the probe (e.g. max_length < 16)
+    err = std::numeric_limits<double>::infinity();
+  }
+  return err <= kBf16Gate ? std::move(candidate) : e.build(c, weights, fp32);
+}
+}  // namespace
+
 std::unique_ptr<Layer> make_layer(const std::string& module, const std::string& config, const StateDict& weights,
                                   const LinearOptions& linear) {
-  for (const auto& e : entries())
-    if (e.spec.module == module) return e.build(Config(module, config, e.spec.options), weights, linear);
+  for (const auto& e : entries()) {
+    if (e.spec.module != module) continue;
+    const Config c(module, config, e.spec.options);
+    if (linear.precision == Precision::kAuto && linear.backend == GemmBackend::kOnednn &&
+        resolve_precision(Precision::kAuto) == Precision::kBf16)
+      return auto_precision(e, c, weights, linear);
+    return e.build(c, weights, linear);
+  }
   std::string list;
   for (const auto& e : entries()) list += "\n  " + e.spec.module + " (" + e.spec.family + ")";
   fail("make_layer: module: unknown or not a sequence layer: '", module, "'; supported:", list);

@@ -31,11 +31,8 @@ struct Tolerance {
   double atol = 1e-5, rtol = 1e-5, scale = 0;
 };
 
-// The parity gate of a precision, as a fraction of an output's largest magnitude: 0 for fp32; for
-// bf16 1e-2 (bf16 keeps 8 significant bits, 2^-9 relative rounding per operand; a projection's
-// rounding errors add up to ~1e-3 of its output's scale, and the layers' softmaxes, norms and second
-// products may amplify that a few times: 1e-2 leaves margin without letting a wrong kernel through,
-// whose errors are O(1) of the scale).
+// The parity gate of a precision, as a fraction of an output's largest magnitude: 0 for fp32,
+// kBf16Gate (kernels/precision.h) for bf16.
 double precision_gate(Precision p);
 
 // Everything a family needs from a case file, with the metadata parsed.

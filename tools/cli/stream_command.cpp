@@ -16,6 +16,7 @@ struct StreamCliOptions {
   std::string path;
   // window 0: the layer's own (continual: sequence_len), else min(16, T) (HyperMixing: <= max_length).
   int64_t chunk = 1, window = 0, position = -1, left_context = 0, length = 256, batch = 1;
+  std::string precision = "fp32";
 };
 
 constexpr int64_t kDefaultWindow = 16;
@@ -46,7 +47,8 @@ Tensor stream_input(const SafetensorsFile& f, int64_t E, const StreamCliOptions&
 
 int run_stream(const StreamCliOptions& o) {
   SafetensorsFile f(o.path);
-  const cases::Case c = cases::parse_case(f);
+  cases::Case c = cases::parse_case(f);
+  c.linear.precision = parse_precision(o.precision, "tokenmix stream: --precision");
   const cases::CaseFamily& fam = cases::family_for(c.module);
   check(static_cast<bool>(fam.build_layer), "tokenmix stream: ", c.module, " is not a sequence layer");
   std::unique_ptr<Layer> layer = fam.build_layer(c);
@@ -94,6 +96,8 @@ int run_stream(const StreamCliOptions& o) {
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2], p99 = ms[std::min(ms.size() - 1, ms.size() * 99 / 100)];
   std::printf("layer            %s (%s)\n", layer->name().c_str(), c.module.c_str());
+  std::printf("projections      %s, %s\n", precision_name(layer->projection().precision()),
+              layer->projection().impl().c_str());
   std::printf("input            (B=%lld, T=%lld, E=%lld), chunk %lld, window %lld, position %lld, left_context %lld\n",
               static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(E),
               static_cast<long long>(o.chunk), static_cast<long long>(opts.window), static_cast<long long>(o.position),
@@ -117,6 +121,10 @@ void add_stream_command(CLI::App& app, int* status) {
       "after warm-up. Exit status: 0 when the difference is <= 1e-4, 1 otherwise, 2 on bad input.");
   cmd->add_option("CASE", o->path, "Reference case (.safetensors) whose layer and weights are used")->required();
   cmd->add_option("--chunk", o->chunk, "Tokens per push")->capture_default_str();
+  cmd->add_option("--precision", o->precision,
+                  "Precision of the projections: fp32, bf16 or auto (the stream is compared with the offline "
+                  "definition run in the same precision)")
+      ->capture_default_str();
   cmd->add_option("--window", o->window,
                   "Window length L for Fastformer and HyperMixing (0: min(16, T), and <= max_length for HyperMixing; "
                   "continual attention streams over its sequence_len and takes 0 or that value)")

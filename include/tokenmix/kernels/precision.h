@@ -7,7 +7,8 @@
 //       gates every family on every reference case).
 // auto: bf16 where this CPU runs it faster than fp32 (AMX-BF16, or AVX512-BF16 on AMD, whose
 //       vdpbf16ps runs at the fp32 FMA rate), fp32 elsewhere (e.g. Intel AVX512-BF16 without AMX
-//       executes vdpbf16ps at half rate; AVX2 has no bf16 arithmetic). The rule is resolve_precision().
+//       executes vdpbf16ps at half rate; AVX2 has no bf16 arithmetic): resolve_precision(). make_layer
+//       then keeps bf16 only if the layer passes the bf16 gate (kBf16Gate) on a probe input.
 // Everything outside the projections (softmax, masks, layer norms, attention products, sums) stays
 // float32 whatever the precision.
 #pragma once
@@ -25,6 +26,14 @@ enum class Precision { kFp32, kBf16, kAuto };
 // default of LinearOptions (read once per process).
 enum class GemmBackend { kOnednn, kReference };
 
+// The parity gate of bf16, as a fraction of an output's largest magnitude: max |y_bf16 - y_fp32| <=
+// kBf16Gate * max |y_fp32|. bf16 keeps 8 significant bits (2^-9 relative rounding per operand); a
+// projection's rounding errors add up to ~1e-3 of its output's scale, and softmax, layer norms and
+// second products may amplify that a few times. 1e-2 leaves that margin while a wrong kernel (errors
+// of the order of the scale) fails. Checked on every reference case (tokenmix run --precision bf16,
+// tests/precision_test.cpp) and, for auto, on the layer's own weights at load (make_layer).
+inline constexpr double kBf16Gate = 1e-2;
+
 // "fp32" | "bf16" | "auto". Throws Error "<fn>: precision: expected fp32, bf16 or auto, got '<s>'".
 Precision parse_precision(const std::string& s, const char* fn = "parse_precision");
 const char* precision_name(Precision p);
@@ -41,7 +50,7 @@ GemmBackend default_gemm_backend();
 struct LinearOptions {
   Precision precision = Precision::kFp32;
   GemmBackend backend = default_gemm_backend();
-  // Throws Error "<fn>: ..." when precision is not fp32 on the reference backend.
+  // Throws Error "<fn>: ..." for bf16 on the reference backend (which runs auto as fp32).
   void Validate(const char* fn) const;
 };
 
