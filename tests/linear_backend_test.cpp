@@ -118,7 +118,7 @@ TEST(LinearBackend, OptionsAreChecked) {
   test::expect_error([] { Linear(Tensor(Shape{2, 2}), {}, {Precision::kBf16, GemmBackend::kReference}); },
                      "Linear: precision bf16 needs the oneDNN GEMM backend");
   test::expect_error([] { parse_precision("fp16", "tokenmix run"); },
-                     "tokenmix run: precision: expected fp32, bf16 or auto, got 'fp16'");
+                     "tokenmix run: precision: expected fp32, bf16, int8 or auto, got 'fp16'");
   EXPECT_EQ(parse_precision("auto"), Precision::kAuto);
   const Linear a(Tensor(Shape{2, 2}), {}, {Precision::kAuto, GemmBackend::kOnednn});
   EXPECT_NE(a.precision(), Precision::kAuto);

@@ -1,7 +1,9 @@
-// Reduced precision: every reference case within the bf16 parity gate (kBf16Gate of each output's
-// scale), streams equal to their offline definition within the same gate, auto's rule and load-time
+// Reduced precision: every reference case within the bf16 / int8 parity gate (kBf16Gate / kInt8Gate
+// of each output's scale), streams equal to their offline definition within the same gate, auto's rule and load-time
 // gate, and the fallbacks on a CPU without bf16 (oneDNN's ISA capped with ONEDNN_MAX_CPU_ISA in a
 // child process, so every machine exercises them).
+#include <cmath>
+#include <limits>
 #include <map>
 
 #include "cases/case.h"
@@ -13,9 +15,9 @@
 namespace tokenmix {
 namespace {
 
-bool cpu_has_bf16() {
+bool cpu_runs(Precision p) {
   try {
-    resolve_precision(Precision::kBf16);
+    resolve_precision(p);
     return true;
   } catch (const Error&) {
     return false;
@@ -23,14 +25,26 @@ bool cpu_has_bf16() {
 }
 
 const LinearOptions kBf16{Precision::kBf16, GemmBackend::kOnednn};
+const LinearOptions kInt8{Precision::kInt8, GemmBackend::kOnednn};
 
-TEST(Precision, EveryReferenceCaseWithinTheBf16Gate) {
-  if (!cpu_has_bf16()) GTEST_SKIP() << "no bf16 arithmetic here (CappedIsa tests cover the refusal)";
+class ReducedPrecision : public ::testing::TestWithParam<Precision> {
+ protected:
+  void SetUp() override {
+    if (!cpu_runs(GetParam()))
+      GTEST_SKIP() << "no " << precision_name(GetParam()) << " arithmetic here (CappedIsa tests cover the refusal)";
+  }
+  LinearOptions options() const { return {GetParam(), GemmBackend::kOnednn}; }
+};
+
+// Every reference case within the precision's gate (an int8 layer that misses the gate on its probe
+// at load runs bf16 or fp32: make_layer's fallback, which these cases exercise).
+TEST_P(ReducedPrecision, EveryReferenceCaseWithinTheGate) {
+  const char* name = precision_name(GetParam());
   std::map<std::string, double> worst;  // family -> largest error / output scale
   for (const auto& fam : cases::families())
     for (const auto& path : test::reference_cases(fam.family)) {
       SafetensorsFile f(path);
-      const cases::CaseResult r = cases::run_case(f, -1, -1, kBf16);
+      const cases::CaseResult r = cases::run_case(f, -1, -1, options());
       for (const auto& c : r.comparisons) {
         EXPECT_TRUE(c.pass) << path << ": " << c.name << " max_abs " << c.max_abs << " " << c.problem;
         if (!f.contains(c.name)) continue;
@@ -41,14 +55,15 @@ TEST(Precision, EveryReferenceCaseWithinTheBf16Gate) {
       }
     }
   for (const auto& [family, err] : worst) {
-    std::printf("[ bf16 ] %-12s worst error / output scale %.2e (gate %.0e)\n", family.c_str(), err, kBf16Gate);
+    std::printf("[ %s ] %-12s worst error / output scale %.2e (gate %.0e)\n", name, family.c_str(), err,
+                cases::precision_gate(GetParam()));
     // Rounded (not silently fp32) but within the gate.
     EXPECT_GT(err, 1e-5) << family;
   }
 }
 
-TEST(Precision, StreamsEqualOfflineInBf16) {
-  if (!cpu_has_bf16()) GTEST_SKIP() << "no bf16 arithmetic here";
+TEST_P(ReducedPrecision, StreamsEqualOffline) {
+  const double gate = cases::precision_gate(GetParam());
   std::map<std::string, bool> seen;
   for (const auto& fam : cases::families())
     for (const auto& path : test::reference_cases(fam.family)) {
@@ -56,10 +71,10 @@ TEST(Precision, StreamsEqualOfflineInBf16) {
       cases::Case c = cases::parse_case(f);
       if (!fam.build_layer || seen[c.module + c.config.dump()]) continue;
       seen[c.module + c.config.dump()] = true;
-      c.linear = kBf16;
+      c.linear = options();
       const auto layer = fam.build_layer(c);
       if (!layer) continue;
-      ASSERT_EQ(layer->projection().precision(), Precision::kBf16) << path;
+      if (GetParam() == Precision::kBf16) ASSERT_EQ(layer->projection().precision(), Precision::kBf16) << path;
       const Tensor x = test::random_tensor(Shape{2, 11, layer->d_model()}, 5);
       StreamOptions opts;
       opts.left_context = 3;
@@ -70,8 +85,49 @@ TEST(Precision, StreamsEqualOfflineInBf16) {
       const Tensor got = test::run_stream(*s, x, {1, 3, 2, 5});
       double scale = 0;
       for (float v : want) scale = std::max(scale, static_cast<double>(std::fabs(v)));
-      EXPECT_LE(test::max_abs_diff(got, want), kBf16Gate * scale) << path;
+      EXPECT_LE(test::max_abs_diff(got, want), gate * scale) << path;
     }
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, ReducedPrecision, ::testing::Values(Precision::kBf16, Precision::kInt8),
+                         [](const ::testing::TestParamInfo<Precision>& info) {
+                           return std::string(precision_name(info.param));
+                         });
+
+TEST(Precision, Int8QuantizesWeightsPerFeatureAndFallsBackWhenTheGateFails) {
+  if (!cpu_runs(Precision::kInt8)) GTEST_SKIP() << "no int8 arithmetic here";
+  // One Linear against a double-precision evaluation of its own quantization: per output feature
+  // weight scales, per input row activation scales, bias added in float.
+  const int64_t M = 5, N = 7, K = 33;
+  Tensor W = test::random_tensor(Shape{N, K}, 21), b = test::random_tensor(Shape{N}, 22), x = test::random_tensor(Shape{M, K}, 23);
+  W.data()[3] = 40.f;  // an outlier in row 0: that row's scale only
+  const Linear lin(W, b, kInt8);
+  ASSERT_EQ(lin.precision(), Precision::kInt8);
+  EXPECT_NE(lin.impl().find("onednn"), std::string::npos);
+  const Tensor y = lin(x, "test");
+  for (int64_t m = 0; m < M; ++m) {
+    double xmax = 0;
+    for (int64_t k = 0; k < K; ++k) xmax = std::max(xmax, std::fabs(double(x.data()[m * K + k])));
+    for (int64_t n = 0; n < N; ++n) {
+      double wmax = 0, acc = 0;
+      for (int64_t k = 0; k < K; ++k) wmax = std::max(wmax, std::fabs(double(W.data()[n * K + k])));
+      const double sw = wmax / 127, sx = xmax / 127;
+      for (int64_t k = 0; k < K; ++k)
+        acc += std::nearbyint(W.data()[n * K + k] / sw) * std::nearbyint(x.data()[m * K + k] / sx);
+      EXPECT_NEAR(y.data()[m * N + n], acc * sw * sx + b.data()[n], 1e-4 * (1 + std::fabs(acc * sw * sx))) << m << "," << n;
+    }
+  }
+  // A non-finite input row gives non-finite outputs for that row only (as fp32 would).
+  x.data()[K + 2] = std::numeric_limits<float>::infinity();
+  const Tensor z = lin(x, "test");
+  EXPECT_TRUE(std::isnan(z.data()[N]));
+  EXPECT_TRUE(std::isfinite(z.data()[0]) && std::isfinite(z.data()[2 * N]));
+  // HyperMixing with one hidden unit: its LayerNorm divides out a nearly cancelling scale, int8 misses
+  // the gate on the probe, and the layer runs a wider precision instead (reported).
+  const std::string kCase = std::string(TOKENMIX_REFERENCE_DIR) + "/hypermixing/hypermixing_h1_k1_E96_T1.safetensors";
+  EXPECT_NE(load_layer(kCase, kInt8)->projection().precision(), Precision::kInt8);
+  const std::string kGood = std::string(TOKENMIX_REFERENCE_DIR) + "/espnet_mha/espnet_mha_self_nomask_E32_H4_B3_T5.safetensors";
+  EXPECT_EQ(load_layer(kGood, kInt8)->projection().precision(), Precision::kInt8);
 }
 
 TEST(Precision, AutoFollowsTheCpuRuleAndTheLoadTimeGate) {
@@ -96,8 +152,8 @@ TEST(Precision, AutoFollowsTheCpuRuleAndTheLoadTimeGate) {
             Precision::kFp32);
 }
 
-// A CPU without bf16 arithmetic (oneDNN capped to AVX2 or AVX-512 without BF16): auto runs fp32 and
-// passes; an explicit bf16 is a clear error, not a silent fallback.
+// A CPU without bf16 / int8 arithmetic (oneDNN capped to AVX2 or AVX-512 without BF16 and VNNI): auto
+// runs fp32 and passes; an explicit bf16 or int8 is a clear error, not a silent fallback.
 TEST(Precision, CappedIsaFallsBackToFp32OrRefuses) {
   const std::string ref = TOKENMIX_REFERENCE_DIR;
   for (const char* isa : {"AVX2", "AVX512_CORE"}) {
@@ -109,6 +165,11 @@ TEST(Precision, CappedIsaFallsBackToFp32OrRefuses) {
     EXPECT_NE(b.status, 0) << isa;
     EXPECT_NE(b.out.find("resolve_precision: bf16: this CPU has no AVX512-BF16 or AMX-BF16"), std::string::npos)
         << b.out.substr(0, 300);
+    // int8 needs VNNI: refused on AVX2 and on AVX-512 without it.
+    const test::CliResult i = test::cli("run '" + ref + "/espnet_mha' --precision int8", env);
+    EXPECT_NE(i.status, 0) << isa;
+    EXPECT_NE(i.out.find("resolve_precision: int8: this CPU has no AVX512-VNNI or AMX-INT8"), std::string::npos)
+        << i.out.substr(0, 300);
   }
 }
 

@@ -291,7 +291,7 @@ def test_precision_bf16_against_the_upstream_modules():
     auto = tokenmix.from_torch(m, precision="auto")
     assert auto.precision in ("fp32", "bf16") and auto.gemm.startswith(("onednn ", "openblas "))
     assert tokenmix.from_torch(m).precision == "fp32"
-    with pytest.raises(ValueError, match="precision: expected fp32, bf16 or auto, got 'fp8'"):
+    with pytest.raises(ValueError, match="precision: expected fp32, bf16, int8 or auto, got 'fp8'"):
         tokenmix.from_torch(m, precision="fp8")
     if not _bf16_supported():
         pytest.skip("this CPU has no bf16 arithmetic (tests/precision_test.cpp covers the refusal)")

@@ -42,7 +42,8 @@ class Layer:
 
     @property
     def precision(self) -> str:
-        """What the projections run in: ``"fp32"`` or ``"bf16"`` (``"auto"`` resolved for this CPU)."""
+        """What the projections run in: ``"fp32"``, ``"bf16"`` or ``"int8"`` (``"auto"`` resolved for this
+        CPU and these weights; an int8 layer that missed its gate at load reports what it runs instead)."""
         return self._impl.precision
 
     @property

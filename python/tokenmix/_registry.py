@@ -26,11 +26,13 @@ def make_layer(module: str, config: dict, weights: dict, precision: str = "fp32"
     """The layer of upstream class ``module`` (qualified name) built with constructor arguments
     ``config`` (absent ones take upstream's defaults) and ``weights`` (upstream state_dict keys ->
     float32 arrays or tensors). ``precision`` of its projections: ``"fp32"``, ``"bf16"`` (weights and
-    projection inputs rounded to bfloat16, float32 accumulation and output; about 1e-3 of the output's
-    scale) or ``"auto"`` (bf16 where this CPU runs it faster: AMX, or AVX512-BF16 on AMD; else fp32);
-    ``Layer.precision`` tells which runs. Raises ValueError for an unsupported module or option, a bad
-    value, missing / unexpected / mis-shaped weights, an unknown precision, or bf16 on a CPU without
-    AVX512-BF16 / AMX."""
+    projection inputs rounded to bfloat16, float32 accumulation and output; within 1e-2 of the
+    output's scale), ``"int8"`` (weights quantized per output feature, inputs per row, int32
+    accumulation; within 5e-2; a layer that misses that on a probe input at load runs bf16 or fp32)
+    or ``"auto"`` (bf16 where this CPU runs it faster, AMX or AVX512-BF16 on AMD, and the layer's
+    weights pass bf16's gate; else fp32). ``Layer.precision`` tells which runs. Raises ValueError for an
+    unsupported module or option, a bad value, missing / unexpected / mis-shaped weights, an unknown
+    precision, bf16 on a CPU without AVX512-BF16 / AMX, or int8 without AVX512-VNNI / AMX."""
     module = ALIASES.get(module, module)
     if not isinstance(config, dict):
         raise ValueError(f"make_layer: config: expected a dict of constructor arguments, got {type(config).__name__}")

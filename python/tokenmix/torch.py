@@ -75,7 +75,7 @@ def _replacement_class(upstream: type) -> type:
 def accelerate(model: torch.nn.Module, precision: str = "fp32") -> dict:
     """Replaces, in place, every submodule of ``model`` whose class tokenmix supports by a
     TokenmixModule with the same weights and call signature (an instance of the upstream class too),
-    its projections in ``precision`` (``"fp32"``, ``"bf16"`` or ``"auto"``; see
+    its projections in ``precision`` (``"fp32"``, ``"bf16"``, ``"int8"`` or ``"auto"``; see
     ``tokenmix.make_layer``). Returns ``{path: original module}`` of what it replaced (empty when
     nothing was supported). Raises ValueError when the model is in training mode, when ``model``
     itself is a supported class (use ``tokenmix.from_torch`` for it), or for an unsupported precision."""

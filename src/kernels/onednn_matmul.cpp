@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include <cmath>
+
 #include <dnnl.hpp>
 #include <mutex>
 #include <vector>
@@ -48,7 +50,7 @@ struct OnednnMatmul::State {
   // handles are re-pointed per call, so a repeated shape allocates nothing of ours.
   struct Context {
     dnnl::stream stream{cpu_engine()};
-    Workspace ws;  // slot 0: scratchpad, slot 1: dense (or bf16) input rows, slot 2: dense output rows
+    Workspace ws;  // slot 0: scratchpad, 1: dense / bf16 / int8 input rows, 2: dense output rows, 3: row scales
     struct Memories {
       uint64_t id;
       dnnl::memory src, dst, scratchpad;
@@ -67,9 +69,11 @@ struct OnednnMatmul::State {
   };
 
   int64_t N = 0, K = 0;
-  dt type = dt::f32;
+  dt type = dt::f32;                // f32, bf16 or s8 (int8)
   dnnl::memory::desc weights_desc;  // the packed layout
-  dnnl::memory weights, bias;       // packed weights; bias (1, N) f32 or empty
+  dnnl::memory weights, bias;       // packed weights; bias (1, N) f32 or empty (fp32 / bf16)
+  std::vector<float> weight_scales;  // int8: per output feature, W[n, :] ≈ weight_scales[n] · W_q[n, :]
+  std::vector<float> int8_bias;      // int8: the bias (N) or empty, added with the row scales
   mutable std::mutex mutex;         // guards cache, next_id, contexts
   mutable std::vector<Entry> cache;  // oldest first
   mutable uint64_t next_id = 0;
@@ -80,6 +84,7 @@ struct OnednnMatmul::State {
     *dst = dnnl::memory::desc({k.M, N}, dt::f32, tag::ab);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    if (type == dt::s8) attr.set_output_scales(1 << 1, weight_scales);  // per output feature
     if (k.accumulate) {
       dnnl::post_ops ops;
       ops.append_sum(1.f);
@@ -108,14 +113,29 @@ struct OnednnMatmul::State {
 
 OnednnMatmul::OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision precision)
     : s_(std::make_unique<State>()), precision_(precision) {
-  check(precision == Precision::kFp32 || precision == Precision::kBf16, "Linear: precision: expected fp32 or bf16, got ",
-        precision_name(precision));
+  check(precision != Precision::kAuto, "Linear: precision: expected a resolved one, got auto");
   State& s = *s_;
   s.N = weight.dim(0);
   s.K = weight.dim(1);
-  s.type = precision == Precision::kBf16 ? dt::bf16 : dt::f32;
+  s.type = precision == Precision::kBf16 ? dt::bf16 : precision == Precision::kInt8 ? dt::s8 : dt::f32;
+  // int8: symmetric per-output-feature weight scales (max |W[n, :]| / 127), rounded to nearest.
+  std::vector<int8_t> quantized;
+  if (s.type == dt::s8) {
+    s.weight_scales.assign(s.N, 1.f);
+    quantized.resize(s.N * s.K);
+    for (int64_t n = 0; n < s.N; ++n) {
+      const float* w = weight.data() + n * s.K;
+      float m = 0;
+      for (int64_t k = 0; k < s.K; ++k) m = std::max(m, std::fabs(w[k]));
+      check(std::isfinite(m), "Linear: int8: weight row ", n, " holds a non-finite value");
+      if (m > 0) s.weight_scales[n] = m / 127.f;
+      for (int64_t k = 0; k < s.K; ++k)
+        quantized[n * s.K + k] = static_cast<int8_t>(std::nearbyint(w[k] / s.weight_scales[n]));
+    }
+    if (!bias.empty()) s.int8_bias.assign(bias.begin(), bias.end());
+  }
   try {
-    if (!bias.empty()) {
+    if (!bias.empty() && s.type != dt::s8) {
       s.bias = dnnl::memory(dnnl::memory::desc({1, s.N}, dt::f32, tag::ab), cpu_engine());
       std::copy(bias.begin(), bias.end(), static_cast<float*>(s.bias.get_data_handle()));
     }
@@ -125,9 +145,10 @@ OnednnMatmul::OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision p
     impl_ = pd.impl_info_str();
     s.weights_desc = pd.weights_desc();
     s.weights = dnnl::memory(s.weights_desc, cpu_engine());
-    // PyTorch's (N, K) row-major weight is the (K, N) matrix in layout "ba".
-    dnnl::memory plain(dnnl::memory::desc({s.K, s.N}, dt::f32, tag::ba), cpu_engine(),
-                             const_cast<float*>(weight.data()));
+    // PyTorch's (N, K) row-major weight is the (K, N) matrix in layout "ba" (int8: its quantized
+    // copy; the reorder adds the compensation oneDNN's s8 x s8 kernels need).
+    dnnl::memory plain(dnnl::memory::desc({s.K, s.N}, s.type == dt::s8 ? dt::s8 : dt::f32, tag::ba), cpu_engine(),
+                       s.type == dt::s8 ? static_cast<void*>(quantized.data()) : const_cast<float*>(weight.data()));
     dnnl::stream stream(cpu_engine());
     dnnl::reorder(plain, s.weights).execute(stream, plain, s.weights);
     stream.wait();
@@ -140,7 +161,9 @@ OnednnMatmul::OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision p
 OnednnMatmul::~OnednnMatmul() = default;
 
 int64_t OnednnMatmul::weight_bytes() const {
-  return static_cast<int64_t>(s_->weights_desc.get_size()) + (s_->bias ? s_->N * 4 : 0);
+  const State& s = *s_;
+  return static_cast<int64_t>(s.weights_desc.get_size()) + (s.bias ? s.N * 4 : 0) +
+         static_cast<int64_t>((s.weight_scales.size() + s.int8_bias.size()) * sizeof(float));
 }
 
 void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64_t ldy, bool accumulate) const {
@@ -148,10 +171,11 @@ void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64
   const State& s = *s_;
   // Inside a parallel region oneDNN runs on the calling thread: the primitive is built for one.
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  const bool bf16 = s.type == dt::bf16;
+  const bool bf16 = s.type == dt::bf16, int8 = s.type == dt::s8;
   const int64_t N = s.N, K = s.K;
-  // A strided output is computed into dense rows and added / copied into y afterwards.
-  const bool dense_out = ldy == N;
+  // A strided output (and every int8 output, which takes the row scales and the bias afterwards) is
+  // computed into dense rows and added / copied into y afterwards.
+  const bool dense_out = ldy == N && !int8;
   const State::Key key{M, accumulate && dense_out, threads};
   const ThreadLimit limit(threads);
   std::unique_ptr<State::Context> ctx;
@@ -167,7 +191,25 @@ void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64
   if (!ctx) ctx = std::make_unique<State::Context>();
   State::Context::Memories& mem = ctx->memories_for(entry);
   const void* src = x;
-  if (bf16) {
+  float* row_scales = nullptr;
+  if (int8) {
+    // Each input row quantized on its own scale: x[m, :] ≈ row_scales[m] · x_q[m, :] (a row holding
+    // a non-finite value gets a NaN scale, so its outputs are NaN as in fp32).
+    int8_t* xq = reinterpret_cast<int8_t*>(aligned(ctx->ws.floats(1, (M * K + 3) / 4 + 16)));
+    row_scales = ctx->ws.floats(3, M);
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xr = x + m * ldx;
+      float amax = 0;
+      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
+      bool finite = true;
+      for (int64_t k = 0; k < K; ++k) finite &= std::isfinite(xr[k]);
+      const float scale = !finite ? NAN : amax > 0 ? amax / 127.f : 1.f;
+      const float inv = finite ? 1.f / scale : 0.f;
+      for (int64_t k = 0; k < K; ++k) xq[m * K + k] = static_cast<int8_t>(std::nearbyint(xr[k] * inv));
+      row_scales[m] = scale;
+    }
+    src = xq;
+  } else if (bf16) {
     // Each input row rounded to bf16 (M x K, dense).
     uint16_t* xb = reinterpret_cast<uint16_t*>(aligned(ctx->ws.floats(1, (M * K + 1) / 2 + 16)));
     for (int64_t m = 0; m < M; ++m)
@@ -191,7 +233,15 @@ void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64
                              {DNNL_ARG_BIAS, s.bias ? s.bias.get() : nullptr}};
   const dnnl_status_t status = dnnl_primitive_execute(entry.matmul.get(), ctx->stream.get(), s.bias ? 5 : 4, args);
   const dnnl_status_t waited = dnnl_stream_wait(ctx->stream.get());
-  if (!dense_out && status == dnnl_success)
+  if (int8 && status == dnnl_success) {
+    const float* b = s.int8_bias.empty() ? nullptr : s.int8_bias.data();
+    for (int64_t m = 0; m < M; ++m) {
+      const float* r = dst + m * N;
+      float* out = y + m * ldy;
+      const float sc = row_scales[m];
+      for (int64_t n = 0; n < N; ++n) out[n] = (accumulate ? out[n] : 0.f) + sc * r[n] + (b ? b[n] : 0.f);
+    }
+  } else if (!dense_out && status == dnnl_success) {
     for (int64_t m = 0; m < M; ++m) {
       const float* r = dst + m * N;
       float* out = y + m * ldy;
@@ -200,6 +250,7 @@ void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64
       else
         std::copy(r, r + N, out);
     }
+  }
   {
     const std::lock_guard<std::mutex> lock(s.mutex);
     s.contexts.push_back(std::move(ctx));

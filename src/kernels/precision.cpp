@@ -38,14 +38,16 @@ const char* isa_name(dnnl::cpu_isa isa) {
 Precision parse_precision(const std::string& s, const char* fn) {
   if (s == "fp32") return Precision::kFp32;
   if (s == "bf16") return Precision::kBf16;
+  if (s == "int8") return Precision::kInt8;
   if (s == "auto") return Precision::kAuto;
-  fail(fn, ": precision: expected fp32, bf16 or auto, got '", s, "'");
+  fail(fn, ": precision: expected fp32, bf16, int8 or auto, got '", s, "'");
 }
 
 const char* precision_name(Precision p) {
   switch (p) {
     case Precision::kFp32: return "fp32";
     case Precision::kBf16: return "bf16";
+    case Precision::kInt8: return "int8";
     case Precision::kAuto: return "auto";
   }
   return "?";
@@ -57,6 +59,10 @@ Precision resolve_precision(Precision p) {
   if (p == Precision::kBf16)
     check(bf16_units, "resolve_precision: bf16: this CPU has no AVX512-BF16 or AMX-BF16 (oneDNN ISA: ", isa_name(isa),
           ")");
+  const bool int8_units = bf16_units || isa == dnnl::cpu_isa::avx512_core_vnni;
+  if (p == Precision::kInt8)
+    check(int8_units, "resolve_precision: int8: this CPU has no AVX512-VNNI or AMX-INT8 (oneDNN ISA: ", isa_name(isa),
+          "; oneDNN's int8 runs slower than fp32 without them)");
   if (p != Precision::kAuto) return p;
   const bool bf16_fast = isa == dnnl::cpu_isa::avx512_core_amx || (isa == dnnl::cpu_isa::avx512_core_bf16 && amd_cpu());
   return bf16_fast ? Precision::kBf16 : Precision::kFp32;
@@ -74,7 +80,8 @@ GemmBackend default_gemm_backend() {
 }
 
 void LinearOptions::Validate(const char* fn) const {
-  check(backend == GemmBackend::kOnednn || precision != Precision::kBf16, fn, ": precision ",
+  check(backend == GemmBackend::kOnednn || precision == Precision::kFp32 || precision == Precision::kAuto, fn,
+        ": precision ",
         precision_name(precision), " needs the oneDNN GEMM backend (TOKENMIX_GEMM=reference runs fp32 only)");
 }
 

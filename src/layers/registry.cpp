@@ -209,30 +209,34 @@ double scaled_error(const Tensor& y, const Tensor& want) {
   return scale > 0 ? err / scale : err;
 }
 
-// precision auto where this CPU runs bf16 faster: the bf16 layer if its output on a probe input
-// (x ~ N(0, 1), (1, kProbeTokens, E), seeded) is within kBf16Gate of the fp32 reference's, else fp32.
-// Very peaked attention (logits of tens) amplifies bf16's rounding beyond the gate; this catches it
-// for the layer's own weights.
-std::unique_ptr<Layer> auto_precision(const Entry& e, const Config& c, const StateDict& weights,
-                                      const LinearOptions& linear) {
-  LinearOptions bf16 = linear, fp32 = linear;
-  bf16.precision = Precision::kBf16;
-  fp32.precision = Precision::kFp32;
-  std::unique_ptr<Layer> candidate = e.build(c, weights, bf16);
+// The first precision of `chain` whose layer passes its gate (kBf16Gate, kInt8Gate) on a probe input
+// (x ~ N(0, 1), (1, kProbeTokens, E), seeded) against the fp32 reference, else fp32. Weights that make
+// attention very peaked (logits of tens), or a LayerNorm that divides out a nearly cancelling scale
+// (HyperMixing with one hidden unit), amplify rounding beyond the gate; this catches it for the
+// layer's own weights.
+std::unique_ptr<Layer> gated_precision(const Entry& e, const Config& c, const StateDict& weights,
+                                       const LinearOptions& linear, const std::vector<Precision>& chain) {
   const std::unique_ptr<Layer> reference = e.build(c, weights, {Precision::kFp32, GemmBackend::kReference});
   constexpr int64_t kProbeTokens = 16;
-  const int64_t E = reference->d_model();
-  Tensor x{Shape{1, kProbeTokens, E}};
+  Tensor x{Shape{1, kProbeTokens, reference->d_model()}};
   std::mt19937 gen(20261207);
   std::normal_distribution<float> normal;
   for (float& v : x) v = normal(gen);
-  double err;
+  Tensor want;
   try {
-    err = scaled_error(candidate->forward(x), reference->forward(x));
-  } catch (const Error&) {  // a configuration that cannot take the probe (e.g. max_length < 16)
-    err = std::numeric_limits<double>::infinity();
+    want = reference->forward(x);
+  } catch (const Error&) {  // a configuration that cannot take the probe (e.g. max_length < 16): fp32
   }
-  return err <= kBf16Gate ? std::move(candidate) : e.build(c, weights, fp32);
+  for (const Precision p : chain) {
+    if (want.empty()) break;
+    LinearOptions o = linear;
+    o.precision = p;
+    std::unique_ptr<Layer> candidate = e.build(c, weights, o);
+    if (scaled_error(candidate->forward(x), want) <= (p == Precision::kInt8 ? kInt8Gate : kBf16Gate)) return candidate;
+  }
+  LinearOptions fp32 = linear;
+  fp32.precision = Precision::kFp32;
+  return e.build(c, weights, fp32);
 }
 }  // namespace
 
@@ -241,10 +245,17 @@ std::unique_ptr<Layer> make_layer(const std::string& module, const std::string& 
   for (const auto& e : entries()) {
     if (e.spec.module != module) continue;
     const Config c(module, config, e.spec.options);
-    if (linear.precision == Precision::kAuto && linear.backend == GemmBackend::kOnednn &&
-        resolve_precision(Precision::kAuto) == Precision::kBf16)
-      return auto_precision(e, c, weights, linear);
-    return e.build(c, weights, linear);
+    if (linear.backend == GemmBackend::kReference || linear.precision == Precision::kFp32 ||
+        linear.precision == Precision::kBf16)
+      return e.build(c, weights, linear);
+    // auto and int8 are gated on the layer's own weights (resolve_precision first: a CPU without
+    // the arithmetic is an error for int8, fp32 for auto).
+    const Precision p = resolve_precision(linear.precision);
+    if (p == Precision::kFp32) return e.build(c, weights, linear);
+    std::vector<Precision> chain{p};
+    if (p == Precision::kInt8 && resolve_precision(Precision::kAuto) == Precision::kBf16)
+      chain.push_back(Precision::kBf16);
+    return gated_precision(e, c, weights, linear, chain);
   }
   std::string list;
   for (const auto& e : entries()) list += "\n  " + e.spec.module + " (" + e.spec.family + ")";

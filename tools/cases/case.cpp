@@ -87,7 +87,9 @@ Comparison compare(const std::string& name, const Tensor& got, const Safetensors
 
 }  // namespace
 
-double precision_gate(Precision p) { return p == Precision::kBf16 ? kBf16Gate : 0.0; }
+double precision_gate(Precision p) {
+  return p == Precision::kBf16 ? kBf16Gate : p == Precision::kInt8 ? kInt8Gate : 0.0;
+}
 
 CaseResult run_case(const SafetensorsFile& file, double atol, double rtol, const LinearOptions& linear) {
   Case c = parse_case(file);

@@ -130,7 +130,7 @@ int run(const BenchOptions& o) {
           bench::Runner fp32(fam, shape, {Precision::kFp32, GemmBackend::kReference});
           fp32.prepare();
           fp32.call();
-          want = fp32.output();
+          want = fp32.output().clone();  // (a stream's push may return a view of its own buffer)
         }
         // Extra heap = high-water mark above the live bytes once weights and input exist (stream: the
         // stream state, KV cache / windows, and the context push count as extra).
@@ -239,7 +239,7 @@ void add_bench_command(CLI::App& app, int* status) {
   cmd->add_option("--threads", opts->threads,
                   "Thread counts to run (each sets omp_set_num_threads and openblas_set_num_threads). Default 1");
   cmd->add_option("--precision", opts->precisions,
-                  "Precisions to run side by side, e.g. fp32,bf16 (each: fp32, bf16 or auto; bf16 is an error on a "
+                  "Precisions to run side by side, e.g. fp32,bf16 (each: fp32, bf16, int8 or auto; bf16 is an error on a "
                   "CPU without AVX512-BF16 / AMX). err/fp32 is max |y - y_fp32| / max |y_fp32| against the same layer "
                   "run in fp32 on the reference GEMM. Default fp32")
       ->delimiter(',');

@@ -158,9 +158,10 @@ void add_run_command(CLI::App& app, int* status) {
                   "2e-5; Retroactive streams 2e-5)");
   cmd->add_option("--rtol", opts->rtol, "Relative tolerance. Default: each family's tolerance from its SPEC");
   cmd->add_option("--precision", opts->precision,
-                  "Precision of the layers' projections: fp32, bf16 (error: the CPU lacks AVX512-BF16 / AMX) or auto "
-                  "(bf16 where it is faster on this CPU, else fp32). bf16 outputs are compared with the fp32 "
-                  "expectations within the precision's gate: the SPEC tolerance + 1e-2 x the output's largest "
+                  "Precision of the layers' projections: fp32, bf16 (error: the CPU lacks AVX512-BF16 / AMX), int8 "
+                  "(error: the CPU lacks AVX512-VNNI / AMX; a layer missing the int8 gate at load runs bf16 or fp32) or auto (bf16 where it is faster on this CPU and passes "
+                  "its gate, else fp32). Reduced-precision outputs are compared with the fp32 expectations within the "
+                  "precision's gate: the SPEC tolerance + 1e-2 (bf16) or 5e-2 (int8) x the output's largest "
                   "magnitude. Default: fp32");
   cmd->callback([opts, status] { *status = run(*opts); });
 }

@@ -122,7 +122,7 @@ void add_stream_command(CLI::App& app, int* status) {
   cmd->add_option("CASE", o->path, "Reference case (.safetensors) whose layer and weights are used")->required();
   cmd->add_option("--chunk", o->chunk, "Tokens per push")->capture_default_str();
   cmd->add_option("--precision", o->precision,
-                  "Precision of the projections: fp32, bf16 or auto (the stream is compared with the offline "
+                  "Precision of the projections: fp32, bf16, int8 or auto (the stream is compared with the offline "
                   "definition run in the same precision)")
       ->capture_default_str();
   cmd->add_option("--window", o->window,
