@@ -59,7 +59,7 @@ $(VENV)/.installed: python/requirements-test.txt python/requirements-nodeps.txt 
 # The upstream modules vs tokenmix.from_torch vs ONNX Runtime, side by side from Python (BENCHMARKS.md).
 bench-python: python-build
 	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt -r python/requirements-bench.txt
-	PYTHONPATH=$(BUILD)/python/package $(PY) bench/python_bench.py --threads 1 2 --ort
+	PYTHONPATH=$(BUILD)/python/package $(PY) bench/python_bench.py --threads 1 2 --ort --ort-int8 --precision fp32 bf16 int8
 
 # What a user does: `pip install .` (scikit-build-core builds the extension) into a fresh venv, then
 # the README's Python quick start (which starts from a SpeechBrain module) against the installed package.

@@ -1,7 +1,7 @@
 """The upstream PyTorch modules vs tokenmix.from_torch of them (and vs ONNX Runtime), from Python.
 
     make bench-python          # = the command below, after installing python/requirements-bench.txt
-    PYTHONPATH=build/python/package .venv/bin/python bench/python_bench.py --threads 1 2 --ort
+    PYTHONPATH=build/python/package .venv/bin/python bench/python_bench.py --threads 1 2 --ort --ort-int8 --precision fp32 bf16 int8
 
 For every supported family (E=512, H=8; offline B=8 T=256 and B=1 T=4096) the real upstream module
 (random weights) and its tokenmix layer are called alternately with the same arguments, under
@@ -10,9 +10,12 @@ tokenmix.set_num_threads); medians over --repeats calls after one warm-up call e
 module is also exported with torch.onnx.export (opset 14, the shape's B and T fixed) and run on ONNX
 Runtime's CPU provider (intra_op_num_threads = the thread count, inter_op 1, sequential execution,
 no spin-waiting),
-alternating with the other two; an export or session that fails is reported as such. Prints one row
-per measurement: times, tokenmix's speed-up over each, and each side's largest difference from the
-upstream output.
+alternating with the other two; an export or session that fails is reported as such. --precision runs
+tokenmix's layer in each listed precision (fp32 bf16 int8), and --ort-int8 adds ONNX Runtime on the
+model quantized with onnxruntime.quantization.quantize_dynamic (int8 weights, dynamic activations).
+Prints one row per implementation and measurement: median time, the speed-up of that row over PyTorch,
+ORT fp32 and ORT int8 (">1" = faster than them), and its error against the upstream fp32 output
+(max |y - y_upstream| / max |y_upstream|, the parity gate's measure).
 """
 import argparse
 import os
@@ -53,9 +56,9 @@ def modules():
     ]
 
 
-def ort_session(module, call, x, threads):
-    """An ONNX Runtime session running call(module, x) exported with torch.onnx.export, or the reason
-    it could not be made."""
+def ort_session(module, call, x, threads, int8=False):
+    """An ONNX Runtime session running call(module, x) exported with torch.onnx.export (quantized with
+    quantize_dynamic when int8), or the reason it could not be made."""
     import onnxruntime as ort
 
     class Wrapped(torch.nn.Module):
@@ -72,6 +75,11 @@ def ort_session(module, call, x, threads):
         # (continual's forward) to a fused op that ONNX export does not support.
         with torch.enable_grad():
             torch.onnx.export(Wrapped().eval(), (x,), path, opset_version=14, input_names=["x"], output_names=["y"])
+        if int8:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(path, path + ".int8.onnx", weight_type=QuantType.QInt8)
+            path += ".int8.onnx"
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -89,10 +97,12 @@ def main():
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--filter", default="", help="only layers whose name contains this")
+    p.add_argument("--precision", nargs="+", default=["fp32"], help="tokenmix precisions to run (fp32 bf16 int8)")
     p.add_argument("--ort", action="store_true", help="add ONNX Runtime (pip install onnxruntime)")
+    p.add_argument("--ort-int8", action="store_true", help="add ONNX Runtime on the quantize_dynamic int8 model")
     a = p.parse_args()
-    print(f"{'layer':<16}{'shape':<10}{'thr':>4}{'torch_ms':>10}{'tokenmix_ms':>12}{'vs_torch':>9}{'diff':>9}"
-          + (f"{'ort_ms':>10}{'vs_ort':>8}{'ort_diff':>10}" if a.ort else ""))
+    print(f"{'layer':<16}{'shape':<10}{'thr':>4}  {'impl':<16}{'ms':>10}{'x_torch':>9}{'x_ort':>8}{'x_ort8':>8}"
+          f"{'err':>10}  note")
     for threads in a.threads:
         torch.set_num_threads(threads)
         tokenmix.set_num_threads(threads)
@@ -100,35 +110,43 @@ def main():
             if a.filter not in name:
                 continue
             module = module.eval()
-            layer = tokenmix.from_torch(module)
             for B, T in SHAPES:
                 x = torch.randn(B, T, E)
-                session, why = ort_session(module, call, x, threads) if a.ort else (None, None)
+                # Every implementation: name -> (callable of x, note). Called alternately, one by one.
+                impls, notes = {"torch": lambda: call(module, x)}, {}
+                for prec in a.precision:
+                    layer = tokenmix.from_torch(module, precision=prec)
+                    impls[f"tokenmix-{prec}"] = (lambda l: lambda: call(l, x))(layer)
+                    notes[f"tokenmix-{prec}"] = f"{layer.precision}, {layer.gemm}"
                 feed = {"x": x.numpy()}
+                for kind, wanted in (("ort-fp32", a.ort), ("ort-int8", a.ort_int8)):
+                    if not wanted:
+                        continue
+                    session, why = ort_session(module, call, x, threads, int8=kind == "ort-int8")
+                    if session:
+                        impls[kind] = (lambda s: lambda: torch.from_numpy(s.run(None, feed)[0]))(session)
+                    else:
+                        notes[kind] = f"ORT: {why}"
                 with torch.no_grad():
-                    expected, got = call(module, x), call(layer, x)  # warm-up (first-call allocations)
-                    ort_out = session.run(None, feed)[0] if session else None
-                    up, mine, ort_times = [], [], []
+                    outputs = {k: f() for k, f in impls.items()}  # warm-up (first-call allocations)
+                    times = {k: [] for k in impls}
                     for _ in range(a.repeats):
-                        t = time.perf_counter()
-                        call(module, x)
-                        up.append(time.perf_counter() - t)
-                        t = time.perf_counter()
-                        call(layer, x)
-                        mine.append(time.perf_counter() - t)
-                        if session:
+                        for k, f in impls.items():
                             t = time.perf_counter()
-                            session.run(None, feed)
-                            ort_times.append(time.perf_counter() - t)
-                u, m = 1e3 * statistics.median(up), 1e3 * statistics.median(mine)
-                row = (f"{name:<16}{f'B{B}_T{T}':<10}{threads:>4}{u:>10.2f}{m:>12.2f}{u / m:>8.2f}x"
-                       f"{(got - expected).abs().max().item():>9.1e}")
-                if session:
-                    o = 1e3 * statistics.median(ort_times)
-                    row += f"{o:>10.2f}{o / m:>7.2f}x{abs(ort_out - expected.numpy()).max():>10.1e}"
-                elif a.ort:
-                    row += f"   ORT: {why}"
-                print(row, flush=True)
+                            f()
+                            times[k].append(time.perf_counter() - t)
+                want = outputs["torch"]
+                scale = want.abs().max().item()
+                ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+                for k in list(impls) + [k for k in notes if k not in impls]:
+                    row = f"{name:<16}{f'B{B}_T{T}':<10}{threads:>4}  {k:<16}"
+                    if k not in impls:
+                        print(row + f"{'-':>10}{'':>35}  {notes[k]}", flush=True)
+                        continue
+                    ratio = lambda other: f"{ms[other] / ms[k]:>7.2f}x" if other in ms else f"{'-':>8}"
+                    err = (outputs[k] - want).abs().max().item() / scale
+                    print(row + f"{ms[k]:>10.2f}{ratio('torch'):>9}{ratio('ort-fp32')}{ratio('ort-int8')}{err:>10.1e}"
+                          f"  {notes.get(k, '')}", flush=True)
 
 
 if __name__ == "__main__":

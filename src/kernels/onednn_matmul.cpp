@@ -167,7 +167,17 @@ int64_t OnednnMatmul::weight_bytes() const {
 }
 
 void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64_t ldy, bool accumulate) const {
-  if (M == 0) return;
+  const State& s = *s_;
+  // Dense float32 rows go to oneDNN as they are; rows that need converting (bf16, int8, strided) go
+  // through scratch in blocks of kRowBlock rows, so the scratch stays small (and in cache).
+  constexpr int64_t kRowBlock = 512;
+  const bool direct = s.type == dt::f32 && ldx == s.K && ldy == s.N;
+  const int64_t block = direct ? std::max<int64_t>(M, 1) : kRowBlock;
+  for (int64_t m0 = 0; m0 < M; m0 += block)
+    run_block(x + m0 * ldx, std::min(block, M - m0), ldx, y + m0 * ldy, ldy, accumulate);
+}
+
+void OnednnMatmul::run_block(const float* x, int64_t M, int64_t ldx, float* y, int64_t ldy, bool accumulate) const {
   const State& s = *s_;
   // Inside a parallel region oneDNN runs on the calling thread: the primitive is built for one.
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();

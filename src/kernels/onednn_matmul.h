@@ -37,6 +37,8 @@ class OnednnMatmul {
 
  private:
   struct State;
+  // apply() on M <= 512 rows (the conversions and scratch of one block).
+  void run_block(const float* x, int64_t M, int64_t ldx, float* y, int64_t ldy, bool accumulate) const;
   std::unique_ptr<State> s_;
   Precision precision_;
   std::string impl_;
