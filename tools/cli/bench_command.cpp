@@ -110,11 +110,14 @@ int run(const BenchOptions& o) {
 
   const std::vector<Variant> runs = variants(o);
   nlohmann::json out = nlohmann::json::array();
-  std::printf("%-15s %-7s %-18s %3s %-14s %10s %10s %8s  %-22s %8s %6s %9s %8s %9s  %s\n", "layer", "mode", "shape", "thr",
-              "precision", "median_ms", "min_ms", "GFLOP/s", "BLAS reference", "GFLOP/s", "peak%", "extra_MiB",
-              "faults", "err/fp32", "impl; stream: x weight-bound");
+  std::printf("%-15s %-7s %-18s %3s %-14s %10s %10s %8s %5s  %-22s %8s %6s %9s %8s %9s  %s\n", "layer", "mode", "shape",
+              "thr", "precision", "median_ms", "min_ms", "GFLOP/s", "fma%", "BLAS reference", "GFLOP/s", "blas%",
+              "extra_MiB", "faults", "err/fp32", "impl; stream: x weight-bound");
   for (int threads : o.threads) {
     set_threads(threads);
+    std::string fma_isa;
+    const double fma_peak = bench::fma_peak_gflops(threads, &fma_isa);
+    std::printf("# %d thread(s): measured float32 FMA peak %.1f GFLOP/s (%s)\n", threads, fma_peak, fma_isa.c_str());
     for (const auto& fam : bench::families()) {
       for (const BenchShape& shape : bench::standard_shapes(o.sweep)) {
         const std::string id = fam.name + "/" + bench::mode_name(shape.mode) + "/" + shape.str();
@@ -192,6 +195,8 @@ int run(const BenchOptions& o) {
                            {"ref", ref.what},
                            {"ref_gflops", blas_gflops},
                            {"peak_fraction", fraction},
+                           {"fma_peak_gflops", fma_peak},
+                           {"fma_peak_fraction", fma_peak > 0 ? gflops / fma_peak : 0.0},
                            {"peak_mib", extra_mib[v]},
                            {"minor_faults_per_call", static_cast<double>(layer_faults[v]) / calls},
                            {"max_rel_err_vs_fp32", error[v]}};
@@ -205,9 +210,10 @@ int run(const BenchOptions& o) {
             std::snprintf(buf, sizeof buf, "; %.2fx of %.3f ms", st.median_ms / bound_ms, bound_ms);
             extra += buf;
           }
-          std::printf("%-15s %-7s %-18s %3d %-14s %10.3f %10.3f %8.1f  %-22s %8.1f %5.0f%% %9.1f %8.1f %9.1e  %s\n",
+          std::printf("%-15s %-7s %-18s %3d %-14s %10.3f %10.3f %8.1f %4.0f%%  %-22s %8.1f %5.0f%% %9.1f %8.1f %9.1e  %s\n",
                       fam.name.c_str(), bench::mode_name(shape.mode), shape.str().c_str(), threads,
-                      runs[v].label.c_str(), st.median_ms, st.min_ms, gflops, ref.what.c_str(), blas_gflops,
+                      runs[v].label.c_str(), st.median_ms, st.min_ms, gflops,
+                      fma_peak > 0 ? 100 * gflops / fma_peak : 0.0, ref.what.c_str(), blas_gflops,
                       100 * fraction, extra_mib[v], static_cast<double>(layer_faults[v]) / calls, error[v],
                       extra.c_str());
           std::fflush(stdout);
@@ -234,6 +240,8 @@ void add_bench_command(CLI::App& app, int* status) {
       "shape (sgemm M=B*T,N=K=E offline; stream: sgemv through as many distinct E x E weights as the layer has parameters, i.e. the time to stream its weight bytes) measured in the same run. extra_MiB is the heap "
       "high-water mark above the bytes live before the call (offline: inputs and weights excluded; stream: "
       "includes the stream state), counted by a global operator new; OpenBLAS's fixed buffers are not counted. "
+      "fma% is the layer's GFLOP/s over the float32 FMA peak measured at the start of each thread count (12 "
+      "independent vfmadd chains per thread, AVX-512 where present); blas% over the same-run OpenBLAS reference. "
       "faults is the mean number of minor page faults per timed layer call (getrusage) after two warm-up calls: "
       "fresh pages touched per call, e.g. a buffer the allocator returned to the OS between calls.");
   cmd->add_option("--threads", opts->threads,

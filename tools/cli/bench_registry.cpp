@@ -2,8 +2,11 @@
 #include "cli/bench_registry.h"
 
 #include <cblas.h>
+#include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <random>
 
@@ -133,6 +136,70 @@ void BlasRunner::call() {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.f, a_.data(), k, b_.data(), k, 0.f,
                 c_.data(), n);
   }
+}
+
+namespace {
+constexpr int kChains = 12;  // independent accumulators: enough to cover FMA latency x units
+
+// FMAs per second of one thread over `seconds`, on `Vec` registers (lanes per FMA: `lanes`).
+template <typename Step>
+double fma_rate(double seconds, int lanes, Step step) {
+  long iterations = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double elapsed = 0;
+  float sink = 0;
+  while (elapsed < seconds) {
+    sink += step(1 << 20);
+    iterations += 1 << 20;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  if (sink == 1234.5f) std::printf(" ");  // keeps the chains alive
+  return 2.0 * lanes * kChains * static_cast<double>(iterations) / elapsed;
+}
+
+// (noipa: the compiler must not treat them as pure functions and call them once.)
+__attribute__((target("avx512f"), noipa)) float fma_chains_avx512(long n) {
+  __m512 a[kChains];
+  for (int i = 0; i < kChains; ++i) a[i] = _mm512_set1_ps(1.f + 1e-3f * i);
+  const __m512 b = _mm512_set1_ps(0.9999f), c = _mm512_set1_ps(1e-6f);
+  for (long k = 0; k < n; ++k)
+#pragma GCC unroll 12
+    for (int i = 0; i < kChains; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
+  alignas(64) float t[16];
+  float s = 0;
+  for (int i = 0; i < kChains; ++i) {
+    _mm512_store_ps(t, a[i]);
+    for (float v : t) s += v;
+  }
+  return s;
+}
+
+__attribute__((target("avx2,fma"), noipa)) float fma_chains_avx2(long n) {
+  __m256 a[kChains];
+  for (int i = 0; i < kChains; ++i) a[i] = _mm256_set1_ps(1.f + 1e-3f * i);
+  const __m256 b = _mm256_set1_ps(0.9999f), c = _mm256_set1_ps(1e-6f);
+  for (long k = 0; k < n; ++k)
+#pragma GCC unroll 12
+    for (int i = 0; i < kChains; ++i) a[i] = _mm256_fmadd_ps(a[i], b, c);
+  alignas(32) float t[8];
+  float s = 0;
+  for (int i = 0; i < kChains; ++i) {
+    _mm256_store_ps(t, a[i]);
+    for (float v : t) s += v;
+  }
+  return s;
+}
+}  // namespace
+
+double fma_peak_gflops(int threads, std::string* isa) {
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f"), avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  *isa = avx512 ? "avx512" : avx2 ? "avx2" : "none";
+  if (!avx512 && !avx2) return 0;
+  double total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+  total += avx512 ? fma_rate(0.2, 16, fma_chains_avx512) : fma_rate(0.2, 8, fma_chains_avx2);
+  return total * 1e-9;
 }
 
 }  // namespace tokenmix::bench

@@ -128,6 +128,12 @@ class Runner {
   int64_t params_ = 0;
 };
 
+// The measured float32 FMA peak of `threads` cores, GFLOP/s (2 flops per lane per FMA): 12 independent
+// chains of vfmadd on AVX-512 registers where the CPU has AVX-512F, else AVX2 + FMA (0 on CPUs with
+// neither), about 0.2 s on each thread at once. isa receives "avx512" / "avx2" / "none". The
+// denominator of the bench's fma% column: what no kernel can exceed on this machine.
+double fma_peak_gflops(int threads, std::string* isa);
+
 // Runs the BLAS reference once (buffers owned by the object).
 class BlasRunner {
  public:
