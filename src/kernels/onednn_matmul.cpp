@@ -29,8 +29,8 @@ float* aligned(float* p) {
 }
 
 constexpr size_t kMaxPrimitives = 64;
-// Input conversions (bf16 rounding, int8 quantization) and the int8 rescale run over the call's
-// threads from this many elements (a 512-row block of K = 512: 0.1-0.3 ms on one core).
+// Input conversions (bf16 rounding, int8 quantization, strided rows packed) and the output passes
+// (int8 rescale, strided rows unpacked) run over the call's threads from this many elements (a 512-row block of K = 512: 0.1-0.3 ms on one core).
 constexpr int64_t kParallelElements = int64_t{1} << 15;
 }  // namespace
 
@@ -232,6 +232,7 @@ void OnednnMatmul::run_block(const float* x, int64_t M, int64_t ldx, float* y, i
     src = xb;
   } else if (ldx != K) {
     float* xd = aligned(ctx->ws.floats(1, M * K + 16));
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && M * K >= kParallelElements)
     for (int64_t m = 0; m < M; ++m) std::copy(x + m * ldx, x + m * ldx + K, xd + m * K);
     src = xd;
   }
@@ -258,6 +259,7 @@ void OnednnMatmul::run_block(const float* x, int64_t M, int64_t ldx, float* y, i
       for (int64_t n = 0; n < N; ++n) out[n] = (accumulate ? out[n] : 0.f) + sc * r[n] + (b ? b[n] : 0.f);
     }
   } else if (!dense_out && status == dnnl_success) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && M * N >= kParallelElements)
     for (int64_t m = 0; m < M; ++m) {
       const float* r = dst + m * N;
       float* out = y + m * ldy;
