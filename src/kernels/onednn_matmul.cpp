@@ -163,12 +163,6 @@ OnednnMatmul::OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision p
 
 OnednnMatmul::~OnednnMatmul() = default;
 
-int64_t OnednnMatmul::weight_bytes() const {
-  const State& s = *s_;
-  return static_cast<int64_t>(s.weights_desc.get_size()) + (s.bias ? s.N * 4 : 0) +
-         static_cast<int64_t>((s.weight_scales.size() + s.int8_bias.size()) * sizeof(float));
-}
-
 void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64_t ldy, bool accumulate) const {
   const State& s = *s_;
   // Dense float32 rows go to oneDNN as they are; rows that need converting (bf16, int8, strided) go

@@ -2,11 +2,14 @@
 // the fast backend behind Linear (kernels/linear.h).
 //
 // Invariants: the weights are reordered once, at construction, into the blocked layout oneDNN picks
-// for this CPU and precision (that layout does not depend on the row count M, so one packed copy
-// serves every call; it is never stored to a file). A primitive is specialised on (M, strides,
-// accumulate, threads); those are created on first use and cached (at most kMaxPrimitives, oldest
-// evicted), so repeated shapes pay only a lookup. Execution is const and thread-safe: each call
-// borrows its scratch (oneDNN's scratchpad, bf16 input rows) from a WorkspacePool.
+// for this CPU and precision (fp32; bf16 rounded to nearest even; int8 quantized per output feature
+// with its scales kept), a layout that does not depend on the row count M, so one packed copy serves
+// every call; it is never stored to a file. oneDNN's fast kernels take dense rows only, so a primitive
+// is specialised on (M, accumulate, threads) for dense operands; rows that need converting (bf16,
+// int8, strided) pass through scratch in blocks of 512. Primitives are created on first use and
+// cached (at most 64, oldest evicted), so repeated shapes pay only a lookup. Execution is const and
+// thread-safe: each call borrows an execution context (stream, memory objects, scratch) from a pool.
+// Source: oneDNN 2.6 matmul (https://oneapi-src.github.io/oneDNN/v2.6/dev_guide_matmul.html).
 #pragma once
 
 #include <cstdint>
@@ -20,8 +23,9 @@ namespace tokenmix {
 
 class OnednnMatmul {
  public:
-  // weight (N, K) float32, bias (N) or empty; precision kFp32 or kBf16 (resolved). Throws Error
-  // "Linear: ..." when oneDNN cannot build a matmul of this precision on this CPU.
+  // weight (N, K) float32, bias (N) or empty; precision kFp32, kBf16 or kInt8 (resolved). Throws
+  // Error "Linear: ..." when oneDNN cannot build a matmul of this precision on this CPU, and for int8
+  // weights holding a non-finite value.
   OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision precision);
   ~OnednnMatmul();
   OnednnMatmul(const OnednnMatmul&) = delete;
@@ -32,12 +36,10 @@ class OnednnMatmul {
   Precision precision() const { return precision_; }
   // oneDNN's implementation name, e.g. "brg:avx512_core_bf16".
   const std::string& impl() const { return impl_; }
-  // Bytes of the packed weights (and bias).
-  int64_t weight_bytes() const;
 
  private:
   struct State;
-  // apply() on M <= 512 rows (the conversions and scratch of one block).
+  // apply() on one block of rows (all of them when they are dense float32, else at most 512).
   void run_block(const float* x, int64_t M, int64_t ldx, float* y, int64_t ldy, bool accumulate) const;
   std::unique_ptr<State> s_;
   Precision precision_;
