@@ -2,7 +2,8 @@
 #   make demo   installs missing packages, builds Release, replays every shipped reference case
 #   make test   installs missing packages (and the Python venv), builds Release with the Python
 #               extension, runs the test suite (CTest: GoogleTest, the fuzz replays and pytest)
-# Also: make sanitize (ASan+UBSan test run), make clang-test (the suite built with clang), make fuzz
+# Also: make bench-precision (fp32 / bf16 / int8 side by side), make sanitize (ASan+UBSan test run),
+# make clang-test (the suite built with clang), make fuzz
 # (libFuzzer harnesses, FUZZ_TIME seconds each), make bench, make install PREFIX=..., make example,
 # make venv (the Python test environment), make python-sanitize (pytest through an ASan + UBSan
 # build of the extension), make differential [N=2000 SEED=...] (random configurations
@@ -19,7 +20,7 @@ FUZZ_TIME ?= 60
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean venv pip-check python-build differential bench-python python-sanitize
+.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean venv pip-check python-build differential bench-python python-sanitize bench-precision
 
 setup:
 	@./scripts/setup.sh
@@ -55,6 +56,12 @@ $(VENV)/.installed: python/requirements-test.txt python/requirements-nodeps.txt 
 	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt -r python/requirements-test.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r python/requirements-nodeps.txt
 	touch $@
+
+# fp32 / bf16 / int8 on oneDNN and fp32 on the OpenBLAS reference, side by side, 1 and 2 threads, and
+# the table of BENCHMARKS.md "Reduced precision" (bench/precision_table.py).
+bench-precision: build
+	./$(BUILD)/tokenmix bench --threads 1 2 --precision fp32,bf16,int8 --gemm onednn,reference --json $(BUILD)/precision.json
+	python3 bench/precision_table.py $(BUILD)/precision.json
 
 # The upstream modules vs tokenmix.from_torch vs ONNX Runtime, side by side from Python (BENCHMARKS.md).
 bench-python: python-build
