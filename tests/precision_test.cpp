@@ -74,7 +74,9 @@ TEST_P(ReducedPrecision, StreamsEqualOffline) {
       c.linear = options();
       const auto layer = fam.build_layer(c);
       if (!layer) continue;
-      if (GetParam() == Precision::kBf16) ASSERT_EQ(layer->projection().precision(), Precision::kBf16) << path;
+      if (GetParam() == Precision::kBf16) {
+        ASSERT_EQ(layer->projection().precision(), Precision::kBf16) << path;
+      }
       const Tensor x = test::random_tensor(Shape{2, 11, layer->d_model()}, 5);
       StreamOptions opts;
       opts.left_context = 3;
