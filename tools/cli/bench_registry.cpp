@@ -149,7 +149,7 @@ double fma_rate(double seconds, int lanes, Step step) {
   double elapsed = 0;
   float sink = 0;
   while (elapsed < seconds) {
-    sink += step(1 << 20);
+    sink += step(1 << 20, 1e-6f * static_cast<float>(iterations & 1023));  // (varies: never hoisted)
     iterations += 1 << 20;
     elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
@@ -157,10 +157,12 @@ double fma_rate(double seconds, int lanes, Step step) {
   return 2.0 * lanes * kChains * static_cast<double>(iterations) / elapsed;
 }
 
-// (noipa: the compiler must not treat them as pure functions and call them once.)
-__attribute__((target("avx512f"), noipa)) float fma_chains_avx512(long n) {
+// (The empty asm with a memory clobber keeps the compilers from treating these as pure functions
+// and calling them once.)
+__attribute__((target("avx512f"), noinline)) float fma_chains_avx512(long n, float seed) {
+  asm volatile("" ::: "memory");
   __m512 a[kChains];
-  for (int i = 0; i < kChains; ++i) a[i] = _mm512_set1_ps(1.f + 1e-3f * i);
+  for (int i = 0; i < kChains; ++i) a[i] = _mm512_set1_ps(1.f + seed + 1e-3f * i);
   const __m512 b = _mm512_set1_ps(0.9999f), c = _mm512_set1_ps(1e-6f);
   for (long k = 0; k < n; ++k)
 #pragma GCC unroll 12
@@ -174,9 +176,10 @@ __attribute__((target("avx512f"), noipa)) float fma_chains_avx512(long n) {
   return s;
 }
 
-__attribute__((target("avx2,fma"), noipa)) float fma_chains_avx2(long n) {
+__attribute__((target("avx2,fma"), noinline)) float fma_chains_avx2(long n, float seed) {
+  asm volatile("" ::: "memory");
   __m256 a[kChains];
-  for (int i = 0; i < kChains; ++i) a[i] = _mm256_set1_ps(1.f + 1e-3f * i);
+  for (int i = 0; i < kChains; ++i) a[i] = _mm256_set1_ps(1.f + seed + 1e-3f * i);
   const __m256 b = _mm256_set1_ps(0.9999f), c = _mm256_set1_ps(1e-6f);
   for (long k = 0; k < n; ++k)
 #pragma GCC unroll 12
