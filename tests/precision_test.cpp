@@ -56,14 +56,14 @@ TEST_P(ReducedPrecision, EveryReferenceCaseWithinTheGate) {
     }
   for (const auto& [family, err] : worst) {
     std::printf("[ %s ] %-12s worst error / output scale %.2e (gate %.0e)\n", name, family.c_str(), err,
-                cases::precision_gate(GetParam()));
+                precision_gate(GetParam()));
     // Rounded (not silently fp32) but within the gate.
     EXPECT_GT(err, 1e-5) << family;
   }
 }
 
 TEST_P(ReducedPrecision, StreamsEqualOffline) {
-  const double gate = cases::precision_gate(GetParam());
+  const double gate = precision_gate(GetParam());
   std::map<std::string, bool> seen;
   for (const auto& fam : cases::families())
     for (const auto& path : test::reference_cases(fam.family)) {

@@ -142,8 +142,8 @@ Linear::Linear(Tensor weight, Tensor bias, const LinearOptions& options)
   check_ndim(weight_, 2, "Linear", "weight");
   if (!bias_.empty()) check_shape(bias_, {weight_.dim(0)}, "Linear", "bias");
   options_.Validate("Linear");
-  if (options_.backend == GemmBackend::kReference) return;  // fp32 (auto included; bf16 refused by Validate)
-  precision_ = resolve_precision(options_.precision);
+  precision_ = resolve_precision(options_);
+  if (options_.backend == GemmBackend::kReference) return;
   // An empty product (no rows of weights or no inputs) has nothing to pack: the reference path
   // writes its bias-or-zeros output.
   if (weight_.numel() > 0) packed_ = std::make_shared<const OnednnMatmul>(weight_, bias_, precision_);

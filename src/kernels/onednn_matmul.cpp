@@ -28,6 +28,21 @@ float* aligned(float* p) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
 }
 
+// x[0..K) quantized symmetrically on its own scale, max |x| / 127 (1 for an all-zero row), rounded
+// to nearest: x ≈ scale · q. Returns the scale; NaN when x holds a non-finite value (q is then 0).
+float quantize_row(const float* x, int64_t K, int8_t* q) {
+  float amax = 0;
+  bool finite = true;
+  for (int64_t k = 0; k < K; ++k) {
+    amax = std::max(amax, std::fabs(x[k]));
+    finite &= std::isfinite(x[k]);
+  }
+  const float scale = !finite ? NAN : amax > 0 ? amax / 127.f : 1.f;
+  const float inv = finite ? 1.f / scale : 0.f;
+  for (int64_t k = 0; k < K; ++k) q[k] = static_cast<int8_t>(std::nearbyint(x[k] * inv));
+  return scale;
+}
+
 constexpr size_t kMaxPrimitives = 64;
 // Input conversions (bf16 rounding, int8 quantization, strided rows packed) and the output passes
 // (int8 rescale, strided rows unpacked) run over the call's threads from this many elements (a 512-row block of K = 512: 0.1-0.3 ms on one core).
@@ -74,9 +89,8 @@ struct OnednnMatmul::State {
   int64_t N = 0, K = 0;
   dt type = dt::f32;                // f32, bf16 or s8 (int8)
   dnnl::memory::desc weights_desc;  // the packed layout
-  dnnl::memory weights, bias;       // packed weights; bias (1, N) f32 or empty (fp32 / bf16)
+  dnnl::memory weights, bias;       // packed weights; bias (1, N) f32 or empty (int8: added after the rescale)
   std::vector<float> weight_scales;  // int8: per output feature, W[n, :] ≈ weight_scales[n] · W_q[n, :]
-  std::vector<float> int8_bias;      // int8: the bias (N) or empty, added with the row scales
   mutable std::mutex mutex;         // guards cache, next_id, contexts
   mutable std::vector<Entry> cache;  // oldest first
   mutable uint64_t next_id = 0;
@@ -95,8 +109,12 @@ struct OnednnMatmul::State {
     }
     // Calls use the packed layout; the packing pd (weights still empty) lets oneDNN choose it.
     const dnnl::memory::desc wd = weights ? weights_desc : dnnl::memory::desc({K, N}, type, tag::any);
-    return bias ? dnnl::matmul::primitive_desc(dnnl::matmul::desc(*src, wd, bias.get_desc(), *dst), attr, cpu_engine())
-                : dnnl::matmul::primitive_desc(dnnl::matmul::desc(*src, wd, *dst), attr, cpu_engine());
+    return with_bias() ? dnnl::matmul::primitive_desc(dnnl::matmul::desc(*src, wd, bias.get_desc(), *dst), attr, cpu_engine())
+                       : dnnl::matmul::primitive_desc(dnnl::matmul::desc(*src, wd, *dst), attr, cpu_engine());
+  }
+
+  // Whether oneDNN adds the bias (int8 adds it after the row scales).
+  bool with_bias() const { return bias && type != dt::s8;
   }
 
   // The cached primitive for k (created on first use, under the thread count of the call). Called
@@ -124,21 +142,15 @@ OnednnMatmul::OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision p
   // int8: symmetric per-output-feature weight scales (max |W[n, :]| / 127), rounded to nearest.
   std::vector<int8_t> quantized;
   if (s.type == dt::s8) {
-    s.weight_scales.assign(s.N, 1.f);
+    s.weight_scales.resize(s.N);
     quantized.resize(s.N * s.K);
     for (int64_t n = 0; n < s.N; ++n) {
-      const float* w = weight.data() + n * s.K;
-      float m = 0;
-      for (int64_t k = 0; k < s.K; ++k) m = std::max(m, std::fabs(w[k]));
-      check(std::isfinite(m), "Linear: int8: weight row ", n, " holds a non-finite value");
-      if (m > 0) s.weight_scales[n] = m / 127.f;
-      for (int64_t k = 0; k < s.K; ++k)
-        quantized[n * s.K + k] = static_cast<int8_t>(std::nearbyint(w[k] / s.weight_scales[n]));
+      s.weight_scales[n] = quantize_row(weight.data() + n * s.K, s.K, quantized.data() + n * s.K);
+      check(!std::isnan(s.weight_scales[n]), "Linear: int8: weight row ", n, " holds a non-finite value");
     }
-    if (!bias.empty()) s.int8_bias.assign(bias.begin(), bias.end());
   }
   try {
-    if (!bias.empty() && s.type != dt::s8) {
+    if (!bias.empty()) {
       s.bias = dnnl::memory(dnnl::memory::desc({1, s.N}, dt::f32, tag::ab), cpu_engine());
       std::copy(bias.begin(), bias.end(), static_cast<float*>(s.bias.get_data_handle()));
     }
@@ -205,17 +217,7 @@ void OnednnMatmul::run_block(const float* x, int64_t M, int64_t ldx, float* y, i
     int8_t* xq = reinterpret_cast<int8_t*>(aligned(ctx->ws.floats(1, (M * K + 3) / 4 + 16)));
     row_scales = ctx->ws.floats(3, M);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && M * K >= kParallelElements)
-    for (int64_t m = 0; m < M; ++m) {
-      const float* xr = x + m * ldx;
-      float amax = 0;
-      for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
-      bool finite = true;
-      for (int64_t k = 0; k < K; ++k) finite &= std::isfinite(xr[k]);
-      const float scale = !finite ? NAN : amax > 0 ? amax / 127.f : 1.f;
-      const float inv = finite ? 1.f / scale : 0.f;
-      for (int64_t k = 0; k < K; ++k) xq[m * K + k] = static_cast<int8_t>(std::nearbyint(xr[k] * inv));
-      row_scales[m] = scale;
-    }
+    for (int64_t m = 0; m < M; ++m) row_scales[m] = quantize_row(x + m * ldx, K, xq + m * K);
     src = xq;
   } else if (bf16) {
     // Each input row rounded to bf16 (M x K, dense).
@@ -240,27 +242,23 @@ void OnednnMatmul::run_block(const float* x, int64_t M, int64_t ldx, float* y, i
                              {DNNL_ARG_WEIGHTS, s.weights.get()},
                              {DNNL_ARG_DST, mem.dst.get()},
                              {DNNL_ARG_SCRATCHPAD, mem.scratchpad.get()},
-                             {DNNL_ARG_BIAS, s.bias ? s.bias.get() : nullptr}};
-  const dnnl_status_t status = dnnl_primitive_execute(entry.matmul.get(), ctx->stream.get(), s.bias ? 5 : 4, args);
+                             {DNNL_ARG_BIAS, s.bias.get(true)}};
+  const dnnl_status_t status =
+      dnnl_primitive_execute(entry.matmul.get(), ctx->stream.get(), s.with_bias() ? 5 : 4, args);
   const dnnl_status_t waited = dnnl_stream_wait(ctx->stream.get());
-  if (int8 && status == dnnl_success) {
-    const float* b = s.int8_bias.empty() ? nullptr : s.int8_bias.data();
+  if (!dense_out && status == dnnl_success) {
+    // The dense rows into y: int8 rescaled by their row scales and biased here, others as they are.
+    const float* b = int8 && s.bias ? static_cast<const float*>(s.bias.get_data_handle()) : nullptr;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && M * N >= kParallelElements)
     for (int64_t m = 0; m < M; ++m) {
       const float* r = dst + m * N;
       float* out = y + m * ldy;
-      const float sc = row_scales[m];
-      for (int64_t n = 0; n < N; ++n) out[n] = (accumulate ? out[n] : 0.f) + sc * r[n] + (b ? b[n] : 0.f);
-    }
-  } else if (!dense_out && status == dnnl_success) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && M * N >= kParallelElements)
-    for (int64_t m = 0; m < M; ++m) {
-      const float* r = dst + m * N;
-      float* out = y + m * ldy;
-      if (accumulate)
-        for (int64_t n = 0; n < N; ++n) out[n] += r[n];
-      else
-        std::copy(r, r + N, out);
+      const float sc = int8 ? row_scales[m] : 1.f;
+      for (int64_t n = 0; n < N; ++n) {
+        float v = sc * r[n];
+        if (b) v += b[n];
+        out[n] = accumulate ? out[n] + v : v;
+      }
     }
   }
   {

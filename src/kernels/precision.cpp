@@ -2,7 +2,10 @@
 
 #include <cpuid.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <cstring>
 #include <dnnl.hpp>
 
@@ -66,6 +69,24 @@ Precision resolve_precision(Precision p) {
   if (p != Precision::kAuto) return p;
   const bool bf16_fast = isa == dnnl::cpu_isa::avx512_core_amx || (isa == dnnl::cpu_isa::avx512_core_bf16 && amd_cpu());
   return bf16_fast ? Precision::kBf16 : Precision::kFp32;
+}
+
+Precision resolve_precision(const LinearOptions& options) {
+  return options.backend == GemmBackend::kReference ? Precision::kFp32 : resolve_precision(options.precision);
+}
+
+double precision_gate(Precision p) {
+  return p == Precision::kBf16 ? kBf16Gate : p == Precision::kInt8 ? kInt8Gate : 0.0;
+}
+
+double scaled_error(const Tensor& y, const Tensor& fp32) {
+  double err = 0, scale = 0;
+  for (int64_t i = 0; i < fp32.numel(); ++i) {
+    scale = std::max(scale, static_cast<double>(std::fabs(fp32.data()[i])));
+    const double d = std::fabs(static_cast<double>(y.data()[i]) - fp32.data()[i]);
+    err = std::max(err, std::isnan(d) ? std::numeric_limits<double>::infinity() : d);
+  }
+  return scale > 0 ? err / scale : err;
 }
 
 GemmBackend default_gemm_backend() {

@@ -1,6 +1,5 @@
 #include "tokenmix/layers/registry.h"
 
-#include <cmath>
 #include <functional>
 #include <random>
 #include <optional>
@@ -113,9 +112,10 @@ ContinualMhaOptions continual_options(const Config& c, const LinearOptions& line
 Entry labml(const std::string& cls, QkvConv conv, bool has_bias) {
   std::vector<std::string> options = {"heads", "d_model", "dropout_prob"};
   if (has_bias) options.push_back("bias");
-  return {{cls, "primer_ez", options, "left_context"}, [conv](const Config& c, const StateDict& w, const LinearOptions& l) {
+  return {{cls, "primer_ez", options, "left_context"},
+          [conv](const Config& c, const StateDict& w, const LinearOptions& l) {
             LabmlMhaOptions o;
-  o.linear = l;
+            o.linear = l;
             o.heads = c.integer("heads");
             o.d_model = c.integer("d_model");
             o.dropout_prob = c.number("dropout_prob", 0.1);
@@ -136,7 +136,7 @@ const std::vector<Entry>& entries() {
         {"n_feat", "n_head", "dropout", "transposed"}, "left_context"},
        [](const Config& c, const StateDict& w, const LinearOptions& l) {
          EspnetMhaOptions o;
-  o.linear = l;
+         o.linear = l;
          o.n_feat = c.integer("n_feat");
          o.n_head = c.integer("n_head");
          o.dropout = c.number("dropout", 0.0);
@@ -158,7 +158,7 @@ const std::vector<Entry>& entries() {
         "window, position"},
        [](const Config& c, const StateDict& w, const LinearOptions& l) {
          HyperMixingOptions o;
-  o.linear = l;
+         o.linear = l;
          o.input_output_dim = c.integer("input_output_dim");
          o.hypernet_size = c.integer("hypernet_size");
          o.tied = c.boolean("tied", false);
@@ -176,7 +176,7 @@ const std::vector<Entry>& entries() {
         "window, position"},
        [](const Config& c, const StateDict& w, const LinearOptions& l) {
          FastSelfAttentionOptions o;
-  o.linear = l;
+         o.linear = l;
          o.size = c.integer("size");
          o.attention_heads = c.integer("attention_heads");
          o.dropout_rate = c.number("dropout_rate", 0.0);
@@ -198,17 +198,6 @@ const std::vector<ModuleSpec>& supported_modules() {
 }
 
 namespace {
-// max |y - want| / max |want| (0 when want is all zeros and y equals it).
-double scaled_error(const Tensor& y, const Tensor& want) {
-  double err = 0, scale = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    scale = std::max(scale, static_cast<double>(std::fabs(want.data()[i])));
-    const double d = std::fabs(static_cast<double>(y.data()[i]) - want.data()[i]);
-    err = std::max(err, std::isnan(d) ? std::numeric_limits<double>::infinity() : d);
-  }
-  return scale > 0 ? err / scale : err;
-}
-
 // The first precision of `chain` whose layer passes its gate (kBf16Gate, kInt8Gate) on a probe input
 // (x ~ N(0, 1), (1, kProbeTokens, E), seeded) against the fp32 reference, else fp32. Weights that make
 // attention very peaked (logits of tens), or a LayerNorm that divides out a nearly cancelling scale
@@ -232,7 +221,7 @@ std::unique_ptr<Layer> gated_precision(const Entry& e, const Config& c, const St
     LinearOptions o = linear;
     o.precision = p;
     std::unique_ptr<Layer> candidate = e.build(c, weights, o);
-    if (scaled_error(candidate->forward(x), want) <= (p == Precision::kInt8 ? kInt8Gate : kBf16Gate)) return candidate;
+    if (scaled_error(candidate->forward(x), want) <= precision_gate(p)) return candidate;
   }
   LinearOptions fp32 = linear;
   fp32.precision = Precision::kFp32;

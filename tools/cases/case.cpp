@@ -87,14 +87,10 @@ Comparison compare(const std::string& name, const Tensor& got, const Safetensors
 
 }  // namespace
 
-double precision_gate(Precision p) {
-  return p == Precision::kBf16 ? kBf16Gate : p == Precision::kInt8 ? kInt8Gate : 0.0;
-}
-
 CaseResult run_case(const SafetensorsFile& file, double atol, double rtol, const LinearOptions& linear) {
   Case c = parse_case(file);
   c.linear = linear;
-  const Precision runs = linear.backend == GemmBackend::kReference ? Precision::kFp32 : resolve_precision(linear.precision);
+  const Precision runs = resolve_precision(linear);
   const CaseFamily& fam = family_for(c.module);
   Outputs produced;
   try {

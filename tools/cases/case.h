@@ -26,14 +26,10 @@ namespace tokenmix::cases {
 using Outputs = std::map<std::string, Tensor>;
 
 // An output passes when every element is within atol + rtol * |expected| + scale * max |expected|.
-// scale is the reduced-precision gate (precision_gate()); 0 for fp32.
+// scale is the reduced-precision gate (precision_gate(), kernels/precision.h); 0 for fp32.
 struct Tolerance {
   double atol = 1e-5, rtol = 1e-5, scale = 0;
 };
-
-// The parity gate of a precision, as a fraction of an output's largest magnitude: 0 for fp32,
-// kBf16Gate (kernels/precision.h) for bf16.
-double precision_gate(Precision p);
 
 // Everything a family needs from a case file, with the metadata parsed.
 struct Case {

@@ -86,17 +86,6 @@ std::vector<Variant> variants(const BenchOptions& o) {
   return out;
 }
 
-// max |y - want| / max |want|: the error of a reduced-precision output on the scale of the fp32 one
-// (the parity gate's measure, cases::precision_gate).
-double scaled_error(const Tensor& y, const Tensor& want) {
-  double err = 0, scale = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    scale = std::max(scale, static_cast<double>(std::fabs(want.data()[i])));
-    err = std::max(err, static_cast<double>(std::fabs(y.data()[i] - want.data()[i])));
-  }
-  return scale > 0 ? err / scale : err;
-}
-
 int run(const BenchOptions& o) {
   check(o.repeats >= 1, "tokenmix bench: --repeats: expected >= 1, got ", o.repeats);
   check(o.steps >= 1, "tokenmix bench: --steps: expected >= 1, got ", o.steps);

@@ -76,10 +76,10 @@ int run(const RunOptions& o) {
   int failed = 0;  // cases that mismatched or could not be run
   LinearOptions linear;
   linear.precision = parse_precision(o.precision, "tokenmix run: --precision");
-  const Precision runs = linear.backend == GemmBackend::kReference ? Precision::kFp32 : resolve_precision(linear.precision);
+  const Precision runs = resolve_precision(linear);
   std::printf("precision %s (%s): each output within its SPEC tolerance", precision_name(runs),
               linear.backend == GemmBackend::kReference ? "reference GEMM" : "oneDNN GEMM");
-  if (cases::precision_gate(runs) > 0) std::printf(" + %.0e x its largest |expected|", cases::precision_gate(runs));
+  if (precision_gate(runs) > 0) std::printf(" + %.0e x its largest |expected|", precision_gate(runs));
   std::printf("\n");
   for (const auto& [file, root] : files) {
     const std::string shown = root.empty() ? file.string() : fs::relative(file, root).string();

@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <string>
 
+#include "tokenmix/core/tensor.h"
+
 namespace tokenmix {
 
 enum class Precision { kFp32, kBf16, kInt8, kAuto };
@@ -46,6 +48,11 @@ inline constexpr double kBf16Gate = 1e-2;
 // one outlier. Checked like bf16's; make_layer also checks it on the layer's own weights and falls
 // back (bf16, then fp32) when they miss it.
 inline constexpr double kInt8Gate = 5e-2;
+// The gate of a (resolved) precision: kBf16Gate, kInt8Gate, 0 for fp32.
+double precision_gate(Precision p);
+// max |y - fp32| / max |fp32| (a NaN difference counts as infinite; the plain max difference when
+// fp32 is all zeros): the measure the gates bound. y and fp32 hold the same number of elements.
+double scaled_error(const Tensor& y, const Tensor& fp32);
 
 // "fp32" | "bf16" | "int8" | "auto". Throws Error "<fn>: precision: expected fp32, bf16, int8 or auto,
 // got '<s>'".
@@ -68,6 +75,10 @@ struct LinearOptions {
   // Throws Error "<fn>: ..." for bf16 / int8 on the reference backend (which runs auto as fp32).
   void Validate(const char* fn) const;
 };
+
+// The precision a Linear built with these options runs (before make_layer's load-time gate): fp32 on
+// the reference backend, else resolve_precision(options.precision) (which throws as it says).
+Precision resolve_precision(const LinearOptions& options);
 
 // bfloat16 bits of x, rounded to nearest even (a NaN stays a quiet NaN): the rounding of the bf16
 // backend and of the tests' reference.
