@@ -2,7 +2,7 @@
 #   make demo   installs missing packages, builds Release, replays every shipped reference case
 #   make test   installs missing packages (and the Python venv), builds Release with the Python
 #               extension, runs the test suite (CTest: GoogleTest, the fuzz replays and pytest)
-# Also: make bench-precision (fp32 / bf16 / int8 side by side), make sanitize (ASan+UBSan test run),
+# Also: make test-generic (the suite on the plain-loop kernels), make bench-precision (fp32 / bf16 / int8 side by side), make sanitize (ASan+UBSan test run),
 # make clang-test (the suite built with clang), make fuzz
 # (libFuzzer harnesses, FUZZ_TIME seconds each), make bench, make install PREFIX=..., make example,
 # make venv (the Python test environment), make python-sanitize (pytest through an ASan + UBSan
@@ -20,7 +20,7 @@ FUZZ_TIME ?= 60
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: setup build demo test sanitize clang-test fuzz bench example install clean venv pip-check python-build differential bench-python python-sanitize bench-precision
+.PHONY: setup build demo test test-generic sanitize clang-test fuzz bench example install clean venv pip-check python-build differential bench-python python-sanitize bench-precision
 
 setup:
 	@./scripts/setup.sh
@@ -34,6 +34,11 @@ demo: build
 
 test: python-build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The same suite on the plain-loop kernels (TOKENMIX_ISA=generic; oneDNN capped at SSE4.1): CI runs
+# every kernel set this machine has.
+test-generic: python-build
+	cd $(BUILD) && TOKENMIX_ISA=generic ctest --output-on-failure -j $(JOBS)
 
 # The build with the Python extension (build/python/package/tokenmix), for make test / differential.
 python-build: setup venv
@@ -104,7 +109,7 @@ FUZZ_HARNESSES = safetensors state_dict stream_restore run_case
 fuzz:
 	@./scripts/setup.sh clang
 	cmake -S . -B $(BUILD)-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTOKENMIX_FUZZ=ON \
-	  -DTOKENMIX_BUILD_TESTS=OFF -DTOKENMIX_BUILD_BENCHMARKS=OFF -DTOKENMIX_NATIVE=OFF
+	  -DTOKENMIX_BUILD_TESTS=OFF -DTOKENMIX_BUILD_BENCHMARKS=OFF
 	cmake --build $(BUILD)-fuzz -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_HARNESSES))
 	./fuzz/make_corpus.sh $(BUILD)-fuzz
 	mkdir -p $(BUILD)-fuzz/findings

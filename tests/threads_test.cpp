@@ -2,7 +2,6 @@
 // calling thread alone, long ones keep the caller's setting, and the setting is restored after.
 #include <omp.h>
 
-#include "tokenmix/core/cpu.h"
 #include "tokenmix/core/threads.h"
 #include "test_util.h"
 
@@ -100,23 +99,6 @@ TEST_F(ThreadsTest, RestoredWhenPushThrows) {
   } s;
   test::expect_error([&] { s.push(Tensor(Shape{1, 1, 4})); }, "Throwing::push: chunk: bad");
   EXPECT_EQ(omp_get_max_threads(), 2);
-}
-
-}  // namespace
-}  // namespace tokenmix
-
-namespace tokenmix {
-namespace {
-
-TEST(Cpu, ThisBuildRunsOnThisCpu) {
-  // The suite runs on the machine it was built for: nothing the build assumes may be missing. A
-  // TOKENMIX_NATIVE build on an AVX2 / AVX-512 machine names those extensions.
-  EXPECT_EQ(missing_build_isa(), "");
-#if defined(__AVX2__)
-  EXPECT_NE(build_isa().find("avx2"), std::string::npos) << build_isa();
-#else
-  EXPECT_EQ(build_isa().find("avx2"), std::string::npos) << build_isa();
-#endif
 }
 
 }  // namespace

@@ -203,9 +203,14 @@ NB_MODULE(_core, m) {
   m.doc() = "tokenmix C++ core (see the tokenmix package for the documented API)";
   if (const std::string missing = missing_build_isa(); !missing.empty())
     throw nb::import_error(("tokenmix: this build uses CPU instructions this CPU lacks (" + missing +
-                            "); reinstall from source on this machine, or build the wheel with "
-                            "CMAKE_ARGS=-DTOKENMIX_NATIVE=OFF").c_str());
+                            "); reinstall from source on this machine, or build the wheel without "
+                            "CMAKE_ARGS=-DTOKENMIX_NATIVE=ON").c_str());
   m.attr("build_isa") = build_isa();
+  try {
+    kernel_isa();  // a bad TOKENMIX_ISA fails the import, not a later call
+  } catch (const Error& e) {
+    throw nb::import_error(("tokenmix: " + std::string(e.what())).c_str());
+  }
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
@@ -225,6 +230,11 @@ NB_MODULE(_core, m) {
     const int n = g_num_threads.load();
     return n > 0 ? n : omp_get_max_threads();
   }, "The threads tokenmix calls use (set_num_threads, else OpenMP's default).");
+
+  m.def("kernel_isa", [] { return std::string(kernel_isa_name(kernel_isa())); },
+        "The SIMD kernel set this process runs: 'avx2' (AVX2 + FMA) or 'generic' (plain loops), chosen at\n"
+        "import from the CPU; the environment variable TOKENMIX_ISA=generic|avx2 forces one (and caps oneDNN\n"
+        "to match). A TOKENMIX_ISA that names no set, or one this CPU lacks, fails the import (ImportError).");
 
   m.def("supported_modules", [] {
     std::vector<std::tuple<std::string, std::string, std::vector<std::string>>> out;

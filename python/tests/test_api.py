@@ -170,3 +170,23 @@ def test_set_num_threads_keeps_results():
         assert_close(layer(x, None), one, 1e-6, 1e-6, "1 vs 2 threads")
     finally:
         tokenmix.set_num_threads(0)
+
+
+def test_kernel_isa_follows_the_cpu_and_TOKENMIX_ISA():
+    import os
+    import subprocess
+    import sys
+    forced = os.environ.get("TOKENMIX_ISA")
+    assert tokenmix.kernel_isa() == forced if forced else tokenmix.kernel_isa() in ("avx2", "generic")
+
+    def child(value):
+        env = dict(os.environ, TOKENMIX_ISA=value)
+        return subprocess.run([sys.executable, "-c", "import tokenmix; print(tokenmix.kernel_isa())"], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    generic = child("generic")
+    assert generic.returncode == 0 and generic.stdout.strip() == "generic", generic.stderr
+    bad = child("sse9")
+    assert bad.returncode != 0
+    assert ("ImportError: tokenmix: kernel_isa: TOKENMIX_ISA: expected 'generic' or 'avx2' (or unset: the best "
+            "this CPU has), got 'sse9'") in bad.stderr, bad.stderr

@@ -12,7 +12,7 @@ with the same outputs, without an export step:
 
 Errors are ValueError with a message naming the function and argument.
 """
-from ._core import get_num_threads, set_num_threads
+from ._core import get_num_threads, kernel_isa, set_num_threads
 from ._layers import (ContinualMultiheadAttention, EspnetMultiHeadedAttention, FastSelfAttention, HyperMixing,
                       LabmlMultiHeadAttention, Layer, RetroactiveMultiheadAttention, SingleOutputMultiheadAttention)
 from ._registry import from_torch, load, make_layer, save, supported_modules
@@ -23,5 +23,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ContinualMultiheadAttention", "EspnetMultiHeadedAttention", "FastSelfAttention", "HyperMixing",
     "LabmlMultiHeadAttention", "Layer", "RetroactiveMultiheadAttention", "SingleOutputMultiheadAttention", "Stream",
-    "from_torch", "get_num_threads", "load", "make_layer", "save", "set_num_threads", "supported_modules",
+    "from_torch", "get_num_threads", "kernel_isa", "load", "make_layer", "save", "set_num_threads", "supported_modules",
 ]

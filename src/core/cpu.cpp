@@ -1,9 +1,15 @@
 // The build's assumed extensions come from the compiler's macros in this file, compiled with the
 // library's flags (it runs no vector code itself); whether the CPU has them, from
-// __builtin_cpu_supports, which reads CPUID at run time.
+// __builtin_cpu_supports, which reads CPUID (and the OS's XSAVE state for AVX) at run time.
 #include "tokenmix/core/cpu.h"
 
+#include <oneapi/dnnl/dnnl.h>
+
+#include <cstdlib>
+#include <cstring>
 #include <vector>
+
+#include "tokenmix/core/error.h"
 
 namespace tokenmix {
 
@@ -47,7 +53,45 @@ std::vector<Extension> extensions() {
 #endif
 }
 
+bool cpu_has_avx2_fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+// The set TOKENMIX_ISA asks for (or the CPU's best), with oneDNN capped to match when the user
+// forced a set and left ONEDNN_MAX_CPU_ISA alone.
+KernelIsa choose_kernel_isa() {
+  const char* env = std::getenv("TOKENMIX_ISA");
+  if (!env || !*env) return cpu_has_avx2_fma() ? KernelIsa::kAvx2 : KernelIsa::kGeneric;
+  KernelIsa isa;
+  dnnl_cpu_isa_t dnnl_cap;
+  if (std::strcmp(env, "generic") == 0) {
+    isa = KernelIsa::kGeneric;
+    dnnl_cap = dnnl_cpu_isa_sse41;
+  } else if (std::strcmp(env, "avx2") == 0) {
+    check(cpu_has_avx2_fma(), "kernel_isa: TOKENMIX_ISA: 'avx2' needs a CPU with AVX2 and FMA; this one lacks them");
+    isa = KernelIsa::kAvx2;
+    dnnl_cap = dnnl_cpu_isa_avx2;
+  } else {
+    fail("kernel_isa: TOKENMIX_ISA: expected 'generic' or 'avx2' (or unset: the best this CPU has), got '", env,
+         "'");
+  }
+  const char* dnnl_env = std::getenv("ONEDNN_MAX_CPU_ISA");
+  if (!dnnl_env || !*dnnl_env)
+    check(dnnl_set_max_cpu_isa(dnnl_cap) == dnnl_success,
+          "kernel_isa: TOKENMIX_ISA=", env, ": oneDNN was used before the kernel set was chosen, so its ISA cap "
+          "cannot be applied (call kernel_isa() first)");
+  return isa;
+}
+
 }  // namespace
+
+KernelIsa kernel_isa() {
+  static const KernelIsa isa = choose_kernel_isa();  // a throw leaves it unset: the next call throws again
+  return isa;
+}
+
+const char* kernel_isa_name(KernelIsa isa) { return isa == KernelIsa::kAvx2 ? "avx2" : "generic"; }
 
 std::string build_isa() {
   std::string out;

@@ -2,21 +2,18 @@
 
 #include <cmath>
 
+#include "tokenmix/core/cpu.h"
 #include "simd_math.h"
 
 namespace tokenmix {
 
 namespace {
 constexpr float kInvSqrt2 = 0.70710678118654752440f;
-}  // namespace
 
-void gelu_erf_reference(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * kInvSqrt2));
-}
-
-void gelu_erf(float* x, int64_t n) {
+TOKENMIX_AVX2_BEGIN
+// The 8-lane body; returns how many leading elements it did (n rounded down to 8).
+int64_t gelu_erf_avx2(float* x, int64_t n) {
   int64_t i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
   const __m256 one = _mm256_set1_ps(1.f), half = _mm256_set1_ps(0.5f), sign = _mm256_set1_ps(-0.f);
   for (; i + 8 <= n; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
@@ -35,7 +32,18 @@ void gelu_erf(float* x, int64_t n) {
     const __m256 erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign, z));  // sign of z
     _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf)));
   }
-#endif
+  return i;
+}
+TOKENMIX_AVX2_END
+
+}  // namespace
+
+void gelu_erf_reference(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * kInvSqrt2));
+}
+
+void gelu_erf(float* x, int64_t n) {
+  const int64_t i = kernel_isa() == KernelIsa::kAvx2 ? gelu_erf_avx2(x, n) : 0;
   gelu_erf_reference(x + i, n - i);
 }
 

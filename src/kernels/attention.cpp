@@ -6,21 +6,17 @@
 #include <cmath>
 #include <vector>
 
+#include "tokenmix/core/cpu.h"
 #include "tokenmix/core/threads.h"
 #include "tokenmix/core/workspace.h"
 #include "tokenmix/kernels/linear.h"
 #include "attention_tiles.h"
-#include "simd_math.h"
 #include "softmax_row.h"
 
 namespace tokenmix {
 
 namespace {
 
-#if defined(__AVX2__) && defined(__FMA__)
-using simd::exp8;
-using simd::hsum;
-#endif
 using softmax::exp_sub_sum;
 using softmax::row_max;
 using softmax::scale_row;
@@ -180,7 +176,7 @@ inline float* align_cache_line(float* p) {
 }
 
 // Whether the flash path runs on the register tiles of attention_tiles.h (else on OpenBLAS).
-bool register_tiles(int64_t D) { return tiles::kTilesAvailable && D % 8 == 0; }
+bool register_tiles(int64_t D) { return tiles::available() && D % 8 == 0; }
 
 // Query rows per work item of the flash path.
 int64_t flash_rows(int64_t D) { return register_tiles(D) ? kSpanQ : kFlashQ; }
@@ -218,7 +214,7 @@ void finish_rows(const float* l, const float* c, int64_t ldc, int64_t rows, int6
 // softmax (running row max m and sum l, the context accumulated unnormalised in ctx and rescaled
 // when m grows), one kFlashQ-row tile at a time. Extra memory per thread: flash_scratch_size().
 //
-// Register tiles (AVX2, head_dim % 8 == 0): the work item packs the keys and values it can see once
+// Register tiles (kernel set avx2, head_dim % 8 == 0): the work item packs the keys and values it can see once
 // (key panels for the scores, 16-feature value slices for P·V), then each group of kTileRows query
 // rows goes through scores, softmax and P·V while its scores sit in L1 (attention_tiles.h). A
 // tile's queries and context are copied to contiguous (kFlashQ, D) blocks too: rows of a (T, E)
@@ -227,7 +223,6 @@ void finish_rows(const float* l, const float* c, int64_t ldc, int64_t rows, int6
 void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const HeadsView& k, const HeadsView& v,
                           const AttentionMask* mask, const HeadsOut& ctx, int64_t b, int64_t h, int64_t i0,
                           int64_t i1, std::vector<float>& scratch) {
-#if defined(__AVX2__) && defined(__FMA__)
   const int64_t D = s.head_dim;
   int64_t lo, hi;
   key_range(s, i0, i1, &lo, &hi);
@@ -278,9 +273,6 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
     }
     finish_rows(l, Ct, D, rows, D, at(ctx, b, t0, h, D), ctx.time_stride);
   }
-#else
-  (void)s, (void)q, (void)k, (void)v, (void)mask, (void)ctx, (void)b, (void)h, (void)i0, (void)i1, (void)scratch;
-#endif
 }
 
 // OpenBLAS variant (other builds and head dims), one kFlashQ-row tile: two GEMMs per key block over
@@ -353,6 +345,7 @@ void attention_reserve(int64_t q_len, int64_t k_len, int64_t head_dim) {
 void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
                const AttentionMask* mask, HeadsOut ctx, float* probs) {
   if (s.batch <= 0 || s.heads <= 0 || s.q_len <= 0) return;
+  kernel_isa();  // chosen (or its error thrown) here, before the parallel region that uses it
   // Fork only when there is enough to share: a decode step over a short cache (e.g. 8 heads x 257
   // keys x 64) is a few microseconds, less than waking a second thread on a busy machine.
   const double macs = static_cast<double>(s.batch) * s.heads * s.q_len * std::max<int64_t>(s.k_len, 1) * s.head_dim;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "tokenmix/core/cpu.h"
 #include "tokenmix/kernels/attention.h"
 #include "simd_math.h"
 #include "softmax_row.h"
@@ -11,10 +12,6 @@
 namespace tokenmix {
 
 namespace {
-
-#if defined(__AVX2__) && defined(__FMA__)
-using simd::hsum;
-#endif
 
 // Single-query inner loops for one head over n keys at row stride ld (a KV cache: time_stride E),
 // behind attention_scores() and attention_context_unnormalized():
@@ -36,7 +33,9 @@ void context_v_plain(const float* p, const float* V, int64_t n, int64_t ld, int6
     for (int64_t d = 0; d < D; ++d) c[d] += p[j] * V[j * ld + d];
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
+TOKENMIX_AVX2_BEGIN
+using simd::hsum;
+
 // Eight keys at a time: eight independent FMA chains over D, then one transposing reduction of the
 // eight partial-sum vectors into the eight scores.
 void scores_k_avx2(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
@@ -64,7 +63,7 @@ void scores_k_avx2(const float* q, const float* K, int64_t n, int64_t ld, int64_
 
 // The context of up to 64 features (NV vectors) held in registers over all n keys.
 template <int NV>
-void context_v_slice(const float* p, const float* V, int64_t n, int64_t ld, float* c) {
+void context_v_slice_avx2(const float* p, const float* V, int64_t n, int64_t ld, float* c) {
   __m256 acc[NV];
   for (int r = 0; r < NV; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
@@ -77,19 +76,19 @@ void context_v_slice(const float* p, const float* V, int64_t n, int64_t ld, floa
 
 void context_v_avx2(const float* p, const float* V, int64_t n, int64_t ld, int64_t D, float* c) {
   using Slice = void (*)(const float*, const float*, int64_t, int64_t, float*);
-  static constexpr Slice slices[8] = {context_v_slice<1>, context_v_slice<2>, context_v_slice<3>,
-                                      context_v_slice<4>, context_v_slice<5>, context_v_slice<6>,
-                                      context_v_slice<7>, context_v_slice<8>};
+  static constexpr Slice slices[8] = {context_v_slice_avx2<1>, context_v_slice_avx2<2>, context_v_slice_avx2<3>,
+                                      context_v_slice_avx2<4>, context_v_slice_avx2<5>, context_v_slice_avx2<6>,
+                                      context_v_slice_avx2<7>, context_v_slice_avx2<8>};
   for (int64_t d0 = 0; d0 < D; d0 += 64) slices[std::min<int64_t>(D - d0, 64) / 8 - 1](p, V + d0, n, ld, c + d0);
 }
-#endif
+TOKENMIX_AVX2_END
+
+bool vector_path(int64_t D) { return D % 8 == 0 && kernel_isa() == KernelIsa::kAvx2; }
 
 }  // namespace
 
 void attention_scores(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out) {
-#if defined(__AVX2__) && defined(__FMA__)
-  if (D % 8 == 0) return scores_k_avx2(q, K, n, ld, D, scale, out);
-#endif
+  if (vector_path(D)) return scores_k_avx2(q, K, n, ld, D, scale, out);
   scores_k_plain(q, K, n, ld, D, scale, out);
 }
 
@@ -101,12 +100,10 @@ float attention_context_unnormalized(float* s, int64_t n, const float* V, int64_
     return 0.f;
   }
   const float d = softmax::exp_sub_sum(s, n, *max, s);
-#if defined(__AVX2__) && defined(__FMA__)
-  if (D % 8 == 0) {
+  if (vector_path(D)) {
     context_v_avx2(s, V, n, ld, D, c);
     return d;
   }
-#endif
   context_v_plain(s, V, n, ld, D, c);
   return d;
 }

@@ -1,10 +1,10 @@
 #include "attention_tiles.h"
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-
 #include <algorithm>
 
+#include "isa_target.h"
+
+TOKENMIX_AVX2_BEGIN
 namespace tokenmix::tiles {
 
 namespace {
@@ -161,4 +161,4 @@ void context_rows(int mr, const float* P, int64_t ldp, const float* Vs, int64_t 
 }
 
 }  // namespace tokenmix::tiles
-#endif
+TOKENMIX_AVX2_END

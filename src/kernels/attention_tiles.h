@@ -7,20 +7,18 @@
 //   context_rows:     C += P · V                    (mr x D, from the slices)
 // With the group's scores held in L1 between the two products, the softmax of the group runs in
 // between (src/kernels/attention.cpp) and no score block of the whole query tile is written.
-// These are AVX2 + FMA kernels for head_dim % 8 == 0, defined only when kTilesAvailable (the build
-// targets AVX2 and FMA); attention() otherwise takes its OpenBLAS path. Both are tested against
-// attention_reference() in tests/attention_kernel_test.cpp.
+// These are AVX2 + FMA kernels for head_dim % 8 == 0, called only when available() (kernel_isa() is
+// avx2); attention() otherwise takes its OpenBLAS path. Both are tested against
+// attention_reference() in tests/attention_kernel_test.cpp, under each kernel set.
 #pragma once
 
 #include <cstdint>
 
+#include "tokenmix/core/cpu.h"
+
 namespace tokenmix::tiles {
 
-#if defined(__AVX2__) && defined(__FMA__)
-constexpr bool kTilesAvailable = true;
-#else
-constexpr bool kTilesAvailable = false;
-#endif
+inline bool available() { return kernel_isa() == KernelIsa::kAvx2; }
 
 constexpr int kMicroRows = 6;   // query rows per register tile (6 x 16 accumulators = 12 ymm registers)
 constexpr int kTileRows = 12;   // query rows per group (scores_rows / context_rows), whole register tiles

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <vector>
 
+#include "tokenmix/core/cpu.h"
 #include "tokenmix/core/error.h"
 #include "tokenmix/core/threads.h"
 #include "tokenmix/core/workspace.h"
@@ -18,8 +19,9 @@ namespace {
 using dt = dnnl::memory::data_type;
 using tag = dnnl::memory::format_tag;
 
+// The first oneDNN object of the process: kernel_isa() runs before it (it may cap oneDNN's ISA).
 const dnnl::engine& cpu_engine() {
-  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  static const dnnl::engine engine = (kernel_isa(), dnnl::engine(dnnl::engine::kind::cpu, 0));
   return engine;
 }
 

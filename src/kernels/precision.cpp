@@ -9,6 +9,7 @@
 #include <cstring>
 #include <dnnl.hpp>
 
+#include "tokenmix/core/cpu.h"
 #include "tokenmix/core/error.h"
 
 namespace tokenmix {
@@ -57,6 +58,7 @@ const char* precision_name(Precision p) {
 }
 
 Precision resolve_precision(Precision p) {
+  kernel_isa();  // before oneDNN's first look at its ISA cap, which it may set
   const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
   const bool bf16_units = isa == dnnl::cpu_isa::avx512_core_amx || isa == dnnl::cpu_isa::avx512_core_bf16;
   if (p == Precision::kBf16)

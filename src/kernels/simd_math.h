@@ -1,10 +1,11 @@
-// src/kernels/simd_math.h (private): 8-lane float math shared by the kernels (attention softmax,
-// GELU). Compiled only with AVX2 + FMA; callers keep a plain scalar path next to every use.
+// src/kernels/simd_math.h (private): 8-lane float math shared by the AVX2 kernels (attention
+// softmax, GELU), compiled for AVX2 + FMA (isa_target.h); callers keep a plain scalar path next to
+// every use.
 #pragma once
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
+#include "isa_target.h"
 
+TOKENMIX_AVX2_BEGIN
 namespace tokenmix::simd {
 
 // exp(x) for 8 lanes, about 1 ulp (max 1.05 ulp against double exp over [-87.3, 0]). Range
@@ -45,4 +46,4 @@ inline float hsum(__m256 v) {
 }
 
 }  // namespace tokenmix::simd
-#endif
+TOKENMIX_AVX2_END

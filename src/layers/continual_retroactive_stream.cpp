@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "continual_stream.h"
+#include "tokenmix/kernels/accumulate.h"
 #include "tokenmix/kernels/attention.h"
 #include "tokenmix/kernels/linear.h"
 
@@ -174,20 +175,9 @@ class RetroactiveStream final : public ContinualStreamImpl, public RetroactiveWi
         if (redo_[r * H_ + h]) continue;
         const float f = coef_[h].f, wn = coef_[h].wn, wo = coef_[h].wo;
         const int64_t i = acc(b, token, h);
-        float* __restrict A = a_.data() + i * E_;
-        const float* __restrict un = y_.data() + h * 3 * E_;
-        const float* __restrict uo = full ? un + 2 * E_ : un;  // weight 0 when nothing leaves
-        if (y) {
-          float* __restrict yr = y;
-          const float inv = 1.f / d_[i];
-          for (int64_t e = 0; e < E_; ++e) {
-            const float a = f * A[e] + (wn * un[e] - wo * uo[e]);
-            A[e] = a;
-            yr[e] += a * inv;
-          }
-        } else {
-          for (int64_t e = 0; e < E_; ++e) A[e] = f * A[e] + (wn * un[e] - wo * uo[e]);
-        }
+        const float* un = y_.data() + h * 3 * E_;
+        const float* uo = full ? un + 2 * E_ : un;  // weight 0 when nothing leaves
+        rescale_accumulate(a_.data() + i * E_, E_, f, un, wn, uo, wo, y, y ? 1.f / d_[i] : 0.f);
       }
       if (!redo_row) continue;
       for (int64_t h = 0; h < H_; ++h) {

@@ -29,6 +29,7 @@ int info(const std::string& path, bool list_modules) {
   if (path.empty()) {  // no file: what this build runs on
     const std::string isa = build_isa();
     std::printf("build ISA %s\n", isa.empty() ? "baseline (no extensions assumed)" : isa.c_str());
+    std::printf("kernels   %s (TOKENMIX_ISA=generic|avx2 forces a set)\n", kernel_isa_name(kernel_isa()));
     return 0;
   }
   const SafetensorsFile f(path);
@@ -63,7 +64,7 @@ void add_info_command(CLI::App& app, int* status) {
       "info",
       "Print what a safetensors file holds (metadata, tensors with dtype and shape) and, for a "
       "self-describing checkpoint or a reference case, the layer it builds; without FILE, the CPU "
-      "extensions this build assumes. Exit status: 0, or 2 when the file cannot be read or its layer "
+      "extensions this build assumes and the kernel set it runs. Exit status: 0, or 2 when the file cannot be read or its layer "
       "cannot be built (the reason is printed).");
   cmd->add_option("FILE", *path, "A checkpoint, reference case or saved stream state");
   cmd->add_flag("--modules", *modules, "List the supported upstream modules with their options");

@@ -9,7 +9,13 @@
 int main(int argc, char** argv) {
   if (const std::string missing = tokenmix::missing_build_isa(); !missing.empty()) {
     std::cerr << "tokenmix: error: this build uses CPU instructions this CPU lacks (" << missing
-              << "); rebuild on this machine or with -DTOKENMIX_NATIVE=OFF\n";
+              << "); rebuild on this machine or without -DTOKENMIX_NATIVE=ON\n";
+    return tokenmix::cli::kBadInputStatus;
+  }
+  try {
+    tokenmix::kernel_isa();  // a bad TOKENMIX_ISA is reported here, before any command runs
+  } catch (const std::exception& e) {
+    std::cerr << "tokenmix: error: " << e.what() << "\n";
     return tokenmix::cli::kBadInputStatus;
   }
   CLI::App app{"tokenmix: attention and token-mixing layers (ESPnet MHA, continual attention, "
