@@ -5,12 +5,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "test_util.h"
+#include "tokenmix/core/cpu.h"
 #include "tokenmix/kernels/attention.h"
+#include "tokenmix/kernels/precision.h"
 #include "tokenmix/layers/espnet_mha.h"
 
 namespace tokenmix {
@@ -31,9 +34,18 @@ std::vector<float> random_vec(size_t n, std::mt19937& g, float sd = 1.f) {
   return v;
 }
 
+// Whether attention() runs this shape's products in bf16 (the contract of AttentionShape::bf16_products).
+bool bf16_runs(const Problem& p) {
+  return p.s.bf16_products && kernel_isa() >= KernelIsa::kAvx512Bf16 && p.s.head_dim % 16 == 0 && !p.with_probs &&
+         p.s.q_len >= 4;
+}
+
 // Runs both kernels on one problem and checks ctx (and probs) agree; masked probabilities and
-// fully masked rows must be exactly 0 in both.
-void check_problem(const Problem& p, uint32_t seed) {
+// fully masked rows must be exactly 0 in both. With bf16 products the reference gets Q, K and V
+// rounded to bf16 as the kernel does, and the context may differ by the probabilities' rounding
+// (2^-9 of each weight: at most 2^-9 max |v|). *moved (optional) receives the largest difference from
+// the fp32 reference on the unrounded inputs (how far bf16 products moved the result).
+void check_problem(const Problem& p, uint32_t seed, double* moved = nullptr) {
   std::mt19937 g(seed);
   const AttentionShape& s = p.s;
   const int64_t E = s.heads * s.head_dim, B = s.batch, Tq = s.q_len, Tk = s.k_len;
@@ -64,13 +76,30 @@ void check_problem(const Problem& p, uint32_t seed) {
     return p.time_major ? HeadsOut{x.data(), E, B * E} : HeadsOut{x.data(), Tq * E, E};
   };
   attention(s, view(q, Tq), view(k, Tk), view(v, Tk), mp, out(ctx), p.with_probs ? probs.data() : nullptr);
-  attention_reference(s, view(q, Tq), view(k, Tk), view(v, Tk), mp, out(ctx_ref), probs_ref.data());
+  std::vector<float> ctx_fp32(ctx_ref);
+  attention_reference(s, view(q, Tq), view(k, Tk), view(v, Tk), mp, out(ctx_fp32), probs_ref.data());
+  double tolerance = 2e-5;
+  if (bf16_runs(p)) {
+    auto rounded = [](std::vector<float> x) {
+      for (float& e : x) e = from_bf16(to_bf16(e));
+      return x;
+    };
+    const auto qr = rounded(q), kr = rounded(k), vr = rounded(v);
+    attention_reference(s, view(qr, Tq), view(kr, Tk), view(vr, Tk), mp, out(ctx_ref), probs_ref.data());
+    float vmax = 0.f;
+    for (float e : vr) vmax = std::max(vmax, std::abs(e));
+    tolerance = 2.5e-3 * vmax + 1e-5;
+  } else {
+    ctx_ref = ctx_fp32;
+  }
   double worst = 0;
+  if (moved) *moved = 0;
   for (size_t i = 0; i < ctx.size(); ++i) {
     ASSERT_TRUE(std::isfinite(ctx[i])) << "ctx[" << i << "]";
     worst = std::max(worst, std::abs(static_cast<double>(ctx[i]) - ctx_ref[i]));
+    if (moved) *moved = std::max(*moved, std::abs(static_cast<double>(ctx[i]) - ctx_fp32[i]));
   }
-  EXPECT_LT(worst, 2e-5) << "B=" << B << " H=" << s.heads << " D=" << s.head_dim << " Tq=" << Tq << " Tk=" << Tk
+  EXPECT_LT(worst, tolerance) << "bf16=" << bf16_runs(p) << " B=" << B << " H=" << s.heads << " D=" << s.head_dim << " Tq=" << Tq << " Tk=" << Tk
                          << " causal=" << s.causal << " off=" << s.query_offset << " lc=" << s.left_context
                          << " mask=" << p.mask_kind << " probs=" << p.with_probs << " tm=" << p.time_major;
   // Fully masked rows give exactly 0 context.
@@ -121,6 +150,47 @@ TEST(AttentionKernel, RandomShapesMasksBands) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     check_problem(p, 1000 + trial);
   }
+}
+
+TEST(AttentionKernel, Bf16ProductsMatchReferenceOnRoundedOperands) {
+  // bf16 Q·Kᵀ and P·V (AVX512-BF16): head dims of whole and partial 16-feature slices, key counts
+  // odd and around panels and blocks, masks, causal bands; where bf16 does not run (CPU, head_dim,
+  // probs, decode rows) the fp32 result is required. On a CPU that runs it, bf16 must have moved the
+  // result (the path ran) and stayed within the probabilities' rounding of the rounded-input reference.
+  std::mt19937 g(20261207);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(g); };
+  double moved_most = 0;
+  int ran = 0;
+  for (int trial = 0; trial < 80; ++trial) {
+    Problem p;
+    p.s.batch = pick(1, 2);
+    p.s.heads = pick(1, 3);
+    p.s.head_dim = std::vector<int64_t>{16, 32, 64, 128, 24, 8}[pick(0, 5)];
+    const std::vector<int64_t> lens{1, 3, 4, 15, 17, 33, 255, 256, 257, 520};
+    p.s.q_len = lens[pick(0, lens.size() - 1)];
+    p.s.k_len = pick(0, 1) == 0 ? p.s.q_len : lens[pick(0, lens.size() - 1)];
+    p.s.scale = 1.f / std::sqrt(static_cast<float>(p.s.head_dim));
+    p.s.causal = pick(0, 2) == 0;
+    if (p.s.causal) {
+      p.s.query_offset = p.s.k_len >= p.s.q_len ? p.s.k_len - p.s.q_len : 0;
+      p.s.left_context = pick(0, 1) ? 0 : pick(1, p.s.k_len + 2);
+    }
+    p.s.bf16_products = true;
+    p.time_major = pick(0, 3) == 0;
+    p.mask_kind = static_cast<int>(pick(0, 3));
+    p.with_probs = pick(0, 5) == 0;
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    double moved = 0;
+    check_problem(p, 5000 + trial, &moved);
+    if (bf16_runs(p)) {
+      ++ran;
+      moved_most = std::max(moved_most, moved);
+    }
+  }
+  if (kernel_isa() < KernelIsa::kAvx512Bf16) GTEST_SKIP() << "kernel set " << kernel_isa_name(kernel_isa());
+  std::printf("[ bf16 ] %d problems in bf16, largest move from fp32 %.3g\n", ran, moved_most);
+  EXPECT_GT(ran, 20);
+  EXPECT_GT(moved_most, 1e-3) << "bf16 products left every result at fp32: the bf16 path did not run";
 }
 
 TEST(AttentionKernel, LongSequencesFlashBlocks) {

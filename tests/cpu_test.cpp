@@ -26,19 +26,29 @@ bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
+std::string best_set() {
+  if (!cpu_has_avx2()) return "generic";
+  const bool bf16 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  return bf16 ? "avx512_bf16" : "avx2";
+}
+
 TEST(Cpu, KernelSetIsTheCpusBestUnlessForced) {
   // This process: TOKENMIX_ISA as CI set it, else the CPU's best.
   const char* env = std::getenv("TOKENMIX_ISA");
-  const std::string want = env && *env ? env : cpu_has_avx2() ? "avx2" : "generic";
+  const std::string want = env && *env ? env : best_set();
   EXPECT_EQ(kernel_isa_name(kernel_isa()), want);
   // Child processes: unset (empty) -> the CPU's best; forced -> that set.
   const test::CliResult best = test::cli("info", "TOKENMIX_ISA=");
   EXPECT_EQ(best.status, 0) << best.out;
-  EXPECT_NE(best.out.find(std::string("kernels   ") + (cpu_has_avx2() ? "avx2" : "generic")), std::string::npos)
-      << best.out;
-  const test::CliResult generic = test::cli("info", "TOKENMIX_ISA=generic");
-  EXPECT_EQ(generic.status, 0) << generic.out;
-  EXPECT_NE(generic.out.find("kernels   generic"), std::string::npos) << generic.out;
+  EXPECT_NE(best.out.find("kernels   " + best_set() + " "), std::string::npos) << best.out;
+  for (const std::string set : {"generic", "avx2", "avx512_bf16"}) {
+    if (set == "avx2" && !cpu_has_avx2()) continue;
+    if (set == "avx512_bf16" && best_set() != set) continue;
+    const test::CliResult forced = test::cli("info", "TOKENMIX_ISA=" + set);
+    EXPECT_EQ(forced.status, 0) << forced.out;
+    EXPECT_NE(forced.out.find("kernels   " + set + " "), std::string::npos) << forced.out;
+  }
 }
 
 TEST(Cpu, ForcedSetCapsOneDnn) {
@@ -61,15 +71,17 @@ TEST(Cpu, ForcedSetCapsOneDnn) {
 TEST(Cpu, BadKernelSetIsAClearError) {
   const test::CliResult bad = test::cli("info", "TOKENMIX_ISA=avx512");
   EXPECT_EQ(bad.status, 2);
-  EXPECT_NE(bad.out.find("tokenmix: error: kernel_isa: TOKENMIX_ISA: expected 'generic' or 'avx2' (or unset: the "
-                         "best this CPU has), got 'avx512'"),
+  EXPECT_NE(bad.out.find("tokenmix: error: kernel_isa: TOKENMIX_ISA: expected 'generic', 'avx2' or 'avx512_bf16' "
+                         "(or unset: the best this CPU has), got 'avx512'"),
             std::string::npos)
       << bad.out;
-  if (!cpu_has_avx2()) {
-    const test::CliResult avx2 = test::cli("info", "TOKENMIX_ISA=avx2");
-    EXPECT_EQ(avx2.status, 2);
-    EXPECT_NE(avx2.out.find("kernel_isa: TOKENMIX_ISA: 'avx2' needs a CPU with AVX2 and FMA"), std::string::npos)
-        << avx2.out;
+  if (best_set() != "avx512_bf16") {  // a set this CPU lacks
+    const test::CliResult missing = test::cli("info", "TOKENMIX_ISA=avx512_bf16");
+    EXPECT_EQ(missing.status, 2);
+    EXPECT_NE(missing.out.find("kernel_isa: TOKENMIX_ISA: 'avx512_bf16' needs a CPU with AVX-512 F/BW/VL and "
+                               "AVX512-BF16"),
+              std::string::npos)
+        << missing.out;
   }
 }
 

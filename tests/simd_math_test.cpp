@@ -33,7 +33,7 @@ double ulps(float got, double want) {
 }
 
 TEST(SimdMath, Exp8WithinOneAndAHalfUlpExactSpecialValues) {
-  if (kernel_isa() != KernelIsa::kAvx2) GTEST_SKIP() << "kernel set " << kernel_isa_name(kernel_isa());
+  if (kernel_isa() < KernelIsa::kAvx2) GTEST_SKIP() << "kernel set " << kernel_isa_name(kernel_isa());
   // Dense over the normal-result range (the softmax feeds x = s - max <= 0), some positive inputs.
   std::vector<float> x;
   for (int i = 0; i <= 8700000; ++i) x.push_back(-1e-5f * static_cast<float>(i));

@@ -232,9 +232,10 @@ NB_MODULE(_core, m) {
   }, "The threads tokenmix calls use (set_num_threads, else OpenMP's default).");
 
   m.def("kernel_isa", [] { return std::string(kernel_isa_name(kernel_isa())); },
-        "The SIMD kernel set this process runs: 'avx2' (AVX2 + FMA) or 'generic' (plain loops), chosen at\n"
-        "import from the CPU; the environment variable TOKENMIX_ISA=generic|avx2 forces one (and caps oneDNN\n"
-        "to match). A TOKENMIX_ISA that names no set, or one this CPU lacks, fails the import (ImportError).");
+        "The SIMD kernel set this process runs: 'avx512_bf16' (AVX2 + FMA kernels, and attention's products in\n"
+        "bf16 for layers loaded with precision='bf16'), 'avx2' (AVX2 + FMA) or 'generic' (plain loops), chosen at\n"
+        "import from the CPU; the environment variable TOKENMIX_ISA=generic|avx2|avx512_bf16 forces one (generic\n"
+        "and avx2 cap oneDNN to match). A TOKENMIX_ISA that names no set, or one this CPU lacks, fails the import (ImportError).");
 
   m.def("supported_modules", [] {
     std::vector<std::tuple<std::string, std::string, std::vector<std::string>>> out;

@@ -177,7 +177,7 @@ def test_kernel_isa_follows_the_cpu_and_TOKENMIX_ISA():
     import subprocess
     import sys
     forced = os.environ.get("TOKENMIX_ISA")
-    assert tokenmix.kernel_isa() == forced if forced else tokenmix.kernel_isa() in ("avx2", "generic")
+    assert tokenmix.kernel_isa() == forced if forced else tokenmix.kernel_isa() in ("avx512_bf16", "avx2", "generic")
 
     def child(value):
         env = dict(os.environ, TOKENMIX_ISA=value)
@@ -188,5 +188,5 @@ def test_kernel_isa_follows_the_cpu_and_TOKENMIX_ISA():
     assert generic.returncode == 0 and generic.stdout.strip() == "generic", generic.stderr
     bad = child("sse9")
     assert bad.returncode != 0
-    assert ("ImportError: tokenmix: kernel_isa: TOKENMIX_ISA: expected 'generic' or 'avx2' (or unset: the best "
-            "this CPU has), got 'sse9'") in bad.stderr, bad.stderr
+    assert ("ImportError: tokenmix: kernel_isa: TOKENMIX_ISA: expected 'generic', 'avx2' or 'avx512_bf16' (or "
+            "unset: the best this CPU has), got 'sse9'") in bad.stderr, bad.stderr

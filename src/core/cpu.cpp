@@ -58,11 +58,20 @@ bool cpu_has_avx2_fma() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
+bool cpu_has_avx512_bf16() {
+  return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+}
+
+KernelIsa best_kernel_isa() {
+  return cpu_has_avx512_bf16() ? KernelIsa::kAvx512Bf16 : cpu_has_avx2_fma() ? KernelIsa::kAvx2 : KernelIsa::kGeneric;
+}
+
 // The set TOKENMIX_ISA asks for (or the CPU's best), with oneDNN capped to match when the user
 // forced a set and left ONEDNN_MAX_CPU_ISA alone.
 KernelIsa choose_kernel_isa() {
   const char* env = std::getenv("TOKENMIX_ISA");
-  if (!env || !*env) return cpu_has_avx2_fma() ? KernelIsa::kAvx2 : KernelIsa::kGeneric;
+  if (!env || !*env) return best_kernel_isa();
   KernelIsa isa;
   dnnl_cpu_isa_t dnnl_cap;
   if (std::strcmp(env, "generic") == 0) {
@@ -72,9 +81,14 @@ KernelIsa choose_kernel_isa() {
     check(cpu_has_avx2_fma(), "kernel_isa: TOKENMIX_ISA: 'avx2' needs a CPU with AVX2 and FMA; this one lacks them");
     isa = KernelIsa::kAvx2;
     dnnl_cap = dnnl_cpu_isa_avx2;
+  } else if (std::strcmp(env, "avx512_bf16") == 0) {
+    check(cpu_has_avx512_bf16(),
+          "kernel_isa: TOKENMIX_ISA: 'avx512_bf16' needs a CPU with AVX-512 F/BW/VL and AVX512-BF16; this one lacks "
+          "them");
+    return KernelIsa::kAvx512Bf16;  // the best set: oneDNN keeps its own choice
   } else {
-    fail("kernel_isa: TOKENMIX_ISA: expected 'generic' or 'avx2' (or unset: the best this CPU has), got '", env,
-         "'");
+    fail("kernel_isa: TOKENMIX_ISA: expected 'generic', 'avx2' or 'avx512_bf16' (or unset: the best this CPU has), "
+         "got '", env, "'");
   }
   const char* dnnl_env = std::getenv("ONEDNN_MAX_CPU_ISA");
   if (!dnnl_env || !*dnnl_env)
@@ -91,7 +105,14 @@ KernelIsa kernel_isa() {
   return isa;
 }
 
-const char* kernel_isa_name(KernelIsa isa) { return isa == KernelIsa::kAvx2 ? "avx2" : "generic"; }
+const char* kernel_isa_name(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::kGeneric: return "generic";
+    case KernelIsa::kAvx2: return "avx2";
+    case KernelIsa::kAvx512Bf16: return "avx512_bf16";
+  }
+  return "?";
+}
 
 std::string build_isa() {
   std::string out;

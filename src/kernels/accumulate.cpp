@@ -39,7 +39,7 @@ void rescale_accumulate_reference(float* a, int64_t n, float f, const float* u_n
 void rescale_accumulate(float* a, int64_t n, float f, const float* u_new, float w_new, const float* u_old,
                         float w_old, float* y, float y_scale) {
   const int64_t e =
-      kernel_isa() == KernelIsa::kAvx2 ? rescale_accumulate_avx2(a, n, f, u_new, w_new, u_old, w_old, y, y_scale) : 0;
+      kernel_isa() >= KernelIsa::kAvx2 ? rescale_accumulate_avx2(a, n, f, u_new, w_new, u_old, w_old, y, y_scale) : 0;
   rescale_accumulate_reference(a + e, n - e, f, u_new + e, w_new, u_old + e, w_old, y ? y + e : nullptr, y_scale);
 }
 

@@ -43,7 +43,7 @@ void gelu_erf_reference(float* x, int64_t n) {
 }
 
 void gelu_erf(float* x, int64_t n) {
-  const int64_t i = kernel_isa() == KernelIsa::kAvx2 ? gelu_erf_avx2(x, n) : 0;
+  const int64_t i = kernel_isa() >= KernelIsa::kAvx2 ? gelu_erf_avx2(x, n) : 0;
   gelu_erf_reference(x + i, n - i);
 }
 

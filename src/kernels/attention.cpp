@@ -178,6 +178,9 @@ inline float* align_cache_line(float* p) {
 // Whether the flash path runs on the register tiles of attention_tiles.h (else on OpenBLAS).
 bool register_tiles(int64_t D) { return tiles::available() && D % 8 == 0; }
 
+// Whether they take bf16 operands: asked for by the shape, run by the CPU, whole 16-feature slices.
+bool bf16_tiles(const AttentionShape& s) { return s.bf16_products && tiles::bf16::available() && s.head_dim % 16 == 0; }
+
 // Query rows per work item of the flash path.
 int64_t flash_rows(int64_t D) { return register_tiles(D) ? kSpanQ : kFlashQ; }
 
@@ -220,28 +223,36 @@ void finish_rows(const float* l, const float* c, int64_t ldc, int64_t rows, int6
 // tile's queries and context are copied to contiguous (kFlashQ, D) blocks too: rows of a (T, E)
 // buffer lie 2-6 KiB apart, so a tile's Q and ctx rows fell into a few L1/L2 sets and evicted each
 // other. The tile and a block's packed keys and values (4 x 64 KiB at D = 64) stay in L2.
+//
+// Products: the operands' precision, Fp32Products or Bf16Products below (packed element type, the
+// packers and the two products); the softmax and the context are fp32 in both.
+template <class Products>
 void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const HeadsView& k, const HeadsView& v,
                           const AttentionMask* mask, const HeadsOut& ctx, int64_t b, int64_t h, int64_t i0,
                           int64_t i1, std::vector<float>& scratch) {
+  using Packed = typename Products::Packed;
   const int64_t D = s.head_dim;
   int64_t lo, hi;
   key_range(s, i0, i1, &lo, &hi);
   const int64_t need = flash_scratch_size(D, hi - lo);
   if (static_cast<int64_t>(scratch.size()) < need) scratch.resize(need);
-  float* Kp = align_cache_line(scratch.data());         // key panels of keys [lo, hi)
-  float* Vs = Kp + tiles::key_panels_size(hi - lo, D);  // value slices of values [lo, hi)
-  float* Qt = Vs + tiles::value_slices_size(hi - lo, D);  // queries of a tile, (kFlashQ, D)
-  float* Ct = Qt + kFlashQ * D;                         // unnormalised context of a tile, (kFlashQ, D)
-  float* S = Ct + kFlashQ * D;                          // scores / probabilities of a row group
-  float* m = S + tiles::kTileRows * kFlashK;            // running max per row of a tile
-  float* l = m + kFlashQ;                               // running sum per row of a tile
+  // Every region is a whole number of cache lines (D % 8 == 0), so all stay aligned; a bf16 layout
+  // takes at most as much as the fp32 one flash_scratch_size() counts.
+  Packed* Kp = reinterpret_cast<Packed*>(align_cache_line(scratch.data()));  // key panels of keys [lo, hi)
+  Packed* Vs = Kp + tiles::key_panels_size(hi - lo, D);                      // value slices of values [lo, hi)
+  Packed* Qt = Vs + Products::value_slices_size(hi - lo, D);                 // queries of a tile, (kFlashQ, D)
+  float* Ct = reinterpret_cast<float*>(Qt + kFlashQ * D);  // unnormalised context of a tile, (kFlashQ, D)
+  float* S = Ct + kFlashQ * D;                             // scores / probabilities of a row group
+  float* m = S + tiles::kTileRows * kFlashK;               // running max per row of a tile
+  float* l = m + kFlashQ;                                  // running sum per row of a tile
+  const int64_t slice_stride = Products::value_slices_size(hi - lo, tiles::kSliceFeatures);
   if (hi > lo) {
-    tiles::pack_key_panels(at(k, b, lo, h, D), k.time_stride, hi - lo, D, Kp);
-    tiles::pack_value_slices(at(v, b, lo, h, D), v.time_stride, hi - lo, D, Vs);
+    Products::pack_key_panels(at(k, b, lo, h, D), k.time_stride, hi - lo, D, Kp);
+    Products::pack_value_slices(at(v, b, lo, h, D), v.time_stride, hi - lo, D, Vs);
   }
   for (int64_t t0 = i0; t0 < i1; t0 += kFlashQ) {
     const int64_t t1 = std::min(i1, t0 + kFlashQ), rows = t1 - t0;
-    tiles::pack_rows(at(q, b, t0, h, D), q.time_stride, rows, D, Qt);
+    Products::pack_rows(at(q, b, t0, h, D), q.time_stride, rows, D, Qt);
     start_rows(m, l, Ct, D, rows, D);
     int64_t tlo, thi;
     key_range(s, t0, t1, &tlo, &thi);
@@ -261,21 +272,40 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
         const int64_t g1 = std::min(j1, ghi), n = g1 - g0;
         if (n <= 0) continue;  // no row of the group sees the block
         const bool whole = !mask && band_covers(s, t0 + r0, t0 + r0 + mr, g0, g1);
-        tiles::scores_rows(mr, Qt + r0 * D, D, Kp + (g0 - lo) * D, n, D, s.scale, S, lds);
+        Products::scores_rows(mr, Qt + r0 * D, D, Kp + (g0 - lo) * D, n, D, s.scale, S, lds);
         bool any = false;
         for (int r = 0; r < mr; ++r)
           any |= online_softmax_row(s, mask, whole, b, t0 + r0 + r, g0, S + r * lds, S + r * lds, n, m + r0 + r,
                                     l + r0 + r, Ct + (r0 + r) * D);
         if (any)
-          tiles::context_rows(mr, S, lds, Vs + (g0 - lo) * tiles::kSliceFeatures, (hi - lo) * tiles::kSliceFeatures,
-                              n, D, Ct + r0 * D, D);
+          Products::context_rows(mr, S, lds, Vs + (g0 - lo) * tiles::kSliceFeatures, slice_stride, n, D,
+                                 Ct + r0 * D, D);
       }
     }
     finish_rows(l, Ct, D, rows, D, at(ctx, b, t0, h, D), ctx.time_stride);
   }
 }
 
-// OpenBLAS variant (other builds and head dims), one kFlashQ-row tile: two GEMMs per key block over
+struct Fp32Products {
+  using Packed = float;
+  static int64_t value_slices_size(int64_t n, int64_t D) { return tiles::value_slices_size(n, D); }
+  static constexpr auto pack_key_panels = tiles::pack_key_panels;
+  static constexpr auto pack_value_slices = tiles::pack_value_slices;
+  static constexpr auto pack_rows = tiles::pack_rows;
+  static constexpr auto scores_rows = tiles::scores_rows;
+  static constexpr auto context_rows = tiles::context_rows;
+};
+struct Bf16Products {
+  using Packed = uint16_t;
+  static int64_t value_slices_size(int64_t n, int64_t D) { return tiles::bf16::value_slices_size(n, D); }
+  static constexpr auto pack_key_panels = tiles::bf16::pack_key_panels;
+  static constexpr auto pack_value_slices = tiles::bf16::pack_value_slices;
+  static constexpr auto pack_rows = tiles::bf16::pack_rows;
+  static constexpr auto scores_rows = tiles::bf16::scores_rows;
+  static constexpr auto context_rows = tiles::bf16::context_rows;
+};
+
+// OpenBLAS variant (other CPUs and head dims), one kFlashQ-row tile: two GEMMs per key block over
 // the whole tile, with the kFlashQ x kFlashK score and probability blocks in between. The softmax
 // pass clears the score block as it reads it, so the next block's Q·Kᵀ accumulates into it
 // (beta = 1) and OpenBLAS skips its zeroing pass.
@@ -355,6 +385,9 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
   const int64_t tile = probs ? kQueryTile : rowwise ? 1 : flash_rows(s.head_dim);
   const int64_t tiles = (s.q_len + tile - 1) / tile;
   const int64_t work = s.batch * s.heads * tiles;
+  const auto flash = !register_tiles(s.head_dim) ? flash_blas
+                     : bf16_tiles(s)             ? flash_register_tiles<Bf16Products>
+                                                 : flash_register_tiles<Fp32Products>;
 #pragma omp parallel if (work > 1 && parallel)
   {
     const WorkspacePool::Lease lease = score_pool().acquire();
@@ -368,8 +401,7 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
       else if (rowwise)
         row_decode(s, q, k, v, mask, ctx, b, h, i0, scores);
       else
-        (register_tiles(s.head_dim) ? flash_register_tiles : flash_blas)(s, q, k, v, mask, ctx, b, h, i0, i1,
-                                                                         scores);
+        flash(s, q, k, v, mask, ctx, b, h, i0, i1, scores);
     }
   }
 }

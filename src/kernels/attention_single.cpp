@@ -83,7 +83,7 @@ void context_v_avx2(const float* p, const float* V, int64_t n, int64_t ld, int64
 }
 TOKENMIX_AVX2_END
 
-bool vector_path(int64_t D) { return D % 8 == 0 && kernel_isa() == KernelIsa::kAvx2; }
+bool vector_path(int64_t D) { return D % 8 == 0 && kernel_isa() >= KernelIsa::kAvx2; }
 
 }  // namespace
 

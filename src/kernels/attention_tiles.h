@@ -18,7 +18,7 @@
 
 namespace tokenmix::tiles {
 
-inline bool available() { return kernel_isa() == KernelIsa::kAvx2; }
+inline bool available() { return kernel_isa() >= KernelIsa::kAvx2; }
 
 constexpr int kMicroRows = 6;   // query rows per register tile (6 x 16 accumulators = 12 ymm registers)
 constexpr int kTileRows = 12;   // query rows per group (scores_rows / context_rows), whole register tiles
@@ -60,5 +60,35 @@ void scores_rows(int mr, const float* Q, int64_t ldq, const float* Kp, int64_t n
 // at Vs + s * slice_stride + j * 16; slice_stride = 16 * the packed range's length).
 void context_rows(int mr, const float* P, int64_t ldp, const float* Vs, int64_t slice_stride, int64_t n, int64_t D,
                   float* C, int64_t ldc);
+
+
+// The same products with bf16 operands (rounded to nearest even) and fp32 accumulation, by
+// vdpbf16ps (AVX512-BF16), for head_dim % 16 == 0; called only when bf16::available(). Each
+// 32-bit lane of a packed operand holds a pair of bf16 along the product's reduction axis:
+//   key panels:   Kb[p][d/2][c] = (K[16p + c][d], K[16p + c][d + 1])     16 keys per panel, zero padded
+//   query rows:   Qb[j][d]      = Q[j][d]                               (n, D) bf16
+//   value slices: Vb[s][j/2][c] = (V[j][16s + c], V[j + 1][16s + c])    rows padded to an even count
+// so a panel / slice offset for key j (a multiple of 16) is j * D / j * 16 bf16, as for float.
+// The scores and the context stay fp32; context_rows rounds the probabilities to bf16 itself.
+namespace bf16 {
+
+inline bool available() { return kernel_isa() >= KernelIsa::kAvx512Bf16; }
+
+// bf16 elements of the value slices for n values: round_up(D, 16) * round_up(n, 2).
+inline int64_t value_slices_size(int64_t n, int64_t D) { return (D + 15) / 16 * 16 * (n + n % 2); }
+
+void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, uint16_t* Kb);
+void pack_rows(const float* X, int64_t ld, int64_t n, int64_t D, uint16_t* Xb);
+void pack_value_slices(const float* V, int64_t ld, int64_t n, int64_t D, uint16_t* Vb);
+
+// As tiles::scores_rows / context_rows (mr <= kTileRows, n <= kMaxKeys for context_rows), on the
+// bf16 layouts above; slice_stride = 16 * round_up(packed range length, 2).
+constexpr int64_t kMaxKeys = 256;
+void scores_rows(int mr, const uint16_t* Qb, int64_t ldq, const uint16_t* Kb, int64_t n, int64_t D, float scale,
+                 float* S, int64_t lds);
+void context_rows(int mr, const float* P, int64_t ldp, const uint16_t* Vb, int64_t slice_stride, int64_t n,
+                  int64_t D, float* C, int64_t ldc);
+
+}  // namespace bf16
 
 }  // namespace tokenmix::tiles

@@ -70,11 +70,11 @@ TOKENMIX_AVX2_END
 }  // namespace
 
 float row_max(const float* x, int64_t n) {
-  return kernel_isa() == KernelIsa::kAvx2 ? row_max_avx2(x, n) : row_max_plain(x, n);
+  return kernel_isa() >= KernelIsa::kAvx2 ? row_max_avx2(x, n) : row_max_plain(x, n);
 }
 
 float exp_sub_sum(float* x, int64_t n, float m, float* p) {
-  return kernel_isa() == KernelIsa::kAvx2 ? exp_sub_sum_avx2(x, n, m, p) : exp_sub_sum_plain(x, n, m, p);
+  return kernel_isa() >= KernelIsa::kAvx2 ? exp_sub_sum_avx2(x, n, m, p) : exp_sub_sum_plain(x, n, m, p);
 }
 
 }  // namespace tokenmix::softmax

@@ -155,7 +155,9 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   float* ctx = ws->floats(3, N * Tq * E_);  // attention() writes every row
   const AttentionMask* mask = masked ? &am : nullptr;
   if (!attn_weights) {
-    attention(AttentionShape::scaled(N, H_, D_, Tq, S2), HeadsView{qp + q0 * ld, T * ld, ld},
+    AttentionShape s = AttentionShape::scaled(N, H_, D_, Tq, S2);
+    s.bf16_products = bf16_products();
+    attention(s, HeadsView{qp + q0 * ld, T * ld, ld},
               HeadsView{kp, S2 * ld, ld}, HeadsView{vp, S2 * ld, ld}, mask, HeadsOut{ctx, Tq * E_, E_});
   } else {
     // Upstream's head-averaged weights (N, Tq, S2), summed head by head in head order and divided by
@@ -264,7 +266,8 @@ Tensor SingleOutputMultiheadAttention::stream_reference(const Tensor& x, const S
   if (T_out == 0) return ctx;
   // Output i (token t = i + L - 1) = query of token t - delay over keys t-L+1 .. t: the causal band
   // with query offset L - 1 and left context L.
-  const AttentionShape s = AttentionShape::scaled(B, H_, D_, T_out, T).with_causal_band(L_ - 1, L_);
+  AttentionShape s = AttentionShape::scaled(B, H_, D_, T_out, T).with_causal_band(L_ - 1, L_);
+  s.bf16_products = bf16_products();
   attention(s, HeadsView{p.q.data() + (L_ - 1 - delay()) * E_, T * E_, E_}, HeadsView{p.k.data(), T * E_, E_},
             HeadsView{p.v.data(), T * E_, E_}, nullptr, HeadsOut{ctx.data(), T_out * E_, E_});
   return out_(ctx, fn);
@@ -287,7 +290,8 @@ Tensor RetroactiveMultiheadAttention::window_reference(const Tensor& x) const {
   const int64_t B = x.dim(0), T = x.dim(1), T_out = std::max<int64_t>(T - L_ + 1, 0);
   Tensor ctx{Shape{B, T_out, L_, E_}};
   if (T_out == 0) return ctx;
-  const AttentionShape s = AttentionShape::scaled(B, H_, D_, L_, L_);
+  AttentionShape s = AttentionShape::scaled(B, H_, D_, L_, L_);
+  s.bf16_products = bf16_products();
   for (int64_t i = 0; i < T_out; ++i)  // window i = tokens i .. i + L - 1, every position a query
     attention(s, HeadsView{p.q.data() + i * E_, T * E_, E_}, HeadsView{p.k.data() + i * E_, T * E_, E_},
               HeadsView{p.v.data() + i * E_, T * E_, E_}, nullptr,

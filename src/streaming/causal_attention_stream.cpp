@@ -43,7 +43,8 @@ Tensor CausalAttentionStream::push_chunk(const Tensor& chunk) {
     transform_qkv(b, q, k, v, C);
     cache_.append(b, k, v, C, E);
     const int64_t held = cache_.length(b);
-    const AttentionShape s = AttentionShape::scaled(1, heads_, D, C, held).with_causal_band(held - C, left_context_);
+    AttentionShape s = AttentionShape::scaled(1, heads_, D, C, held).with_causal_band(held - C, left_context_);
+    s.bf16_products = core_.bf16_products();
     attention(s, HeadsView{q, 0, E}, cache_.keys(b), cache_.values(b),
               nullptr, HeadsOut{ctx_.data() + b * C * E, 0, E});
   }

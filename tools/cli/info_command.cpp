@@ -29,7 +29,7 @@ int info(const std::string& path, bool list_modules) {
   if (path.empty()) {  // no file: what this build runs on
     const std::string isa = build_isa();
     std::printf("build ISA %s\n", isa.empty() ? "baseline (no extensions assumed)" : isa.c_str());
-    std::printf("kernels   %s (TOKENMIX_ISA=generic|avx2 forces a set)\n", kernel_isa_name(kernel_isa()));
+    std::printf("kernels   %s (TOKENMIX_ISA=generic|avx2|avx512_bf16 forces a set)\n", kernel_isa_name(kernel_isa()));
     return 0;
   }
   const SafetensorsFile f(path);

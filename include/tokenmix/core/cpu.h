@@ -2,9 +2,11 @@
 //
 // tokenmix is built for baseline x86-64 by default and picks its own SIMD kernels (attention tiles,
 // the softmax exp, GELU) at run time, once per process: the AVX2 + FMA set where the CPU has it,
-// else the plain loops. The environment variable TOKENMIX_ISA forces a set:
-//   TOKENMIX_ISA=generic  the plain loops everywhere; oneDNN capped at SSE4.1 (fp32 only)
-//   TOKENMIX_ISA=avx2     the AVX2 kernels; oneDNN capped at AVX2 (no AVX-512, bf16 or int8 GEMMs)
+// else the plain loops, plus the bf16 attention products (AVX512-BF16) where the CPU has them. The
+// environment variable TOKENMIX_ISA forces a set:
+//   TOKENMIX_ISA=generic      the plain loops everywhere; oneDNN capped at SSE4.1 (fp32 only)
+//   TOKENMIX_ISA=avx2         the AVX2 kernels; oneDNN capped at AVX2 (no AVX-512, bf16 or int8 GEMMs)
+//   TOKENMIX_ISA=avx512_bf16  the AVX2 kernels and the bf16 attention products; oneDNN uncapped
 // (an explicit ONEDNN_MAX_CPU_ISA in the environment takes precedence for oneDNN).
 //
 // A build compiled for its machine (-DTOKENMIX_NATIVE=ON, -march=native) executes AVX2 / AVX-512
@@ -24,10 +26,11 @@ std::string build_isa();
 // Those of build_isa() that this CPU lacks (space-separated; empty when it can run this build).
 std::string missing_build_isa();
 
-// The kernel sets tokenmix carries, in order of preference.
+// The kernel sets tokenmix carries, each including the ones before it.
 enum class KernelIsa {
-  kGeneric,  // plain C++ loops (the reference of every vector kernel)
-  kAvx2,     // AVX2 + FMA (8-lane float)
+  kGeneric,     // plain C++ loops (the reference of every vector kernel)
+  kAvx2,        // AVX2 + FMA (8-lane float)
+  kAvx512Bf16,  // + AVX-512 F/BW/VL and AVX512-BF16: attention's Q·Kᵀ and P·V in bf16 (vdpbf16ps)
 };
 
 // The set this process runs: TOKENMIX_ISA if set, else the best this CPU has. Chosen on the first
@@ -37,7 +40,7 @@ enum class KernelIsa {
 // set this CPU cannot run.
 KernelIsa kernel_isa();
 
-// "generic" or "avx2".
+// "generic", "avx2" or "avx512_bf16".
 const char* kernel_isa_name(KernelIsa isa);
 
 }  // namespace tokenmix

@@ -54,6 +54,12 @@ struct AttentionShape {
   bool causal = false;
   int64_t query_offset = 0;
   int64_t left_context = 0;
+  // Reduced precision of the flash path: Q·Kᵀ and P·V with Q, K, V and the probabilities rounded to
+  // bf16 (nearest even) and fp32 accumulation, where the CPU has AVX512-BF16 (kernel set
+  // avx512_bf16) and head_dim % 16 == 0; the fp32 products otherwise. The softmax, the masks and the
+  // context stay fp32. Layers set it when their projections run in bf16 (kernels/precision.h), so the
+  // layer's bf16 parity gate covers both. Ignored with probs and on the decode path (fp32).
+  bool bf16_products = false;
 
   // batch x heads of head_dim, q_len queries over k_len keys, scores scaled by 1 / sqrt(head_dim),
   // no band.
@@ -64,8 +70,8 @@ struct AttentionShape {
 
 // The optimized kernel, OpenMP over batch x heads x query tiles. Without probs: flash attention
 // (key blocks under an online softmax; per thread O(k_len x head_dim) extra floats for the packed
-// keys and values, never q_len x k_len), on AVX2 register tiles when head_dim % 8 == 0 and on
-// OpenBLAS GEMMs otherwise; fewer than 4 queries (decoding over a KV cache) take a per-row path.
+// keys and values, never q_len x k_len), on register tiles when the kernel set is avx2 or better and
+// head_dim % 8 == 0 (bf16 operands on AVX512-BF16 when s.bf16_products), on OpenBLAS GEMMs otherwise; fewer than 4 queries (decoding over a KV cache) take a per-row path.
 // With probs: GEMM, exact two-pass softmax, GEMM over 64-row tiles; probs receives the
 // probabilities as a dense (B, H, q_len, k_len) array. mask may be null. Unchecked (the layers
 // validate shapes); results match attention_reference() to float rounding.
@@ -80,7 +86,7 @@ void attention_reserve(int64_t q_len, int64_t k_len, int64_t head_dim);
 // Single-query kernels (decoding over a KV cache, the continual retroactive stream): one query of
 // one head against n keys or values whose rows sit at stride ld floats (one head's columns inside a
 // (T, E) buffer: point at column h*head_dim and pass ld = E). Unchecked raw-pointer kernels (the
-// callers validate shapes): D % 8 == 0 takes the AVX2 path, any other D the plain loops.
+// callers validate shapes): D % 8 == 0 takes the AVX2 path (kernel set avx2 or better), any other D the plain loops.
 //
 // attention_scores: out[j] = scale * (q · K_j) for j < n; q (D), K (n rows of D at stride ld), out (n).
 void attention_scores(const float* q, const float* K, int64_t n, int64_t ld, int64_t D, float scale, float* out);
