@@ -26,7 +26,7 @@ class CausalAttentionCore {
   virtual void project_qkv(const float* x, int64_t rows, float* q, float* k, float* v) const = 0;
   // ctx (rows, E) -> out (rows, E).
   virtual void project_out(const float* ctx, int64_t rows, float* out) const = 0;
-  // AttentionShape::bf16_products for this layer's attention (its projections run in bf16).
+  // AttentionShape::bf16_products for this layer's attention (its projections run in bf16 or int8).
   virtual bool bf16_products() const = 0;
 };
 
