@@ -16,14 +16,16 @@ namespace {
 LinearOptions onednn(Precision p) { return {p, GemmBackend::kOnednn}; }
 const LinearOptions kReference{Precision::kFp32, GemmBackend::kReference};
 
-bool cpu_has_bf16() {
+// Whether this CPU runs precision p (resolve_precision refuses it otherwise).
+bool runs(Precision p) {
   try {
-    resolve_precision(Precision::kBf16);
+    resolve_precision(p);
     return true;
   } catch (const Error&) {
     return false;
   }
 }
+bool cpu_has_bf16() { return runs(Precision::kBf16); }
 
 Tensor rounded_bf16(const Tensor& t) {
   Tensor r = t.clone();
@@ -100,10 +102,10 @@ TEST(LinearBackend, InsideAParallelRegionAndRepeatedShapes) {
   }
 }
 
-TEST(LinearBackend, RowsViewAndEmptyShapes) {
+TEST(LinearBackend, RowViewsAndEmptyShapes) {
   const Tensor W = test::random_tensor(Shape{12, 6}, 7), b = test::random_tensor(Shape{12}, 8);
-  const Linear fast(W, b, onednn(Precision::kFp32));
-  const Linear part = fast.rows(4, 5), ref(W.narrow(4, 5), b.narrow(4, 5), kReference);
+  const Linear part(W.narrow(4, 5), b.narrow(4, 5), onednn(Precision::kFp32)),
+      ref(W.narrow(4, 5), b.narrow(4, 5), kReference);
   const Tensor x = test::random_tensor(Shape{2, 3, 6}, 9);
   EXPECT_TRUE(test::all_close(part(x, "test"), ref(x, "test"), 1e-5, 1e-5));
   EXPECT_EQ(part.options().backend, GemmBackend::kOnednn);
@@ -112,6 +114,30 @@ TEST(LinearBackend, RowsViewAndEmptyShapes) {
   const Tensor y = none(Tensor(Shape{2, 0}), "test");
   for (int64_t m = 0; m < 2; ++m)
     for (int64_t n = 0; n < 3; ++n) EXPECT_EQ(y.data()[m * 3 + n], none.bias().data()[n]);
+}
+
+TEST(LinearBackend, PackedWeightsAloneHoldTheirPrecisionsBytes) {
+  // Once packed, a Linear drops the float32 weights unless asked to keep them: a bf16 projection
+  // holds half, an int8 one a quarter of the float32 bytes (plus per-feature bias, scales and
+  // oneDNN's int8 compensation).
+  const int64_t N = 512, K = 512, fp32_bytes = N * K * 4;
+  const Tensor W = test::random_tensor(Shape{N, K}, 11), b = test::random_tensor(Shape{N}, 12);
+  const Linear ref(W, b, kReference);
+  EXPECT_EQ(ref.weight_bytes(), fp32_bytes + N * 4);
+  EXPECT_EQ(ref.weight().data(), W.data());
+  const std::pair<Precision, double> cases[] = {{Precision::kFp32, 1.0}, {Precision::kBf16, 0.5}, {Precision::kInt8, 0.25}};
+  for (const auto& [p, fraction] : cases) {
+    if (!runs(p)) continue;
+    const Linear lean(W, b, onednn(p));
+    EXPECT_GE(lean.weight_bytes(), fraction * fp32_bytes) << precision_name(p);
+    EXPECT_LE(lean.weight_bytes(), fraction * fp32_bytes + 5 * N * 4) << precision_name(p);
+    test::expect_error([&] { (void)lean.weight(); }, "Linear::weight: the float32 weights (512, 512) were dropped once packed");
+    const Linear kept(W, b, onednn(p), KeepWeights::kAlsoFloat32);
+    EXPECT_EQ(kept.weight_bytes(), lean.weight_bytes() + fp32_bytes) << precision_name(p);
+    EXPECT_EQ(kept.weight().data(), W.data());
+    const Tensor x = test::random_tensor(Shape{3, K}, 13);
+    EXPECT_EQ(max_abs_diff(lean(x, "test"), kept(x, "test")), 0.0) << precision_name(p);
+  }
 }
 
 TEST(LinearBackend, OptionsAreChecked) {

@@ -137,22 +137,32 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn)
   return y;
 }
 
-Linear::Linear(Tensor weight, Tensor bias, const LinearOptions& options)
+Linear::Linear(Tensor weight, Tensor bias, const LinearOptions& options, KeepWeights keep)
     : weight_(std::move(weight)), bias_(std::move(bias)), options_(options) {
   check_ndim(weight_, 2, "Linear", "weight");
   if (!bias_.empty()) check_shape(bias_, {weight_.dim(0)}, "Linear", "bias");
+  out_features_ = weight_.dim(0);
+  in_features_ = weight_.dim(1);
+  built_ = true;
   options_.Validate("Linear");
   precision_ = resolve_precision(options_);
   if (options_.backend == GemmBackend::kReference) return;
   // An empty product (no rows of weights or no inputs) has nothing to pack: the reference path
   // writes its bias-or-zeros output.
-  if (weight_.numel() > 0) packed_ = std::make_shared<const OnednnMatmul>(weight_, bias_, precision_);
+  if (weight_.numel() == 0) return;
+  packed_ = std::make_shared<const OnednnMatmul>(weight_, bias_, precision_);
+  if (keep == KeepWeights::kPackedOnly) weight_ = Tensor{};
 }
 
-Linear Linear::rows(int64_t first, int64_t count) const {
-  check(first >= 0 && count >= 0 && first <= out_features() - count, "Linear::rows: [", first, ", ", first + count,
-        ") out of range for ", out_features(), " output features");
-  return Linear(weight_.narrow(first, count), bias_.empty() ? Tensor{} : bias_.narrow(first, count), options_);
+const Tensor& Linear::weight() const {
+  check(!weight_.empty() || !packed_, "Linear::weight: the float32 weights (", out_features_, ", ", in_features_,
+        ") were dropped once packed (a layer that reads them builds the projection with KeepWeights::kAlsoFloat32)");
+  return weight_;
+}
+
+int64_t Linear::weight_bytes() const {
+  const int64_t float32 = weight_.empty() ? 0 : static_cast<int64_t>(weight_.numel() * sizeof(float));
+  return packed_ ? packed_->bytes() + float32 : float32 + static_cast<int64_t>(bias_.numel() * sizeof(float));
 }
 
 std::string Linear::impl() const {
@@ -164,7 +174,7 @@ void Linear::apply(const float* x, int64_t rows, int64_t ldx, float* y, int64_t 
     packed_->apply(x, rows, ldx, y, ldy, accumulate);
     return;
   }
-  linear_raw(x, rows, in_features(), ldx, weight_.data(), bias_.empty() ? nullptr : bias_.data(), out_features(),
+  linear_raw(x, rows, in_features(), ldx, weight().data(), bias_.empty() ? nullptr : bias_.data(), out_features(),
              y, ldy, accumulate);
 }
 

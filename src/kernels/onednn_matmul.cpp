@@ -12,6 +12,7 @@
 #include "tokenmix/core/error.h"
 #include "tokenmix/core/threads.h"
 #include "tokenmix/core/workspace.h"
+#include "convert.h"
 
 namespace tokenmix {
 
@@ -28,21 +29,6 @@ const dnnl::engine& cpu_engine() {
 // oneDNN wants its buffers 64-byte aligned; Workspace buffers are float vectors.
 float* aligned(float* p) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
-}
-
-// x[0..K) quantized symmetrically on its own scale, max |x| / 127 (1 for an all-zero row), rounded
-// to nearest: x ≈ scale · q. Returns the scale; NaN when x holds a non-finite value (q is then 0).
-float quantize_row(const float* x, int64_t K, int8_t* q) {
-  float amax = 0;
-  bool finite = true;
-  for (int64_t k = 0; k < K; ++k) {
-    amax = std::max(amax, std::fabs(x[k]));
-    finite &= std::isfinite(x[k]);
-  }
-  const float scale = !finite ? NAN : amax > 0 ? amax / 127.f : 1.f;
-  const float inv = finite ? 1.f / scale : 0.f;
-  for (int64_t k = 0; k < K; ++k) q[k] = static_cast<int8_t>(std::nearbyint(x[k] * inv));
-  return scale;
 }
 
 constexpr size_t kMaxPrimitives = 64;
@@ -147,7 +133,7 @@ OnednnMatmul::OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision p
     s.weight_scales.resize(s.N);
     quantized.resize(s.N * s.K);
     for (int64_t n = 0; n < s.N; ++n) {
-      s.weight_scales[n] = quantize_row(weight.data() + n * s.K, s.K, quantized.data() + n * s.K);
+      s.weight_scales[n] = convert::quantize_row(weight.data() + n * s.K, s.K, quantized.data() + n * s.K);
       check(!std::isnan(s.weight_scales[n]), "Linear: int8: weight row ", n, " holds a non-finite value");
     }
   }
@@ -176,6 +162,12 @@ OnednnMatmul::OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision p
 }
 
 OnednnMatmul::~OnednnMatmul() = default;
+
+int64_t OnednnMatmul::bytes() const {
+  const State& s = *s_;
+  return static_cast<int64_t>(s.weights_desc.get_size() + (s.bias ? s.N * sizeof(float) : 0) +
+                              s.weight_scales.size() * sizeof(float));
+}
 
 void OnednnMatmul::apply(const float* x, int64_t M, int64_t ldx, float* y, int64_t ldy, bool accumulate) const {
   const State& s = *s_;
@@ -219,14 +211,13 @@ void OnednnMatmul::run_block(const float* x, int64_t M, int64_t ldx, float* y, i
     int8_t* xq = reinterpret_cast<int8_t*>(aligned(ctx->ws.floats(1, (M * K + 3) / 4 + 16)));
     row_scales = ctx->ws.floats(3, M);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && M * K >= kParallelElements)
-    for (int64_t m = 0; m < M; ++m) row_scales[m] = quantize_row(x + m * ldx, K, xq + m * K);
+    for (int64_t m = 0; m < M; ++m) row_scales[m] = convert::quantize_row(x + m * ldx, K, xq + m * K);
     src = xq;
   } else if (bf16) {
     // Each input row rounded to bf16 (M x K, dense).
     uint16_t* xb = reinterpret_cast<uint16_t*>(aligned(ctx->ws.floats(1, (M * K + 1) / 2 + 16)));
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && M * K >= kParallelElements)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) xb[m * K + k] = to_bf16(x[m * ldx + k]);
+    for (int64_t m = 0; m < M; ++m) convert::round_bf16_row(x + m * ldx, K, xb + m * K);
     src = xb;
   } else if (ldx != K) {
     float* xd = aligned(ctx->ws.floats(1, M * K + 16));
@@ -252,16 +243,8 @@ void OnednnMatmul::run_block(const float* x, int64_t M, int64_t ldx, float* y, i
     // The dense rows into y: int8 rescaled by their row scales and biased here, others as they are.
     const float* b = int8 && s.bias ? static_cast<const float*>(s.bias.get_data_handle()) : nullptr;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && M * N >= kParallelElements)
-    for (int64_t m = 0; m < M; ++m) {
-      const float* r = dst + m * N;
-      float* out = y + m * ldy;
-      const float sc = int8 ? row_scales[m] : 1.f;
-      for (int64_t n = 0; n < N; ++n) {
-        float v = sc * r[n];
-        if (b) v += b[n];
-        out[n] = accumulate ? out[n] + v : v;
-      }
-    }
+    for (int64_t m = 0; m < M; ++m)
+      convert::store_row(dst + m * N, N, int8 ? row_scales[m] : 1.f, b, accumulate, y + m * ldy);
   }
   {
     const std::lock_guard<std::mutex> lock(s.mutex);

@@ -36,6 +36,8 @@ class OnednnMatmul {
   Precision precision() const { return precision_; }
   // oneDNN's implementation name, e.g. "brg:avx512_core_bf16".
   const std::string& impl() const { return impl_; }
+  // Bytes held: the packed weights (with int8's compensation), the bias and int8's scales.
+  int64_t bytes() const;
 
  private:
   struct State;

@@ -55,12 +55,13 @@ ContinualMultiheadAttention::ContinualMultiheadAttention(const char* cls, const 
   const Tensor b_in = o.bias ? r.take("in_proj_bias", Shape{3 * E_}) : Tensor{};
   const bool have_bias = !o.bias || !b_in.empty();  // (a missing bias is reported by finish())
   if (packed && !w_in.empty() && have_bias) {
-    in_proj_ = Linear(w_in, b_in, o.linear);
-    for (int i = 0; i < 3; ++i) qkv_[i] = in_proj_.rows(i * E_, E_);
+    for (int i = 0; i < 3; ++i)
+      qkv_[i] = Linear(w_in.narrow(i * E_, E_), o.bias ? b_in.narrow(i * E_, E_) : Tensor{}, o.linear);
   } else if (!packed && !w[0].empty() && !w[1].empty() && !w[2].empty() && have_bias) {
     for (int i = 0; i < 3; ++i) qkv_[i] = Linear(w[i], o.bias ? b_in.narrow(i * E_, E_) : Tensor{}, o.linear);
   }
-  out_ = take_linear(r, "out_proj.", E_, E_, o.linear, o.bias);
+  // The retroactive stream reads out_proj's float32 columns per head (project_value_head).
+  out_ = take_linear(r, "out_proj.", E_, E_, o.linear, o.bias, KeepWeights::kAlsoFloat32);
   if (o.add_bias_kv) {
     bias_k_ = r.take("bias_k", Shape{1, 1, E_});
     bias_v_ = r.take("bias_v", Shape{1, 1, E_});
@@ -95,37 +96,26 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   check_shape(v_in, {N, S, vdim_}, fn, "value", {"N", "S"});
   // Extra key/value rows: bias_k / bias_v, then a zero row (add_zero_attn), as PyTorch appends them.
   const int64_t extra = (opt_.add_bias_kv ? 1 : 0) + (opt_.add_zero_attn ? 1 : 0), S2 = S + extra;
-  // Self-attention on the packed in_proj_weight (3E, E): one GEMM into (N, T, 3E), read through
-  // strided views (row stride 3E), instead of three GEMMs.
-  const bool packed = extra == 0 && q_in.data() == k_in.data() && k_in.data() == v_in.data() && !in_proj_.empty();
-  // Scratch from the layer's pool (grown only): slots 0 q (or the packed qkv), 1 k, 2 v, 3 context,
-  // 4 one head's probabilities (attn_weights only).
+  // Scratch from the layer's pool (grown only): slots 0 q, 1 k, 2 v, 3 context, 4 one head's
+  // probabilities (attn_weights only).
   const WorkspacePool::Lease ws = pool_.acquire();
-  const float *qp, *kp, *vp;
-  int64_t ld = E_;
-  if (packed) {
-    float* p = ws->floats(0, N * T * 3 * E_);
-    in_proj_.apply(q_in.data(), N * T, E_, p, 3 * E_);
-    qp = p, kp = p + E_, vp = p + 2 * E_;
-    ld = 3 * E_;
-  } else {
-    float *q = ws->floats(0, N * T * E_), *k = ws->floats(1, N * S2 * E_), *v = ws->floats(2, N * S2 * E_);
-    qkv_[0].apply(q_in.data(), N * T, E_, q, E_);
-    // k, v of batch row n at rows n·S2 .. n·S2 + S - 1; the extra rows after them.
-    for (int64_t n = 0; n < N; n += extra ? 1 : N) {
-      const int64_t rows = extra ? S : N * S;
-      qkv_[1].apply(k_in.data() + n * S * kdim_, rows, kdim_, k + n * S2 * E_, E_);
-      qkv_[2].apply(v_in.data() + n * S * vdim_, rows, vdim_, v + n * S2 * E_, E_);
-      if (!extra) continue;
-      std::fill(k + (n * S2 + S) * E_, k + (n + 1) * S2 * E_, 0.f);  // add_zero_attn's row stays 0
-      std::fill(v + (n * S2 + S) * E_, v + (n + 1) * S2 * E_, 0.f);
-      if (opt_.add_bias_kv) {
-        std::copy(bias_k_.begin(), bias_k_.end(), k + (n * S2 + S) * E_);
-        std::copy(bias_v_.begin(), bias_v_.end(), v + (n * S2 + S) * E_);
-      }
+  const int64_t ld = E_;
+  float *q = ws->floats(0, N * T * E_), *k = ws->floats(1, N * S2 * E_), *v = ws->floats(2, N * S2 * E_);
+  qkv_[0].apply(q_in.data(), N * T, E_, q, E_);
+  // k, v of batch row n at rows n·S2 .. n·S2 + S - 1; the extra rows after them.
+  for (int64_t n = 0; n < N; n += extra ? 1 : N) {
+    const int64_t rows = extra ? S : N * S;
+    qkv_[1].apply(k_in.data() + n * S * kdim_, rows, kdim_, k + n * S2 * E_, E_);
+    qkv_[2].apply(v_in.data() + n * S * vdim_, rows, vdim_, v + n * S2 * E_, E_);
+    if (!extra) continue;
+    std::fill(k + (n * S2 + S) * E_, k + (n + 1) * S2 * E_, 0.f);  // add_zero_attn's row stays 0
+    std::fill(v + (n * S2 + S) * E_, v + (n + 1) * S2 * E_, 0.f);
+    if (opt_.add_bias_kv) {
+      std::copy(bias_k_.begin(), bias_k_.end(), k + (n * S2 + S) * E_);
+      std::copy(bias_v_.begin(), bias_v_.end(), v + (n * S2 + S) * E_);
     }
-    qp = q, kp = k, vp = v;
   }
+  const float *qp = q, *kp = k, *vp = v;
   int64_t q0 = 0, Tq = T;
   if (single_output_ && opt_.single_output_forward && !all_queries) {
     const int64_t qi = opt_.query_index;

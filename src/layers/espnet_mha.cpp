@@ -27,26 +27,11 @@ EspnetMultiHeadedAttention::EspnetMultiHeadedAttention(const EspnetMhaOptions& o
   options.validate();
   const int64_t n_feat = n_feat_;
   WeightReader r(state_dict, fn);
-  const int64_t E = n_feat;
-  Tensor w[3], b[3];
-  const char* names[3] = {"linear_q.", "linear_k.", "linear_v."};
-  for (int i = 0; i < 3; ++i) {
-    w[i] = r.take(std::string(names[i]) + "weight", Shape{E, E});
-    b[i] = r.take(std::string(names[i]) + "bias", Shape{E});
-  }
+  q_ = take_linear(r, "linear_q.", n_feat, n_feat, options.linear);
+  k_ = take_linear(r, "linear_k.", n_feat, n_feat, options.linear);
+  v_ = take_linear(r, "linear_v.", n_feat, n_feat, options.linear);
   out_ = take_linear(r, "linear_out.", n_feat, n_feat, options.linear);
   r.finish();
-  // q, k, v stacked into one (3E, E) projection (self-attention projects them in one GEMM); q_, k_,
-  // v_ are its rows (cross-attention projects query and memory separately).
-  Tensor w_qkv{Shape{3 * E, E}}, b_qkv{Shape{3 * E}};
-  for (int i = 0; i < 3; ++i) {
-    std::copy(w[i].begin(), w[i].end(), w_qkv.data() + i * E * E);
-    std::copy(b[i].begin(), b[i].end(), b_qkv.data() + i * E);
-  }
-  qkv_ = Linear(w_qkv, b_qkv, options.linear);
-  q_ = qkv_.rows(0, E);
-  k_ = qkv_.rows(E, E);
-  v_ = qkv_.rows(2 * E, E);
 }
 
 AttentionMask EspnetMultiHeadedAttention::keep_view(const Mask& mask, int64_t B, int64_t T1, int64_t T2,
@@ -99,19 +84,14 @@ Tensor EspnetMultiHeadedAttention::project_attend(const Tensor& query, const Ten
                                                   const AttentionMask* mask, Tensor* attn) const {
   const int64_t B = query.dim(0), T = query.dim(1), E = n_feat_;
   const WorkspacePool::Lease ws = pool_.acquire();  // slots 0-2 the projections, 3 the context
-  if (memory.empty()) {  // self-attention: q, k, v from one GEMM into (B, T, 3E)
-    float* p = ws->floats(0, B * T * 3 * E);
-    qkv_.apply(query.data(), B * T, E, p, 3 * E);
-    return attend(HeadsView{p, T * 3 * E, 3 * E}, HeadsView{p + E, T * 3 * E, 3 * E},
-                  HeadsView{p + 2 * E, T * 3 * E, 3 * E}, B, T, T, mask, attn, *ws);
-  }
-  const int64_t T2 = memory.dim(1);
+  const Tensor& kv_in = memory.empty() ? query : memory;  // self-attention: keys and values from the query
+  const int64_t T2 = kv_in.dim(1);
   float* q = ws->floats(0, B * T * E);
   float* k = ws->floats(1, B * T2 * E);
   float* v = ws->floats(2, B * T2 * E);
   q_.apply(query.data(), B * T, E, q, E);
-  k_.apply(memory.data(), B * T2, E, k, E);
-  v_.apply(memory.data(), B * T2, E, v, E);
+  k_.apply(kv_in.data(), B * T2, E, k, E);
+  v_.apply(kv_in.data(), B * T2, E, v, E);
   return attend(HeadsView{q, T * E, E}, HeadsView{k, T2 * E, E}, HeadsView{v, T2 * E, E}, B, T, T2, mask, attn, *ws);
 }
 
@@ -180,10 +160,6 @@ std::unique_ptr<Stream> EspnetMultiHeadedAttention::open_stream(int64_t batch,
 void EspnetMultiHeadedAttention::project_qkv(const float* x, int64_t rows, float* q, float* k,
                                              float* v) const {
   const int64_t E = n_feat_;
-  if (rows == 1 && k == q + E && v == k + E) {  // one token in one 3E row: a single GEMV over (3E, E)
-    qkv_.apply(x, 1, E, q, 3 * E);
-    return;
-  }
   q_.apply(x, rows, E, q, E);
   k_.apply(x, rows, E, k, E);
   v_.apply(x, rows, E, v, E);

@@ -60,7 +60,7 @@ FastSelfAttention::FastSelfAttention(const FastSelfAttentionOptions& o, const St
   query_ = take_linear(r, "query.", size, size, o.linear);
   query_att_ = take_linear(r, "query_att.", attention_heads, size, o.linear);
   key_ = take_linear(r, "key.", size, size, o.linear);
-  key_att_ = take_linear(r, "key_att.", attention_heads, size, o.linear);
+  key_att_ = take_linear(r, "key_att.", attention_heads, size, o.linear, true, KeepWeights::kAlsoFloat32);
   transform_ = take_linear(r, "transform.", size, size, o.linear);
   r.finish();
 }

@@ -85,8 +85,10 @@ HyperMixing::HyperMixing(const HyperMixingOptions& o, const StateDict& state_dic
   auto heads = [&](const std::array<Tensor, 4>& t) {
     Generator g;
     for (int64_t h = 0; h < H_; ++h) {
-      g.fc1.emplace_back(t[0][h], t[1][h], o.linear);
-      g.fc2.emplace_back(t[2][h], t[3][h], o.linear);
+      // The token mixing reads both float32 matrices too (fc1 in the stream's positional table,
+      // fc2 in the factored products).
+      g.fc1.emplace_back(t[0][h], t[1][h], o.linear, KeepWeights::kAlsoFloat32);
+      g.fc2.emplace_back(t[2][h], t[3][h], o.linear, KeepWeights::kAlsoFloat32);
     }
     return g;
   };

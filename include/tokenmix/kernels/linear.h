@@ -29,6 +29,12 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn 
 
 class OnednnMatmul;
 
+// What a Linear keeps of the float32 weights it is built from. kPackedOnly: once packed (the oneDNN
+// backend) it drops its reference to them, so a bf16 / int8 layer holds half / a quarter of the fp32
+// weight bytes (the caller's tensor lives on only while the caller keeps it). kAlsoFloat32: weight()
+// stays readable, for a layer whose own products read the float32 matrix too.
+enum class KeepWeights { kPackedOnly, kAlsoFloat32 };
+
 // A projection's weights in PyTorch nn.Linear layout, y = x·Wᵀ + b. Every projection of every layer
 // applies its weights through it, so the GEMM and the precision are chosen in one place
 // (LinearOptions): on the oneDNN backend the weights are reordered once, at construction, into the
@@ -38,25 +44,26 @@ class Linear {
  public:
   Linear() = default;
   // weight (out_features, in_features); bias (out_features) or empty (no bias). The tensors are
-  // shared, not copied (weight() stays the float32 weights whatever the precision). Throws Error
-  // "Linear: ..." on other shapes, on invalid options, and when the precision cannot run on this
-  // CPU (resolve_precision).
-  explicit Linear(Tensor weight, Tensor bias = {}, const LinearOptions& options = {});
-  // Output features [first, first + count) as their own projection with the same options (a view
-  // of the same float32 storage, packed again), e.g. the query part of a packed in_proj. Throws
-  // Error when the range is out of bounds.
-  Linear rows(int64_t first, int64_t count) const;
+  // shared, not copied; weight() stays readable as keep says. Throws Error "Linear: ..." on other
+  // shapes, on invalid options, and when the precision cannot run on this CPU (resolve_precision).
+  explicit Linear(Tensor weight, Tensor bias = {}, const LinearOptions& options = {},
+                  KeepWeights keep = KeepWeights::kPackedOnly);
 
-  bool empty() const { return weight_.empty(); }
-  int64_t in_features() const { return weight_.dim(1); }
-  int64_t out_features() const { return weight_.dim(0); }
+  bool empty() const { return !built_; }  // default-constructed
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
   // What runs: fp32 or bf16 (never auto).
   Precision precision() const { return precision_; }
   // The GEMM implementation, e.g. "onednn brg:avx512_core_bf16" or "openblas sgemm (reference)".
   std::string impl() const;
   const LinearOptions& options() const { return options_; }
-  const Tensor& weight() const { return weight_; }  // (out_features, in_features), float32
-  const Tensor& bias() const { return bias_; }      // (out_features) or empty
+  // (out_features, in_features), float32. Throws Error "Linear::weight: ..." when they were dropped
+  // once packed (KeepWeights::kPackedOnly on the oneDNN backend).
+  const Tensor& weight() const;
+  const Tensor& bias() const { return bias_; }  // (out_features) or empty
+  // Bytes this projection holds: the packed weights and bias (oneDNN), plus the float32 weights
+  // when it keeps them (the reference backend always does).
+  int64_t weight_bytes() const;
   // y (rows, stride ldy) = x (rows, stride ldx) · Wᵀ + b; accumulate adds to y instead (the bias
   // too). No checks (callers validate shapes).
   void apply(const float* x, int64_t rows, int64_t ldx, float* y, int64_t ldy, bool accumulate = false) const;
@@ -64,7 +71,9 @@ class Linear {
   Tensor operator()(const Tensor& x, const char* fn) const;
 
  private:
-  Tensor weight_, bias_;
+  Tensor weight_, bias_;  // weight_ empty once dropped
+  int64_t out_features_ = 0, in_features_ = 0;
+  bool built_ = false;
   LinearOptions options_;
   Precision precision_ = Precision::kFp32;
   std::shared_ptr<const OnednnMatmul> packed_;  // null on the reference backend (or with no weights)

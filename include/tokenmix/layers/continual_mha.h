@@ -155,9 +155,8 @@ class ContinualMultiheadAttention : public Layer {
   bool batch_first_, single_output_ = false;
   int64_t E_, H_, D_, L_, kdim_, vdim_;
   float scale_;  // 1 / sqrt(D)
-  Linear in_proj_;  // in_proj_weight (3E, E), in_proj_bias (3E) or none; empty when kdim/vdim != E
-  Linear qkv_[3];   // q, k, v: rows of in_proj_ (E, E), or q/k/v_proj_weight (E, E|kdim|vdim) with
-                    // slices of in_proj_bias (E) or no bias
+  Linear qkv_[3];   // q, k, v: row blocks of in_proj_weight (E, E), or q/k/v_proj_weight
+                    // (E, E|kdim|vdim); with slices of in_proj_bias (E) or no bias
   Linear out_;      // out_proj.weight (E, E), out_proj.bias (E) or none
   Tensor bias_k_, bias_v_;  // (1, 1, E) with add_bias_kv, else empty
   mutable WorkspacePool pool_;  // forward()'s scratch, one workspace per concurrent call

@@ -91,10 +91,7 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
 
  private:
   int64_t n_feat_, n_head_, head_dim_;
-  // linear_q, linear_k, linear_v stacked: (3E, E), (3E), so self-attention projects x once with one
-  // GEMM (N = 3E); q_, k_, v_ view its row blocks (no copies): (E, E), (E) each.
-  Linear qkv_;
-  Linear q_, k_, v_;
+  Linear q_, k_, v_;  // linear_q, linear_k, linear_v: (E, E), (E) each
   Linear out_;        // linear_out: (E, E), (E)
   mutable WorkspacePool pool_;  // forward()'s and step()'s scratch, one workspace per concurrent call
   // The upstream keep mask (B or 1, T1 or 1, T2), True = keep, as the kernel's mask (a view).
