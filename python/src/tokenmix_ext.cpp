@@ -261,6 +261,7 @@ NB_MODULE(_core, m) {
       .def_prop_ro("d_model", &Layer::d_model)
       .def_prop_ro("precision", [](const Layer& l) { return std::string(precision_name(l.projection().precision())); })
       .def_prop_ro("gemm", [](const Layer& l) { return l.projection().impl(); })
+      .def_prop_ro("weight_bytes", [](const Layer& l) { return l.weight_bytes(); })
       .def("forward", [](const Layer& l, const FloatIn& x, const OptBool& kpm) {
         return to_numpy(compute([&] { return l.forward(view(x), view(kpm)); }));
       }, "x"_a, "key_padding_mask"_a = nb::none())

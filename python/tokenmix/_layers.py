@@ -51,6 +51,13 @@ class Layer:
         """The GEMM implementation behind the projections, e.g. ``"onednn brg:avx512_core_bf16"``."""
         return self._impl.gemm
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of parameters the C++ layer holds: its projections as packed for this CPU (about half /
+        a quarter of the float32 bytes in bf16 / int8), plus biases, norms and tables. The float32
+        ``state_dict`` this Python object keeps for ``state_dict()`` and pickling is not counted."""
+        return self._impl.weight_bytes
+
     def state_dict(self) -> dict:
         """The upstream ``state_dict`` the layer was built from (read-only float32 numpy arrays)."""
         return dict(self._weights)

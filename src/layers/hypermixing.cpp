@@ -253,6 +253,15 @@ Tensor HyperMixing::stream_reference(const Tensor& x, const StreamOptions& optio
   return sliding_window_reference(x, options, [this](const Tensor& w) { return forward(w); });
 }
 
+int64_t HyperMixing::weight_bytes() const {
+  int64_t bytes = tensor_bytes(ln_w_) + tensor_bytes(ln_b_) + tensor_bytes(pe_);
+  for (const Generator* g : {&gen1_, tied_ ? nullptr : &gen2_})  // a tied gen2_ shares gen1_'s
+    if (g)
+      for (const auto* layer : {&g->fc1, &g->fc2})
+        for (const Linear& l : *layer) bytes += l.weight_bytes();
+  return bytes;
+}
+
 std::unique_ptr<Stream> HyperMixing::open_stream(int64_t batch, const StreamOptions& options) const {
   return std::make_unique<HyperMixingStream>(*this, batch, options);
 }

@@ -288,6 +288,12 @@ void LabmlMultiHeadAttention::project_qkv(const float* x, int64_t rows, float* q
   qkv_[2].apply(x, rows, D, v, D);
 }
 
+int64_t LabmlMultiHeadAttention::weight_bytes() const {
+  int64_t bytes = out_.weight_bytes();
+  for (int i = 0; i < 3; ++i) bytes += qkv_[i].weight_bytes() + (convs_[i] ? convs_[i]->weight_bytes() : 0);
+  return bytes;
+}
+
 void LabmlMultiHeadAttention::project_out(const float* ctx, int64_t rows, float* out) const {
   out_.apply(ctx, rows, d_model_, out, d_model_);
 }

@@ -187,6 +187,7 @@ int run(const BenchOptions& o) {
                            {"fma_peak_gflops", fma_peak},
                            {"fma_peak_fraction", fma_peak > 0 ? gflops / fma_peak : 0.0},
                            {"peak_mib", extra_mib[v]},
+                           {"weight_mib", runners[v]->layer().weight_bytes() / 1048576.0},
                            {"minor_faults_per_call", static_cast<double>(layer_faults[v]) / calls},
                            {"max_rel_err_vs_fp32", error[v]}};
           std::string extra = proj.impl();
@@ -246,7 +247,7 @@ void add_bench_command(CLI::App& app, int* status) {
       ->delimiter(',');
   cmd->add_option("--json", opts->json,
                   "Write the measurements as a JSON array (layer, mode, shape, threads, precision, gemm, median_ms, "
-                  "min_ms, gflops, peak_fraction, peak_mib, minor_faults_per_call, max_rel_err_vs_fp32, ...)");
+                  "min_ms, gflops, peak_fraction, peak_mib, weight_mib, minor_faults_per_call, max_rel_err_vs_fp32, ...)");
   cmd->add_option("--filter", opts->filter, "Only measurements whose 'layer/mode/shape' matches this regex");
   cmd->add_option("--repeats", opts->repeats, "Timed calls per offline measurement (after one warm-up). Default 5");
   cmd->add_option("--steps", opts->steps, "Timed one-token pushes per stream measurement. Default 200");

@@ -118,6 +118,10 @@ class ContinualMultiheadAttention : public Layer {
   StreamOptionSpec stream_options_accepted() const override { return {}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
   const Linear& projection() const override { return out_; }
+  int64_t weight_bytes() const override {
+    return qkv_[0].weight_bytes() + qkv_[1].weight_bytes() + qkv_[2].weight_bytes() + out_.weight_bytes() +
+           tensor_bytes(bias_k_) + tensor_bytes(bias_v_);
+  }
 
  protected:
   // AttentionShape::bf16_products for this layer's attention (its projections run in bf16 or int8).

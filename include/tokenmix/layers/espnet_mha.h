@@ -87,6 +87,9 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
   StreamOptionSpec stream_options_accepted() const override { return {true, false, 0}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
   const Linear& projection() const override { return out_; }
+  int64_t weight_bytes() const override {
+    return q_.weight_bytes() + k_.weight_bytes() + v_.weight_bytes() + out_.weight_bytes();
+  }
 
 
  private:

@@ -95,6 +95,10 @@ class FastSelfAttention : public Layer {
   StreamOptionSpec stream_options_accepted() const override { return {false, true, limits::kMaxTokens}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
   const Linear& projection() const override { return transform_; }
+  int64_t weight_bytes() const override {
+    return query_.weight_bytes() + query_att_.weight_bytes() + key_.weight_bytes() + key_att_.weight_bytes() +
+           transform_.weight_bytes();
+  }
 
   // Shared building blocks of forward and the stream (rows of width cache_width()):
   // one token's cached row is [q (E) | k (E) | a (H)], a = the scaled query-attention logits.

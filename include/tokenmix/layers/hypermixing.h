@@ -99,6 +99,7 @@ class HyperMixing : public Layer {
   StreamOptionSpec stream_options_accepted() const override { return {false, true, max_length_}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
   const Linear& projection() const override { return gen1_.fc1.front(); }
+  int64_t weight_bytes() const override;
 
  private:
   friend class HyperMixingStream;

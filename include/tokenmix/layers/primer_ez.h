@@ -77,6 +77,7 @@ class CausalDepthwiseConv {
   QkvConv layout() const { return layout_; }
   int64_t kernel_size() const { return K_; }
   int64_t width() const { return W_; }
+  int64_t weight_bytes() const { return static_cast<int64_t>((taps_.size() + bias_.size()) * sizeof(float)); }
 
   // In place: B sequences of T steps of `channels` features (channels a multiple of width()); step t
   // of sequence b starts at x + b*batch_stride + t*time_stride. history, when non-null, holds for
@@ -181,6 +182,7 @@ class LabmlMultiHeadAttention : public Layer, private CausalAttentionCore {
   StreamOptionSpec stream_options_accepted() const override { return {true, false, 0}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
   const Linear& projection() const override { return out_; }
+  int64_t weight_bytes() const override;
 
   // The convolution after projection `which` (null for kNone); used by the stream.
   const CausalDepthwiseConv* qkv_conv(Projection which) const { return convs_[static_cast<int>(which)].get(); }

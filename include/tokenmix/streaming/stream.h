@@ -121,6 +121,13 @@ class Layer {
   // precision() (fp32 or bf16: what runs, auto resolved) and impl() (e.g. "onednn
   // brg:avx512_core_bf16") describe them all.
   virtual const Linear& projection() const = 0;
+  // Bytes of parameters this layer holds: its projections as packed (plus float32 where its own
+  // products read them, Linear::weight_bytes), biases, norms, convolution taps and positional tables.
+  // A bf16 / int8 layer holds about half / a quarter of its fp32 projections' bytes.
+  virtual int64_t weight_bytes() const = 0;
 };
+
+// Bytes of a float32 tensor's elements (0 for an empty one).
+inline int64_t tensor_bytes(const Tensor& t) { return t.empty() ? 0 : t.numel() * static_cast<int64_t>(sizeof(float)); }
 
 }  // namespace tokenmix
