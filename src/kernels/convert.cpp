@@ -42,7 +42,7 @@ namespace {
 TOKENMIX_AVX2_BEGIN
 
 // Eight int32 lanes (values within int8) to eight bytes at q.
-inline void store8_int8(__m256i v, int8_t* q) {
+inline void store8_int8_avx2(__m256i v, int8_t* q) {
   const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_packs_epi16(w, w));
 }
@@ -75,7 +75,7 @@ float quantize_row_avx2(const float* x, int64_t n, int8_t* q) {
   const __m256 vinv = _mm256_set1_ps(inv);
   for (k = 0; k + 8 <= n; k += 8) {
     const __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k), vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    store8_int8(_mm256_cvtps_epi32(r), q + k);
+    store8_int8_avx2(_mm256_cvtps_epi32(r), q + k);
   }
   for (; k < n; ++k) q[k] = static_cast<int8_t>(std::nearbyint(x[k] * inv));
   return scale;
