@@ -31,8 +31,8 @@ TEST(Accumulate, RescaleAccumulateMatchesReferenceBitForBit) {
       rescale_accumulate(a.data(), n, 0.37f, un.data(), 1.3f, old, 0.21f, yp, 0.9f);
       rescale_accumulate_reference(a_ref.data(), n, 0.37f, un.data(), 1.3f, old, 0.21f,
                                    variant & 1 ? y_ref.data() : nullptr, 0.9f);
-      EXPECT_EQ(std::memcmp(a.data(), a_ref.data(), n * sizeof(float)), 0) << "n=" << n << " variant " << variant;
-      EXPECT_EQ(std::memcmp(y.data(), y_ref.data(), n * sizeof(float)), 0) << "n=" << n << " variant " << variant;
+      EXPECT_TRUE(n == 0 || std::memcmp(a.data(), a_ref.data(), n * sizeof(float)) == 0) << "n=" << n << " variant " << variant;
+      EXPECT_TRUE(n == 0 || std::memcmp(y.data(), y_ref.data(), n * sizeof(float)) == 0) << "n=" << n << " variant " << variant;
     }
   }
 }

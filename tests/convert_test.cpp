@@ -53,7 +53,7 @@ TEST(Convert, RowPassesMatchReferenceBitForBit) {
         std::vector<float> out = row(n, g, 0), out_ref = out;
         convert::store_row(x.data(), n, 0.37f, bp, acc, out.data());
         convert::store_row_reference(x.data(), n, 0.37f, bp, acc, out_ref.data());
-        EXPECT_EQ(std::memcmp(out.data(), out_ref.data(), n * sizeof(float)), 0)
+        EXPECT_TRUE(n == 0 || std::memcmp(out.data(), out_ref.data(), n * sizeof(float)) == 0)
             << "n=" << n << " special=" << special << " variant=" << variant;
       }
     }
