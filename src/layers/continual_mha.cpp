@@ -99,7 +99,6 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   // Scratch from the layer's pool (grown only): slots 0 q, 1 k, 2 v, 3 context, 4 one head's
   // probabilities (attn_weights only).
   const WorkspacePool::Lease ws = pool_.acquire();
-  const int64_t ld = E_;
   float *q = ws->floats(0, N * T * E_), *k = ws->floats(1, N * S2 * E_), *v = ws->floats(2, N * S2 * E_);
   qkv_[0].apply(q_in.data(), N * T, E_, q, E_);
   // k, v of batch row n at rows n·S2 .. n·S2 + S - 1; the extra rows after them.
@@ -115,7 +114,6 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
       std::copy(bias_v_.begin(), bias_v_.end(), v + (n * S2 + S) * E_);
     }
   }
-  const float *qp = q, *kp = k, *vp = v;
   int64_t q0 = 0, Tq = T;
   if (single_output_ && opt_.single_output_forward && !all_queries) {
     const int64_t qi = opt_.query_index;
@@ -146,9 +144,9 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
   const AttentionMask* mask = masked ? &am : nullptr;
   if (!attn_weights) {
     AttentionShape s = AttentionShape::scaled(N, H_, D_, Tq, S2);
-    s.bf16_products = bf16_products();
-    attention(s, HeadsView{qp + q0 * ld, T * ld, ld},
-              HeadsView{kp, S2 * ld, ld}, HeadsView{vp, S2 * ld, ld}, mask, HeadsOut{ctx, Tq * E_, E_});
+    s.bf16_products = reduced_precision();
+    attention(s, HeadsView{q + q0 * E_, T * E_, E_}, HeadsView{k, S2 * E_, E_}, HeadsView{v, S2 * E_, E_}, mask,
+              HeadsOut{ctx, Tq * E_, E_});
   } else {
     // Upstream's head-averaged weights (N, Tq, S2), summed head by head in head order and divided by
     // H, as torch's mean over heads: one head per attention() call through an (N, Tq, S2)
@@ -159,8 +157,8 @@ Tensor ContinualMultiheadAttention::forward_bf(const Tensor& q_in, const Tensor&
     const int64_t n_probs = N * Tq * S2;
     for (int64_t h = 0; h < H_; ++h) {
       const int64_t c = h * D_;  // the head's columns
-      attention(one, HeadsView{qp + q0 * ld + c, T * ld, ld}, HeadsView{kp + c, S2 * ld, ld},
-                HeadsView{vp + c, S2 * ld, ld}, mask, HeadsOut{ctx + c, Tq * E_, E_}, probs);
+      attention(one, HeadsView{q + q0 * E_ + c, T * E_, E_}, HeadsView{k + c, S2 * E_, E_},
+                HeadsView{v + c, S2 * E_, E_}, mask, HeadsOut{ctx + c, Tq * E_, E_}, probs);
       float* a = avg.data();
       parallel_for(n_probs, n_probs >= threshold::kFirstTouchElements, [&](int64_t i) { a[i] += probs[i]; });
     }
@@ -257,7 +255,7 @@ Tensor SingleOutputMultiheadAttention::stream_reference(const Tensor& x, const S
   // Output i (token t = i + L - 1) = query of token t - delay over keys t-L+1 .. t: the causal band
   // with query offset L - 1 and left context L.
   AttentionShape s = AttentionShape::scaled(B, H_, D_, T_out, T).with_causal_band(L_ - 1, L_);
-  s.bf16_products = bf16_products();
+  s.bf16_products = reduced_precision();
   attention(s, HeadsView{p.q.data() + (L_ - 1 - delay()) * E_, T * E_, E_}, HeadsView{p.k.data(), T * E_, E_},
             HeadsView{p.v.data(), T * E_, E_}, nullptr, HeadsOut{ctx.data(), T_out * E_, E_});
   return out_(ctx, fn);
@@ -281,7 +279,7 @@ Tensor RetroactiveMultiheadAttention::window_reference(const Tensor& x) const {
   Tensor ctx{Shape{B, T_out, L_, E_}};
   if (T_out == 0) return ctx;
   AttentionShape s = AttentionShape::scaled(B, H_, D_, L_, L_);
-  s.bf16_products = bf16_products();
+  s.bf16_products = reduced_precision();
   for (int64_t i = 0; i < T_out; ++i)  // window i = tokens i .. i + L - 1, every position a query
     attention(s, HeadsView{p.q.data() + i * E_, T * E_, E_}, HeadsView{p.k.data() + i * E_, T * E_, E_},
               HeadsView{p.v.data() + i * E_, T * E_, E_}, nullptr,

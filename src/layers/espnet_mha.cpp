@@ -47,7 +47,7 @@ Tensor EspnetMultiHeadedAttention::attend(HeadsView q, HeadsView k, HeadsView v,
                                           int64_t T2, const AttentionMask* mask, Tensor* attn, Workspace& ws) const {
   const int64_t E = n_feat_;
   AttentionShape s = AttentionShape::scaled(B, n_head_, head_dim_, T1, T2);
-  s.bf16_products = bf16_products();
+  s.bf16_products = reduced_precision();
   float* ctx = ws.floats(3, B * T1 * E);  // attention() writes every row
   if (attn) *attn = Tensor{Shape{B, n_head_, T1, T2}};
   attention(s, q, k, v, mask, HeadsOut{ctx, T1 * E, E}, attn ? attn->data() : nullptr);

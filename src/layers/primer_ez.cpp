@@ -196,7 +196,7 @@ Tensor LabmlMultiHeadAttention::attend(const float* q, const SeqLayout& ql, cons
   const int64_t D = d_model_, rows = ql.B * ql.T;
   AttentionShape s = AttentionShape::scaled(ql.B, heads_, d_k_, ql.T, kl.T);
   if (causal) s = s.with_causal_band(0, left_context);
-  s.bf16_products = bf16_products();
+  s.bf16_products = reduced_precision();
   float* ctx = ws.floats(3, rows * D);  // attention() writes every row
   attention(s, HeadsView{q, ql.bs * D, ql.ts * D}, HeadsView{k, kl.bs * D, kl.ts * D},
             HeadsView{v, kl.bs * D, kl.ts * D}, mask, HeadsOut{ctx, ql.bs * D, ql.ts * D}, probs);

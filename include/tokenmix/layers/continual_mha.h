@@ -124,8 +124,6 @@ class ContinualMultiheadAttention : public Layer {
   }
 
  protected:
-  // AttentionShape::bf16_products for this layer's attention (its projections run in bf16 or int8).
-  bool bf16_products() const { return out_.precision() != Precision::kFp32; }
 
   // Loads in_proj_weight (3E, E) (or q/k/v_proj_weight with kdim/vdim), in_proj_bias (3E),
   // out_proj.weight (E, E), out_proj.bias (E), bias_k / bias_v (1, 1, E). Throws Error on invalid

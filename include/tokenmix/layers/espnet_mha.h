@@ -113,7 +113,7 @@ class EspnetMultiHeadedAttention : public Layer, private CausalAttentionCore {
   int64_t attention_heads() const override { return n_head_; }
   void project_qkv(const float* x, int64_t rows, float* q, float* k, float* v) const override;
   void project_out(const float* ctx, int64_t rows, float* out) const override;
-  bool bf16_products() const override { return out_.precision() != Precision::kFp32; }
+  bool bf16_products() const override { return reduced_precision(); }
 };
 
 }  // namespace tokenmix

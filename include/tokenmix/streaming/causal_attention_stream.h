@@ -21,8 +21,7 @@ class CausalAttentionCore {
   virtual ~CausalAttentionCore() = default;
   virtual int64_t attention_width() const = 0;  // E
   virtual int64_t attention_heads() const = 0;  // H (head_dim = E / H)
-  // x (rows, E) -> q, k, v (rows, E) (q unscaled). The stream passes them consecutive (k = q + rows·E,
-  // v = k + rows·E), so one token's q, k and v are one 3E row.
+  // x (rows, E) -> q, k, v (rows, E) (q unscaled), three buffers of the stream's.
   virtual void project_qkv(const float* x, int64_t rows, float* q, float* k, float* v) const = 0;
   // ctx (rows, E) -> out (rows, E).
   virtual void project_out(const float* ctx, int64_t rows, float* out) const = 0;

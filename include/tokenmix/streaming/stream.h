@@ -121,6 +121,9 @@ class Layer {
   // precision() (fp32 or bf16: what runs, auto resolved) and impl() (e.g. "onednn
   // brg:avx512_core_bf16") describe them all.
   virtual const Linear& projection() const = 0;
+  // Whether the projections run in bf16 or int8: the layer's attention then takes bf16 operands too
+  // (AttentionShape::bf16_products).
+  bool reduced_precision() const { return projection().precision() != Precision::kFp32; }
   // Bytes of parameters this layer holds: its projections as packed (plus float32 where its own
   // products read them, Linear::weight_bytes), biases, norms, convolution taps and positional tables.
   // A bf16 / int8 layer holds about half / a quarter of its fp32 projections' bytes.
