@@ -2,7 +2,8 @@
 #   make demo   installs missing packages, builds Release, replays every shipped reference case
 #   make test   installs missing packages (and the Python venv), builds Release with the Python
 #               extension, runs the test suite (CTest: GoogleTest, the fuzz replays and pytest)
-# Also: make test-generic (the suite on the plain-loop kernels), make bench-precision (fp32 / bf16 / int8 side by side), make sanitize (ASan+UBSan test run),
+# Also: make test-generic (the suite on the plain-loop kernels), make bench-compare (tokenmix vs PyTorch
+# vs ONNX Runtime), make bench-precision (fp32 / bf16 / int8 side by side), make sanitize (ASan+UBSan test run),
 # make clang-test (the suite built with clang), make fuzz
 # (libFuzzer harnesses, FUZZ_TIME seconds each), make bench, make install PREFIX=..., make example,
 # make venv (the Python test environment), make python-sanitize (pytest through an ASan + UBSan
@@ -20,7 +21,7 @@ FUZZ_TIME ?= 60
 VENV ?= .venv
 PY = $(VENV)/bin/python
 
-.PHONY: setup build demo test test-generic sanitize clang-test fuzz bench example install clean venv pip-check python-build differential bench-python python-sanitize bench-precision
+.PHONY: setup build demo test test-generic sanitize clang-test fuzz bench example install clean venv pip-check python-build differential bench-python python-sanitize bench-precision bench-compare
 
 setup:
 	@./scripts/setup.sh
@@ -67,6 +68,14 @@ $(VENV)/.installed: python/requirements-test.txt python/requirements-nodeps.txt 
 bench-precision: build
 	./$(BUILD)/tokenmix bench --threads 1 2 --precision fp32,bf16,int8 --gemm onednn,reference --json $(BUILD)/precision.json
 	python3 bench/precision_table.py $(BUILD)/precision.json
+
+# tokenmix bench vs PyTorch (bench/torch_baseline.py) vs ONNX Runtime (bench/ort_baseline.py) at
+# every shape of the sweep, 1 and 2 threads: the table and plot of BENCHMARKS.md "Results", into
+# $(BUILD)/bench-run (docs/bench-run holds the published run).
+bench-compare: build venv
+	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt -r python/requirements-bench.txt
+	mkdir -p $(BUILD)/bench-run && $(PY) bench/compare --threads 1 2 --sweep --repeats 3 --ort --save $(BUILD)/bench-run | tee $(BUILD)/bench-run/compare.txt
+	$(PY) bench/plot.py $(BUILD)/bench-run/ours.json $(BUILD)/bench-run/torch.json $(BUILD)/bench-run/ort.json -o $(BUILD)/bench-run/bench.png
 
 # The upstream modules vs tokenmix.from_torch vs ONNX Runtime, side by side from Python (BENCHMARKS.md).
 bench-python: python-build

@@ -1,9 +1,10 @@
 #!/usr/bin/python3
-"""Time against sequence length, tokenmix vs PyTorch, per layer: docs/bench.png.
+"""Time against sequence length, tokenmix vs PyTorch vs ONNX Runtime, per layer: docs/bench.png.
 
     ./build/tokenmix bench --sweep --threads 1 --json ours.json
     /usr/bin/python3 bench/torch_baseline.py --sweep --threads 1 --json torch.json
-    /usr/bin/python3 bench/plot.py ours.json torch.json [-o docs/bench.png]
+    .venv/bin/python bench/ort_baseline.py --sweep --threads 1 --json ort.json
+    /usr/bin/python3 bench/plot.py ours.json torch.json ort.json [-o docs/bench.png]
 
 Uses the offline B=1 measurements (T = 64 .. 8192, E=512, H=8); one panel per layer, one line per
 implementation and thread count, log-log (a grid of at most 3 panels per row).
@@ -18,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STYLE = {"tokenmix": ("o", "-"), "pytorch": ("s", "--"), "onnxruntime": ("^", "-.")}  # impl -> marker, line
 
 
 def main():
@@ -42,8 +44,9 @@ def main():
                 series.setdefault((r.get("impl", "?"), r["threads"]), []).append((r["dims"]["T"], r["median_ms"]))
         for (impl, threads), pts in sorted(series.items()):
             pts.sort()
-            ax.plot([t for t, _ in pts], [ms for _, ms in pts], marker="o" if impl == "tokenmix" else "s",
-                    linestyle="-" if impl == "tokenmix" else "--", label=f"{impl}, {threads} thread(s)")
+            marker, line = STYLE.get(impl, ("x", ":"))
+            ax.plot([t for t, _ in pts], [ms for _, ms in pts], marker=marker, linestyle=line,
+                    label=f"{impl}, {threads} thread(s)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("T (tokens), B=1, E=512, H=8")

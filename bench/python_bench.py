@@ -18,78 +18,16 @@ ORT fp32 and ORT int8 (">1" = faster than them), and its error against the upstr
 (max |y - y_upstream| / max |y_upstream|, the parity gate's measure).
 """
 import argparse
-import os
 import statistics
-import tempfile
 import time
 
 import torch
 
 import tokenmix
+from upstream_modules import modules, ort_session
 
 E, H = 512, 8
 SHAPES = [(8, 256), (1, 4096)]
-
-
-def modules():
-    """(name, module, call(f, x)) for each family; x is (B, T, E)."""
-    import continual as co
-    from espnet2.asr.layers.fastformer import FastSelfAttention
-    from espnet2.asr.state_spaces.attention import MultiHeadedAttention
-    from labml_nn.transformers.mha import MultiHeadAttention
-    from labml_nn.transformers.primer_ez import MultiDConvHeadAttention
-    from speechbrain.lobes.models.transformer.hypermixing import HyperMixing
-
-    def seq_first(f, x):
-        x = x.transpose(0, 1).contiguous()
-        return f(query=x, key=x, value=x)
-
-    return [
-        ("espnet_mha", MultiHeadedAttention(E, H), lambda f, x: f(x)[0]),
-        ("fastformer", FastSelfAttention(E, H, 0.0), lambda f, x: f(x, None)),
-        ("hypermixing", HyperMixing(E, 4 * E, num_heads=H, max_length=4096), lambda f, x: f(x, x, x)[0]),
-        ("labml_mha", MultiHeadAttention(H, E, 0.0), seq_first),
-        ("primer_ez", MultiDConvHeadAttention(H, E, 0.0), seq_first),
-        # Only the output is used, so it is asked for alone (ONNX Runtime prunes what no output needs).
-        ("continual_retro", co.RetroactiveMultiheadAttention(E, H, sequence_len=4096, batch_first=True),
-         lambda f, x: f(x, need_weights=False)[0]),
-    ]
-
-
-def ort_session(module, call, x, threads, int8=False):
-    """An ONNX Runtime session running call(module, x) exported with torch.onnx.export (quantized with
-    quantize_dynamic when int8), or the reason it could not be made."""
-    import onnxruntime as ort
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = module
-
-        def forward(self, inp):
-            return call(self.inner, inp)
-
-    path = os.path.join(tempfile.mkdtemp(), "m.onnx")
-    try:
-        # Traced with gradients enabled: under no_grad, torch 1.13 routes nn.MultiheadAttention
-        # (continual's forward) to a fused op that ONNX export does not support.
-        with torch.enable_grad():
-            torch.onnx.export(Wrapped().eval(), (x,), path, opset_version=14, input_names=["x"], output_names=["y"])
-        if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(path, path + ".int8.onnx", weight_type=QuantType.QInt8)
-            path += ".int8.onnx"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # No spin-waiting after a run: ORT's spinning workers would take the cores from the PyTorch
-        # and tokenmix calls that alternate with it (both of which sleep between calls).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]), None
-    except Exception as e:  # noqa: BLE001 - any failure is the result to report
-        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
 
 
 def main():
@@ -106,7 +44,7 @@ def main():
     for threads in a.threads:
         torch.set_num_threads(threads)
         tokenmix.set_num_threads(threads)
-        for name, module, call in modules():
+        for name, module, call in modules(E, H):
             if a.filter not in name:
                 continue
             module = module.eval()
