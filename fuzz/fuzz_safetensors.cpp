@@ -12,6 +12,11 @@ void read_all(const tokenmix::SafetensorsFile& f) {
     try { fuzz::touch(f.tensor(name)); } catch (const Error&) {}
     try { fuzz::touch(f.tensor_flat(name)); } catch (const Error&) {}
     try {
+      const Bf16Tensor b = f.bf16_tensor(name);
+      fuzz::touch(b.to_float());
+      if (b.shape.ndim() >= 1) fuzz::touch(b.narrow(b.shape[0] / 2, b.shape[0] - b.shape[0] / 2).to_float());
+    } catch (const Error&) {}
+    try {
       const Mask m = f.mask(name);
       for (const uint8_t b : m) (void)b;
     } catch (const Error&) {}

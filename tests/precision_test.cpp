@@ -12,6 +12,7 @@
 
 #include "cases/case.h"
 #include "stream_checks.h"
+#include "alloc/alloc_counter.h"
 #include "test_util.h"
 #include "tokenmix/core/cpu.h"
 #include "tokenmix/kernels/precision.h"
@@ -223,6 +224,80 @@ TEST(Precision, WeightBytesShrinkWithThePrecision) {
       EXPECT_LE(ratio, p == "bf16" ? bound.at(layer).first : bound.at(layer).second) << layer << " " << p;
     }
   }
+}
+
+// The state_dict of a reference case with every tensor rounded to bf16: as BF16 tensors (what a
+// bf16 checkpoint holds), or as their float32 values.
+StateDict rounded_params(const cases::Case& c, bool as_bf16) {
+  const StateDict params = cases::params(c);
+  StateDict out;
+  for (const auto& k : params.keys()) {
+    const Bf16Tensor b = Bf16Tensor::from_float(params.get(k));
+    if (as_bf16)
+      out.set(k, b);
+    else
+      out.set(k, b.to_float());
+  }
+  return out;
+}
+
+TEST(Precision, Bf16CheckpointsBuildTheSameLayerAsTheirFloat32Values) {
+  // Every family from BF16 tensors (projections packed straight from them, the rest widened) against
+  // the same values stored as float32: the same outputs bit for bit, in fp32 and, where the CPU runs
+  // it, bf16 (whose projections never see a float32 copy). Covers continual's packed in_proj_weight,
+  // split into q / k / v rows, and HyperMixing's hypernetworks, which keep float32 weights.
+  std::vector<LinearOptions> options = {{Precision::kFp32, GemmBackend::kOnednn}};
+  if (cpu_runs(Precision::kBf16)) options.push_back(kBf16);
+  int checked = 0;
+  for (const auto& fam : cases::families()) {
+    for (const auto& path : test::reference_cases(fam.family)) {
+      const SafetensorsFile f(path);
+      const cases::Case c = cases::parse_case(f);
+      if (!fam.build_layer || !fam.build_layer(c)) continue;
+      const auto& meta = f.metadata();
+      const StateDict as_bf16 = rounded_params(c, true), as_f32 = rounded_params(c, false);
+      for (const LinearOptions& o : options) {
+        const auto a = make_layer(meta.at("module"), meta.at("config"), as_bf16, o);
+        const auto b = make_layer(meta.at("module"), meta.at("config"), as_f32, o);
+        const StreamOptionSpec spec = a->stream_options_accepted();
+        const int64_t T = spec.window ? std::min<int64_t>(7, spec.max_window) : 7;
+        const Tensor x = test::random_tensor(Shape{2, T, a->d_model()}, 11);
+        EXPECT_TRUE(test::bit_equal(a->forward(x), b->forward(x))) << path << " " << precision_name(o.precision);
+        EXPECT_EQ(a->weight_bytes(), b->weight_bytes()) << path << " " << precision_name(o.precision);
+      }
+      ++checked;
+      break;  // the first buildable case of each family
+    }
+  }
+  EXPECT_GE(checked, 5);
+}
+
+TEST(Precision, Bf16CheckpointLoadsWithoutWidening) {
+  // load_layer of a BF16 checkpoint at bf16: the heap never holds a float32 copy of a projection
+  // (E x E x 4 bytes = 1 MiB here; the packed weights live in oneDNN's allocations, not counted).
+  // Widening any one weight matrix, as loading used to, fails this.
+  if (!cpu_runs(Precision::kBf16)) GTEST_SKIP() << "no bf16 arithmetic here";
+  constexpr int64_t E = 512;
+  SafetensorsWriter w;
+  uint32_t seed = 1;
+  for (const char* p : {"linear_q", "linear_k", "linear_v", "linear_out"}) {
+    w.add(std::string(p) + ".weight", Bf16Tensor::from_float(test::random_tensor(Shape{E, E}, seed++, 0.05f)));
+    w.add(std::string(p) + ".bias", Bf16Tensor::from_float(test::random_tensor(Shape{E}, seed++, 0.05f)));
+  }
+  w.set_metadata("module", "espnet2.asr.state_spaces.attention.MultiHeadedAttention");
+  w.set_metadata("config", R"({"n_feat": 512, "n_head": 8})");
+  const std::string path = test::temp_path("bf16_checkpoint.safetensors");
+  w.write(path);
+  const int64_t base = alloc::reset_heap_peak();
+  const auto layer = load_layer(path, kBf16);
+  const int64_t peak = alloc::heap_peak_bytes() - base;
+  EXPECT_EQ(layer->projection().precision(), Precision::kBf16);
+  EXPECT_LT(peak, E * E * static_cast<int64_t>(sizeof(float))) << "heap peak while loading: " << peak << " bytes";
+  // The same file at fp32 widens (and so still loads).
+  const Tensor x = test::random_tensor(Shape{1, 4, E}, 3);
+  EXPECT_LE(scaled_error(layer->forward(x), load_layer(path, {Precision::kFp32, GemmBackend::kOnednn})->forward(x)),
+            kBf16Gate);
+  std::filesystem::remove(path);
 }
 
 TEST(Precision, CappedIsaFallsBackToFp32OrRefuses) {

@@ -101,6 +101,53 @@ TEST(Safetensors, HalfAndBfloat16AreConvertedToFloat) {
   EXPECT_EQ(b.at(1), -0.15625f);
 }
 
+TEST(Safetensors, Bfloat16TensorsAreReadAsStoredAndWritten) {
+  // BF16 bits 0x3f80 (1.0), 0xbe20 (-0.15625), 0x7f80 (+inf), 0x0001 (the smallest subnormal), read
+  // from an odd data offset (after a 1-byte BOOL), so the reader must copy rather than alias.
+  const std::vector<uint8_t> data = {1, 0x80, 0x3f, 0x20, 0xbe, 0x80, 0x7f, 0x01, 0x00};
+  const std::string header =
+      R"({"flag":{"dtype":"BOOL","shape":[1],"data_offsets":[0,1]},"param.w":{"dtype":"BF16","shape":[2,2],"data_offsets":[1,9]}})";
+  const std::string path = write_raw("bf16.safetensors", header, data);
+  const SafetensorsFile f(path);
+  const Bf16Tensor b = f.bf16_tensor("param.w");
+  EXPECT_EQ(b.shape, Shape({2, 2}));
+  const std::vector<uint16_t> bits(b.data.get(), b.data.get() + 4);
+  EXPECT_EQ(bits, (std::vector<uint16_t>{0x3f80, 0xbe20, 0x7f80, 0x0001}));
+  const Tensor widened = b.to_float();
+  EXPECT_EQ(widened.at(0, 1), -0.15625f);
+  EXPECT_TRUE(test::bit_equal(widened, f.tensor("param.w")));
+  const Bf16Tensor row = b.narrow(1, 1);
+  EXPECT_EQ(row.shape, Shape({1, 2}));
+  EXPECT_EQ(row.data.get()[1], 0x0001);
+  test::expect_error([&] { b.narrow(1, 2); }, "Bf16Tensor::narrow: rows [1, 1 + 2): out of range for shape (2, 2)");
+  test::expect_error([&] { f.bf16_tensor("flag"); }, "SafetensorsFile::bf16_tensor: " + path + ": tensor 'flag': expected dtype BF16, got BOOL");
+
+  // A StateDict keeps it as BF16 (get() widens), and saves it as BF16.
+  const StateDict sd = StateDict::from_file(f, "param.");
+  ASSERT_NE(sd.bf16("w"), nullptr);
+  EXPECT_TRUE(test::bit_equal(sd.get("w"), widened));
+  const std::string saved = temp_path("bf16_saved.safetensors");
+  StateDict only;
+  only.set("w", b);
+  only.save(saved);
+  const SafetensorsFile g(saved);
+  EXPECT_EQ(g.info("w").dtype, DType::BF16);
+  EXPECT_TRUE(test::bit_equal(g.tensor("w"), widened));
+  only.set("w", widened);  // replaced by a float32 tensor
+  EXPECT_EQ(only.bf16("w"), nullptr);
+
+  // A BF16 weight of the wrong shape is reported like a float32 one.
+  WeightReader r(sd, "Layer");
+  EXPECT_EQ(r.take_bf16("w", Shape{4}), nullptr);
+  EXPECT_TRUE(r.take("w", Shape{4}).empty());
+  test::expect_error([&] { r.finish(); }, "Layer: state_dict: shape mismatches [w: expected (4,), got (2, 2)]");
+
+  // from_float rounds to nearest even (1 + 2^-8 is a tie: down to 1; 1 + 3 * 2^-8: up to 1 + 2^-6).
+  const Bf16Tensor r2 = Bf16Tensor::from_float(Tensor(Shape{2}, {1.f + std::ldexp(1.f, -8), 1.f + 3 * std::ldexp(1.f, -8)}));
+  EXPECT_EQ(r2.data.get()[0], 0x3f80);
+  EXPECT_EQ(r2.data.get()[1], 0x3f82);
+}
+
 TEST(Safetensors, MalformedFilesRaiseErrorsNamingFileAndTensor) {
   const std::vector<uint8_t> d16(16, 0);
   {

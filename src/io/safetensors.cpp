@@ -12,6 +12,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "tokenmix/core/bf16.h"
+
 namespace tokenmix {
 
 namespace {
@@ -37,13 +39,6 @@ float half_to_float(uint16_t h) {
   } else {
     bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
   }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-float bf16_to_float(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
@@ -246,7 +241,7 @@ Tensor SafetensorsFile::float_tensor(const std::string& name, const Shape& shape
       for (int64_t i = 0; i < in.numel; ++i) {
         uint16_t h;
         std::memcpy(&h, src + 2 * i, 2);
-        t.data()[i] = in.dtype == DType::F16 ? half_to_float(h) : bf16_to_float(h);
+        t.data()[i] = in.dtype == DType::F16 ? half_to_float(h) : from_bf16(h);
       }
       return t;
     }
@@ -270,6 +265,47 @@ Tensor SafetensorsFile::tensor_flat(const std::string& name) const {
     d.erase(d.begin());
   }
   return float_tensor(name, Shape(d));
+}
+
+Bf16Tensor SafetensorsFile::bf16_tensor(const std::string& name) const {
+  const TensorInfo& in = info(name);
+  check(in.dtype == DType::BF16, "SafetensorsFile::bf16_tensor: ", path_, ": tensor '", name,
+        "': expected dtype BF16, got ", dtype_name(in.dtype));
+  check(in.dims.size() <= static_cast<size_t>(Shape::kMaxAxes), "SafetensorsFile::bf16_tensor: ", path_,
+        ": tensor '", name, "': shape ", dims_str(in.dims), " has more than 4 axes");
+  const uint8_t* src = data_ + in.begin;
+  Bf16Tensor t{Shape(in.dims), {}};
+  if (reinterpret_cast<uintptr_t>(src) % alignof(uint16_t) == 0) {
+    t.data = std::shared_ptr<const uint16_t>(mapping_, reinterpret_cast<const uint16_t*>(src));  // aliases the mapping
+  } else {
+    std::shared_ptr<uint16_t[]> copy(new uint16_t[std::max<int64_t>(in.numel, 1)]);
+    std::memcpy(copy.get(), src, 2 * in.numel);
+    t.data = std::shared_ptr<const uint16_t>(copy, copy.get());
+  }
+  return t;
+}
+
+Tensor Bf16Tensor::to_float() const {
+  Tensor t(shape);
+  const int64_t n = shape.numel();
+  for (int64_t i = 0; i < n; ++i) t.data()[i] = from_bf16(data.get()[i]);
+  return t;
+}
+
+Bf16Tensor Bf16Tensor::narrow(int64_t start, int64_t length) const {
+  check(shape.ndim() >= 1 && start >= 0 && length >= 0 && start <= shape[0] - length, "Bf16Tensor::narrow: rows [",
+        start, ", ", start, " + ", length, "): out of range for shape ", shape);
+  std::vector<int64_t> d = shape.dims();
+  d[0] = length;
+  const int64_t row = shape[0] ? shape.numel() / shape[0] : 0;
+  return {Shape(d), std::shared_ptr<const uint16_t>(data, data.get() + start * row)};
+}
+
+Bf16Tensor Bf16Tensor::from_float(const Tensor& x) {
+  const int64_t n = x.numel();
+  std::shared_ptr<uint16_t[]> bits(new uint16_t[std::max<int64_t>(n, 1)]);
+  for (int64_t i = 0; i < n; ++i) bits[i] = to_bf16(x.data()[i]);
+  return {x.shape(), std::shared_ptr<const uint16_t>(bits, bits.get())};
 }
 
 Mask SafetensorsFile::mask(const std::string& name) const {
@@ -310,6 +346,14 @@ void SafetensorsWriter::add(const std::string& name, const Tensor& t, const std:
   Entry e{DType::F32, resolve_dims(name, t.shape(), dims), {}};
   e.bytes.resize(4 * t.numel());
   if (t.numel()) std::memcpy(e.bytes.data(), t.data(), e.bytes.size());
+  entries_[name] = std::move(e);
+}
+
+void SafetensorsWriter::add(const std::string& name, const Bf16Tensor& t, const std::vector<int64_t>& dims) {
+  check(!entries_.count(name), "SafetensorsWriter::add: duplicate tensor name '", name, "'");
+  Entry e{DType::BF16, resolve_dims(name, t.shape, dims), {}};
+  e.bytes.resize(2 * t.shape.numel());
+  if (!e.bytes.empty()) std::memcpy(e.bytes.data(), t.data.get(), e.bytes.size());
   entries_[name] = std::move(e);
 }
 

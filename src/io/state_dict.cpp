@@ -5,7 +5,12 @@ namespace tokenmix {
 StateDict StateDict::from_file(const SafetensorsFile& file, const std::string& prefix) {
   StateDict sd;
   for (const auto& name : file.names())
-    if (name.compare(0, prefix.size(), prefix) == 0) sd.set(name.substr(prefix.size()), file.tensor(name));
+    if (name.compare(0, prefix.size(), prefix) == 0) {
+      if (file.info(name).dtype == DType::BF16)
+        sd.set(name.substr(prefix.size()), file.bf16_tensor(name));
+      else
+        sd.set(name.substr(prefix.size()), file.tensor(name));
+    }
   return sd;
 }
 
@@ -13,21 +18,39 @@ StateDict StateDict::load(const std::string& path, const std::string& prefix) {
   return from_file(SafetensorsFile(path), prefix);
 }
 
-const Tensor& StateDict::get(const std::string& key) const {
+void StateDict::set(const std::string& key, const Tensor& value) {
+  bf16_.erase(key);
+  tensors_[key] = value;
+}
+
+void StateDict::set(const std::string& key, const Bf16Tensor& value) {
+  tensors_.erase(key);
+  bf16_[key] = value;
+}
+
+Tensor StateDict::get(const std::string& key) const {
+  if (const Bf16Tensor* b = bf16(key)) return b->to_float();
   auto it = tensors_.find(key);
   check(it != tensors_.end(), "StateDict::get: no key '", key, "'");
   return it->second;
 }
 
+const Bf16Tensor* StateDict::bf16(const std::string& key) const {
+  auto it = bf16_.find(key);
+  return it == bf16_.end() ? nullptr : &it->second;
+}
+
 std::vector<std::string> StateDict::keys() const {
-  std::vector<std::string> out;
-  for (const auto& kv : tensors_) out.push_back(kv.first);
-  return out;
+  std::set<std::string> all;
+  for (const auto& kv : tensors_) all.insert(kv.first);
+  for (const auto& kv : bf16_) all.insert(kv.first);
+  return {all.begin(), all.end()};
 }
 
 void StateDict::save(const std::string& path, const std::string& prefix) const {
   SafetensorsWriter w;
   for (const auto& [k, t] : tensors_) w.add(prefix + k, t);
+  for (const auto& [k, t] : bf16_) w.add(prefix + k, t);
   w.write(path);
 }
 
@@ -37,11 +60,23 @@ WeightReader::WeightReader(const StateDict& state_dict, std::string layer)
 Tensor WeightReader::take_optional(const std::string& key, const Shape& shape) {
   used_.insert(key);
   if (!sd_.contains(key)) return {};
-  const Tensor& t = sd_.get(key);
+  const Bf16Tensor* stored = sd_.bf16(key);
+  if (stored && stored->shape != shape) {
+    mismatched_.push_back(key + ": expected " + shape.str() + ", got " + stored->shape.str());
+    return {};
+  }
+  const Tensor t = sd_.get(key);
   if (t.shape() != shape) {
     mismatched_.push_back(key + ": expected " + shape.str() + ", got " + t.shape().str());
     return {};
   }
+  return t;
+}
+
+const Bf16Tensor* WeightReader::take_bf16(const std::string& key, const Shape& shape) {
+  const Bf16Tensor* t = sd_.bf16(key);
+  if (!t || t->shape != shape) return nullptr;
+  used_.insert(key);
   return t;
 }
 

@@ -137,15 +137,29 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const char* fn)
   return y;
 }
 
-Linear::Linear(Tensor weight, Tensor bias, const LinearOptions& options, KeepWeights keep)
-    : weight_(std::move(weight)), bias_(std::move(bias)), options_(options) {
-  check_ndim(weight_, 2, "Linear", "weight");
-  if (!bias_.empty()) check_shape(bias_, {weight_.dim(0)}, "Linear", "bias");
-  out_features_ = weight_.dim(0);
-  in_features_ = weight_.dim(1);
+void Linear::describe(const Shape& weight_shape) {
+  check(weight_shape.ndim() == 2, "Linear: weight: expected a 2-D tensor, got shape ", weight_shape);
+  out_features_ = weight_shape[0];
+  in_features_ = weight_shape[1];
+  if (!bias_.empty()) check_shape(bias_, {out_features_}, "Linear", "bias");
   built_ = true;
   options_.Validate("Linear");
   precision_ = resolve_precision(options_);
+}
+
+Linear::Linear(const Bf16Tensor& weight, Tensor bias, const LinearOptions& options)
+    : bias_(std::move(bias)), options_(options) {
+  describe(weight.shape);
+  if (precision_ == Precision::kBf16 && options_.backend == GemmBackend::kOnednn && weight.shape.numel() != 0) {
+    packed_ = std::make_shared<const OnednnMatmul>(weight.data.get(), out_features_, in_features_, bias_);
+    return;
+  }
+  *this = Linear(weight.to_float(), bias_, options_, KeepWeights::kPackedOnly);
+}
+
+Linear::Linear(Tensor weight, Tensor bias, const LinearOptions& options, KeepWeights keep)
+    : weight_(std::move(weight)), bias_(std::move(bias)), options_(options) {
+  describe(weight_.shape());
   if (options_.backend == GemmBackend::kReference) return;
   // An empty product (no rows of weights or no inputs) has nothing to pack: the reference path
   // writes its bias-or-zeros output.

@@ -105,6 +105,34 @@ struct OnednnMatmul::State {
   bool with_bias() const { return bias && type != dt::s8;
   }
 
+  // Builds bias and the packed weights from plain (N, K) row-major weights of type plain_type (f32,
+  // bf16, or s8 already quantized with weight_scales) and bias_values (N or empty); N, K and type are
+  // set. Returns oneDNN's
+  // implementation name. Throws Error "Linear: ..." when oneDNN cannot build the matmul.
+  std::string pack(const void* plain, dt plain_type, const Tensor& bias_values, Precision precision) {
+    try {
+      if (!bias_values.empty()) {
+        bias = dnnl::memory(dnnl::memory::desc({1, N}, dt::f32, tag::ab), cpu_engine());
+        std::copy(bias_values.begin(), bias_values.end(), static_cast<float*>(bias.get_data_handle()));
+      }
+      // The layout oneDNN picks for the weights (the same for every M; a representative M of 256).
+      dnnl::memory::desc src, dst;
+      const auto pd = describe({256, false, 1}, &src, &dst);
+      weights_desc = pd.weights_desc();
+      weights = dnnl::memory(weights_desc, cpu_engine());
+      // PyTorch's (N, K) row-major weight is the (K, N) matrix in layout "ba" (int8: the reorder adds
+      // the compensation oneDNN's s8 x s8 kernels need; bf16 from f32: rounded to nearest even).
+      dnnl::memory src_weights(dnnl::memory::desc({K, N}, plain_type, tag::ba), cpu_engine(), const_cast<void*>(plain));
+      dnnl::stream stream(cpu_engine());
+      dnnl::reorder(src_weights, weights).execute(stream, src_weights, weights);
+      stream.wait();
+      return pd.impl_info_str();
+    } catch (const dnnl::error& e) {
+      fail("Linear: oneDNN cannot build a ", precision_name(precision), " matmul of ", K, " -> ", N,
+           " features on this CPU (", e.what(), ")");
+    }
+  }
+
   // The cached primitive for k (created on first use, under the thread count of the call). Called
   // with mutex held.
   const Entry& entry(const Key& k) const {
@@ -127,38 +155,27 @@ OnednnMatmul::OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision p
   s.N = weight.dim(0);
   s.K = weight.dim(1);
   s.type = precision == Precision::kBf16 ? dt::bf16 : precision == Precision::kInt8 ? dt::s8 : dt::f32;
+  if (s.type != dt::s8) {
+    impl_ = s.pack(weight.data(), dt::f32, bias, precision);
+    return;
+  }
   // int8: symmetric per-output-feature weight scales (max |W[n, :]| / 127), rounded to nearest.
-  std::vector<int8_t> quantized;
-  if (s.type == dt::s8) {
-    s.weight_scales.resize(s.N);
-    quantized.resize(s.N * s.K);
-    for (int64_t n = 0; n < s.N; ++n) {
-      s.weight_scales[n] = convert::quantize_row(weight.data() + n * s.K, s.K, quantized.data() + n * s.K);
-      check(!std::isnan(s.weight_scales[n]), "Linear: int8: weight row ", n, " holds a non-finite value");
-    }
+  s.weight_scales.resize(s.N);
+  std::vector<int8_t> quantized(s.N * s.K);
+  for (int64_t n = 0; n < s.N; ++n) {
+    s.weight_scales[n] = convert::quantize_row(weight.data() + n * s.K, s.K, quantized.data() + n * s.K);
+    check(!std::isnan(s.weight_scales[n]), "Linear: int8: weight row ", n, " holds a non-finite value");
   }
-  try {
-    if (!bias.empty()) {
-      s.bias = dnnl::memory(dnnl::memory::desc({1, s.N}, dt::f32, tag::ab), cpu_engine());
-      std::copy(bias.begin(), bias.end(), static_cast<float*>(s.bias.get_data_handle()));
-    }
-    // The layout oneDNN picks for the weights (the same for every M; a representative M of 256).
-    dnnl::memory::desc src, dst;
-    const auto pd = s.describe({256, false, 1}, &src, &dst);
-    impl_ = pd.impl_info_str();
-    s.weights_desc = pd.weights_desc();
-    s.weights = dnnl::memory(s.weights_desc, cpu_engine());
-    // PyTorch's (N, K) row-major weight is the (K, N) matrix in layout "ba" (int8: its quantized
-    // copy; the reorder adds the compensation oneDNN's s8 x s8 kernels need).
-    dnnl::memory plain(dnnl::memory::desc({s.K, s.N}, s.type == dt::s8 ? dt::s8 : dt::f32, tag::ba), cpu_engine(),
-                       s.type == dt::s8 ? static_cast<void*>(quantized.data()) : const_cast<float*>(weight.data()));
-    dnnl::stream stream(cpu_engine());
-    dnnl::reorder(plain, s.weights).execute(stream, plain, s.weights);
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    fail("Linear: oneDNN cannot build a ", precision_name(precision), " matmul of ", s.K, " -> ", s.N,
-         " features on this CPU (", e.what(), ")");
-  }
+  impl_ = s.pack(quantized.data(), dt::s8, bias, precision);
+}
+
+OnednnMatmul::OnednnMatmul(const uint16_t* bf16_weight, int64_t N, int64_t K, const Tensor& bias)
+    : s_(std::make_unique<State>()), precision_(Precision::kBf16) {
+  State& s = *s_;
+  s.N = N;
+  s.K = K;
+  s.type = dt::bf16;
+  impl_ = s.pack(bf16_weight, dt::bf16, bias, precision_);
 }
 
 OnednnMatmul::~OnednnMatmul() = default;

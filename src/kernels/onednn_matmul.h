@@ -27,6 +27,9 @@ class OnednnMatmul {
   // Error "Linear: ..." when oneDNN cannot build a matmul of this precision on this CPU, and for int8
   // weights holding a non-finite value.
   OnednnMatmul(const Tensor& weight, const Tensor& bias, Precision precision);
+  // A bf16 matmul packed straight from bfloat16 weights bf16_weight (N, K) row-major (the same packed
+  // weights as from their float32 values). Throws as above.
+  OnednnMatmul(const uint16_t* bf16_weight, int64_t N, int64_t K, const Tensor& bias);
   ~OnednnMatmul();
   OnednnMatmul(const OnednnMatmul&) = delete;
   OnednnMatmul& operator=(const OnednnMatmul&) = delete;

@@ -44,21 +44,21 @@ ContinualMultiheadAttention::ContinualMultiheadAttention(const char* cls, const 
   scale_ = 1.f / std::sqrt(static_cast<float>(D_));
   WeightReader r(sd, cls);
   const bool packed = kdim_ == E_ && vdim_ == E_;
-  Tensor w_in, w[3];
+  StoredWeight w_in, w[3];
   if (packed) {
-    w_in = r.take("in_proj_weight", Shape{3 * E_, E_});
+    w_in = take_weight(r, "in_proj_weight", Shape{3 * E_, E_});
   } else {
-    w[0] = r.take("q_proj_weight", Shape{E_, E_});
-    w[1] = r.take("k_proj_weight", Shape{E_, kdim_});
-    w[2] = r.take("v_proj_weight", Shape{E_, vdim_});
+    w[0] = take_weight(r, "q_proj_weight", Shape{E_, E_});
+    w[1] = take_weight(r, "k_proj_weight", Shape{E_, kdim_});
+    w[2] = take_weight(r, "v_proj_weight", Shape{E_, vdim_});
   }
   const Tensor b_in = o.bias ? r.take("in_proj_bias", Shape{3 * E_}) : Tensor{};
   const bool have_bias = !o.bias || !b_in.empty();  // (a missing bias is reported by finish())
   if (packed && !w_in.empty() && have_bias) {
     for (int i = 0; i < 3; ++i)
-      qkv_[i] = Linear(w_in.narrow(i * E_, E_), o.bias ? b_in.narrow(i * E_, E_) : Tensor{}, o.linear);
+      qkv_[i] = w_in.narrow(i * E_, E_).linear(o.bias ? b_in.narrow(i * E_, E_) : Tensor{}, o.linear);
   } else if (!packed && !w[0].empty() && !w[1].empty() && !w[2].empty() && have_bias) {
-    for (int i = 0; i < 3; ++i) qkv_[i] = Linear(w[i], o.bias ? b_in.narrow(i * E_, E_) : Tensor{}, o.linear);
+    for (int i = 0; i < 3; ++i) qkv_[i] = w[i].linear(o.bias ? b_in.narrow(i * E_, E_) : Tensor{}, o.linear);
   }
   // The retroactive stream reads out_proj's float32 columns per head (project_value_head).
   out_ = take_linear(r, "out_proj.", E_, E_, o.linear, o.bias, KeepWeights::kAlsoFloat32);

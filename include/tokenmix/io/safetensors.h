@@ -32,6 +32,22 @@ const char* dtype_name(DType dtype);
 // Bytes per element.
 int64_t dtype_size(DType dtype);
 
+// A tensor's bfloat16 values as a BF16 checkpoint stores them (raw bits, row-major), read without
+// widening so that a bf16 projection packs straight from them (Linear, kernels/linear.h). data stays
+// valid while any copy of the struct lives (it shares the file mapping, or owns a copy).
+struct Bf16Tensor {
+  Shape shape;
+  std::shared_ptr<const uint16_t> data;  // shape.numel() values
+  bool empty() const { return data == nullptr; }
+  // Rows [start, start + length) of axis 0, sharing data. Throws Error "Bf16Tensor::narrow: ..." when
+  // out of range.
+  Bf16Tensor narrow(int64_t start, int64_t length) const;
+  // The values as float32 (exact: every bf16 value is a float32 value).
+  Tensor to_float() const;
+  // x rounded to bfloat16, nearest even (to_bf16 of kernels/precision.h).
+  static Bf16Tensor from_float(const Tensor& x);
+};
+
 struct TensorInfo {
   DType dtype;
   std::vector<int64_t> dims;  // any number of axes, as stored
@@ -62,6 +78,9 @@ class SafetensorsFile {
   // As tensor(), but leading axes are merged so that at most 4 remain (a 5-D (S, B, H, 1, T) tensor
   // becomes (S*B, H, 1, T)); info(name).dims keeps the stored shape.
   Tensor tensor_flat(const std::string& name) const;
+  // A BF16 tensor's raw values, without widening (a view of the mapping when 2-byte aligned, else a
+  // copy). Throws Error when absent, when the dtype is not BF16, or with more than 4 axes.
+  Bf16Tensor bf16_tensor(const std::string& name) const;
   // A BOOL or U8 tensor as a Mask (0/1 bytes; any non-zero BOOL byte is read as 1).
   Mask mask(const std::string& name) const;
   // An I64 tensor's values.
@@ -79,7 +98,7 @@ class SafetensorsFile {
   void parse(std::shared_ptr<void> mapping, uint64_t size);
 };
 
-// Collects tensors and metadata and writes one safetensors file (F32 for Tensor, BOOL for Mask,
+// Collects tensors and metadata and writes one safetensors file (F32 for Tensor, BF16 for Bf16Tensor, BOOL for Mask,
 // tensors in sorted name order, header padded with spaces to a multiple of 8).
 class SafetensorsWriter {
  public:
@@ -87,6 +106,7 @@ class SafetensorsWriter {
   // duplicate name or a numel mismatch.
   void add(const std::string& name, const Tensor& t, const std::vector<int64_t>& dims = {});
   void add(const std::string& name, const Mask& m, const std::vector<int64_t>& dims = {});
+  void add(const std::string& name, const Bf16Tensor& t, const std::vector<int64_t>& dims = {});
   // A 1-D I64 tensor (counters, positions).
   void add_int64s(const std::string& name, const std::vector<int64_t>& values);
   void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }

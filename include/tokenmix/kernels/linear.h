@@ -8,6 +8,7 @@
 #include <string>
 
 #include "tokenmix/core/tensor.h"
+#include "tokenmix/io/safetensors.h"  // Bf16Tensor
 #include "tokenmix/kernels/precision.h"
 
 namespace tokenmix {
@@ -48,6 +49,11 @@ class Linear {
   // shapes, on invalid options, and when the precision cannot run on this CPU (resolve_precision).
   explicit Linear(Tensor weight, Tensor bias = {}, const LinearOptions& options = {},
                   KeepWeights keep = KeepWeights::kPackedOnly);
+  // From bfloat16 weights (out_features, in_features) as a BF16 checkpoint stores them: packed
+  // straight from the bf16 values when it runs bf16 on oneDNN (no float32 copy is ever made; the
+  // result equals building from weight.to_float()), else widened first and built as above with
+  // KeepWeights::kPackedOnly. Throws as above.
+  Linear(const Bf16Tensor& weight, Tensor bias, const LinearOptions& options);
 
   bool empty() const { return !built_; }  // default-constructed
   int64_t in_features() const { return in_features_; }
@@ -77,6 +83,9 @@ class Linear {
   LinearOptions options_;
   Precision precision_ = Precision::kFp32;
   std::shared_ptr<const OnednnMatmul> packed_;  // null on the reference backend (or with no weights)
+  // Checks the bias and options against a (out_features, in_features) weight of this shape and
+  // resolves the precision.
+  void describe(const Shape& weight_shape);
 };
 
 // C (M x N, ldc) = alpha * A (M x K, lda) · op(B) + beta * C, row-major; op(B) = Bᵀ when

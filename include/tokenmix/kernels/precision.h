@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <string>
 
+#include "tokenmix/core/bf16.h"  // to_bf16 / from_bf16: the rounding of the bf16 backend
 #include "tokenmix/core/tensor.h"
 
 namespace tokenmix {
@@ -79,21 +80,5 @@ struct LinearOptions {
 // The precision a Linear built with these options runs (before make_layer's load-time gate): fp32 on
 // the reference backend, else resolve_precision(options.precision) (which throws as it says).
 Precision resolve_precision(const LinearOptions& options);
-
-// bfloat16 bits of x, rounded to nearest even (a NaN stays a quiet NaN): the rounding of the bf16
-// backend and of the tests' reference.
-inline uint16_t to_bf16(float x) {
-  uint32_t u;
-  __builtin_memcpy(&u, &x, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-inline float from_bf16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float x;
-  __builtin_memcpy(&x, &u, 4);
-  return x;
-}
 
 }  // namespace tokenmix
