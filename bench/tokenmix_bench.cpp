@@ -7,7 +7,8 @@
 // registry's FLOP count). Threads: OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, or --threads=N here.
 // Plus the attention kernel alone, "kernel/attention/T<T>[_causal]": attention() over one (T, 3E)
 // self-attention buffer (E = 512, H = 8, head_dim 64, as the layers call it), FLOPS = 4·T²·E (half
-// of that causal: the products only, softmax not counted).
+// of that causal: the products only, softmax not counted); "kernel/attention_bf16/..." the same with
+// bf16 products (AttentionShape::bf16_products; skipped below the avx512_bf16 kernel set).
 //
 // And ESPnet's cross-attention decode, "espnet_mha/cross_step/mem256": step(query, memory) of one
 // token against 256 memory frames projected once by project_memory() (E = 512, H = 8).
@@ -24,6 +25,7 @@
 #include <string>
 
 #include "cli/bench_registry.h"
+#include "tokenmix/core/cpu.h"
 #include "tokenmix/kernels/attention.h"
 #include "tokenmix/layers/espnet_mha.h"
 
@@ -65,10 +67,16 @@ void register_all() {
 // attention() alone on a packed (T, 3E) q/k/v buffer, the layout the self-attention layers pass.
 void register_attention_kernel() {
   constexpr int64_t E = 512, H = 8;
+  for (const bool bf16 : {false, true})
   for (const int64_t T : {256, 1024, 4096})
     for (const bool causal : {false, true}) {
-      const std::string name = "kernel/attention/T" + std::to_string(T) + (causal ? "_causal" : "");
-      benchmark::RegisterBenchmark(name.c_str(), [T, causal](benchmark::State& st) {
+      const std::string name =
+          std::string(bf16 ? "kernel/attention_bf16/T" : "kernel/attention/T") + std::to_string(T) + (causal ? "_causal" : "");
+      benchmark::RegisterBenchmark(name.c_str(), [T, causal, bf16](benchmark::State& st) {
+        if (bf16 && tokenmix::kernel_isa() < tokenmix::KernelIsa::kAvx512Bf16) {
+          st.SkipWithError("kernel set has no AVX512-BF16");
+          return;
+        }
         const tokenmix::Tensor qkv = random_input(tokenmix::Shape{T, 3 * E});
         std::vector<float> ctx(static_cast<size_t>(T * E));
         tokenmix::AttentionShape s;
@@ -78,6 +86,7 @@ void register_attention_kernel() {
         s.q_len = s.k_len = T;
         s.scale = 0.125f;
         s.causal = causal;
+        s.bf16_products = bf16;
         const float* p = qkv.data();
         const tokenmix::HeadsView q{p, 0, 3 * E}, k{p + E, 0, 3 * E}, v{p + 2 * E, 0, 3 * E};
         const tokenmix::HeadsOut out{ctx.data(), 0, E};

@@ -17,15 +17,7 @@ LinearOptions onednn(Precision p) { return {p, GemmBackend::kOnednn}; }
 const LinearOptions kReference{Precision::kFp32, GemmBackend::kReference};
 
 // Whether this CPU runs precision p (resolve_precision refuses it otherwise).
-bool runs(Precision p) {
-  try {
-    resolve_precision(p);
-    return true;
-  } catch (const Error&) {
-    return false;
-  }
-}
-bool cpu_has_bf16() { return runs(Precision::kBf16); }
+bool cpu_has_bf16() { return test::cpu_runs(Precision::kBf16); }
 
 Tensor rounded_bf16(const Tensor& t) {
   Tensor r = t.clone();
@@ -127,7 +119,7 @@ TEST(LinearBackend, PackedWeightsAloneHoldTheirPrecisionsBytes) {
   EXPECT_EQ(ref.weight().data(), W.data());
   const std::pair<Precision, double> cases[] = {{Precision::kFp32, 1.0}, {Precision::kBf16, 0.5}, {Precision::kInt8, 0.25}};
   for (const auto& [p, fraction] : cases) {
-    if (!runs(p)) continue;
+    if (!test::cpu_runs(p)) continue;
     const Linear lean(W, b, onednn(p));
     EXPECT_GE(lean.weight_bytes(), fraction * fp32_bytes) << precision_name(p);
     EXPECT_LE(lean.weight_bytes(), fraction * fp32_bytes + 5 * N * 4) << precision_name(p);

@@ -21,14 +21,7 @@
 namespace tokenmix {
 namespace {
 
-bool cpu_runs(Precision p) {
-  try {
-    resolve_precision(p);
-    return true;
-  } catch (const Error&) {
-    return false;
-  }
-}
+using test::cpu_runs;
 
 const LinearOptions kBf16{Precision::kBf16, GemmBackend::kOnednn};
 const LinearOptions kInt8{Precision::kInt8, GemmBackend::kOnednn};

@@ -19,6 +19,7 @@
 #include "tokenmix/core/error.h"
 #include "tokenmix/core/tensor.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/precision.h"
 #include "tokenmix/streaming/stream.h"
 
 namespace tokenmix::test {
@@ -39,6 +40,16 @@ inline Tensor random_tensor(const Shape& shape, uint32_t seed, float stddev = 1.
   Tensor t(shape);
   for (auto& v : t) v = dist(gen);
   return t;
+}
+
+// Whether this CPU runs precision p (resolve_precision does not refuse it).
+inline bool cpu_runs(Precision p) {
+  try {
+    resolve_precision(p);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
 }
 
 // Random state_dict entries: weights N(0, 1/fan_in) for 2-D, N(0, 0.3²) otherwise.

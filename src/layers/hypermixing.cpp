@@ -113,9 +113,9 @@ void HyperMixing::hidden(const Generator& g, const float* z, int64_t rows, float
   parallel_for(
       H_, rows > 1,
       [&](int64_t h) {
-        float* gh = G + h * d_;
-        g.fc1[h].apply(z + h * d_, rows, E_, gh, E_);
-        for (int64_t t = 0; t < rows; ++t) gelu_erf(gh + t * E_, d_);
+        float* gh = G + h * rows * d_;
+        g.fc1[h].apply(z + h * rows * d_, rows, d_, gh, d_);
+        gelu_erf(gh, rows * d_);
       },
       Schedule::kDynamic);
 }
@@ -195,12 +195,19 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
     zero_padded_rows(key_padding_mask, E_, copy);
     xt = copy;
   }
+  // zp is head-major (H, B·T, d): head h's slice of token r at zp[(h·B·T + r)·d].
   float* zp = ws->floats(0, n);
-  parallel_for(B * T, B * T >= threshold::kRows, [&](int64_t r) {
-    for (int64_t c = 0; c < E_; ++c) zp[r * E_ + c] = xt[r * E_ + c] + pe_.data()[(r % T) * E_ + c];
+  const int64_t BT = B * T;
+  parallel_for(BT, BT >= threshold::kRows, [&](int64_t r) {
+    const float* xr = xt + r * E_;
+    const float* pr = pe_.data() + (r % T) * E_;
+    for (int64_t h = 0; h < H_; ++h) {
+      float* zr = zp + (h * BT + r) * d_;
+      for (int64_t c = 0; c < d_; ++c) zr[c] = xr[h * d_ + c] + pr[h * d_ + c];
+    }
   });
 
-  // The hypernetworks' hidden layers G1, G2 (B·T, E). Their last layers are applied inside the
+  // The hypernetworks' hidden layers G1, G2 (H, B·T, d). Their last layers are applied inside the
   // token mixing (mixing_hidden / mixing_output), so the generated W1, W2 (B·T, H·K) never exist.
   float* g1 = ws->floats(1, n);
   hidden(gen1_, zp, B * T, g1);
@@ -220,9 +227,9 @@ Tensor HyperMixing::forward(const Tensor& x, const Mask& key_padding_mask, Tenso
         const int64_t b = w / H_, h = w % H_;
         float* R = mine.floats(0, d_ * K_);
         float* P = mine.floats(1, mixing_scratch(T));
-        const int64_t row0 = b * T * E_ + h * d_;
-        mixing_hidden(h, xt + row0, E_, g1 + row0, E_, T, P, R);
-        mixing_output(h, R, g2 + row0, E_, T, P, o + row0, E_);
+        const int64_t row0 = b * T * E_ + h * d_, hidden0 = (h * BT + b * T) * d_;
+        mixing_hidden(h, xt + row0, E_, g1 + hidden0, d_, T, P, R);
+        mixing_output(h, R, g2 + hidden0, d_, T, P, o + row0, E_);
       });
   // Upstream zeroes the generated rows of padded tokens: their W1 rows meet zero x̃ rows anyway, and
   // their W2 rows make their o rows zero.

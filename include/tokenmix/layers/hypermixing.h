@@ -123,7 +123,9 @@ class HyperMixing : public Layer {
   // G2_h·(C2_hᵀ·Rᵀ) + 1·(R·γ2_h)ᵀ. Per (batch row, head) that is 4·T·d² + 2·d²·K MACs instead of the
   // 2·T·d·K (generation) + 2·T·d·K (mixing) of forming them, about 3x fewer at T = 256, d = 64, K = 256.
   //
-  // G (rows, E), laid out [t, h·d + i] = the hidden layer of hypernetwork g for z (rows, E).
+  // G = the hidden layer of hypernetwork g for z, both head-major (H, rows, d): head h's rows are
+  // dense, so each head's layer is one GEMM on contiguous rows (for rows = 1, (H, 1, d) is the (E)
+  // row itself).
   void hidden(const Generator& g, const float* z, int64_t rows, float* G) const;
   // w (K) = row g_row (d: head h's slice of a G row) of head h's generated weights.
   void generated_row(const Generator& g, int64_t h, const float* g_row, float* w) const;
