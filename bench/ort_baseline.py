@@ -4,10 +4,11 @@
     .venv/bin/python bench/ort_baseline.py --threads 1 2 [--sweep] --json ort.json
 
 Each upstream module (bench/upstream_modules.py; random weights) is exported with torch.onnx.export
-at the measurement's fixed shape and run on ONNX Runtime's CPU provider (`intra_op_num_threads` =
-the thread count, sequential, no spin-waiting), in a fresh child process per measurement (with
-OMP_NUM_THREADS and OPENBLAS_NUM_THREADS set, OMP_WAIT_POLICY=PASSIVE), so `peak_mib` (growth of
-ru_maxrss over the first run, after the session is made) is that measurement's alone.
+at the measurement's fixed shape (in a process of its own, so the export's memory peak does not mask
+ORT's) and run on ONNX Runtime's CPU provider (`intra_op_num_threads` = the thread count,
+sequential, no spin-waiting), in a fresh child process per measurement (with OMP_NUM_THREADS and
+OPENBLAS_NUM_THREADS set, OMP_WAIT_POLICY=PASSIVE), so `peak_mib` (growth of ru_maxrss over the
+first run, after the session is made) is that measurement's alone.
 
 Modes: offline = one run on x (B, T, E). stream = what an ORT user has for a new token: an exported
 forward has no KV cache or running state, so each token re-runs the forward over the window of the
@@ -30,24 +31,49 @@ sys.path.insert(0, HERE)
 import torch_baseline as tb  # noqa: E402  (shapes, FLOP counts, statistics: one definition)
 
 
+def build(args):
+    """(module, call, x) of the measurement, or None when the layer has no upstream module here."""
+    import torch
+
+    from upstream_modules import modules
+
+    torch.manual_seed(0)
+    rows = args.T if args.mode == "offline" else args.T + 1  # stream: the forward over the whole window
+    found = [(m, c) for n, m, c in modules(args.E, args.H, max_length=max(rows, 16)) if n == args.layer]
+    if not found:
+        return None
+    return found[0][0].eval(), found[0][1], torch.randn(args.B, rows, args.E)
+
+
+def export(args):
+    from upstream_modules import export_onnx
+
+    module, call, x = build(args)
+    export_onnx(module, call, x, args.export)
+
+
 def child(args):
+    import tempfile
+
     import onnxruntime as ort
     import torch
 
-    from upstream_modules import modules, ort_session
+    from upstream_modules import load_session
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    mode, B, T, E, H = args.mode, args.B, args.T, args.E, args.H
-    rows = T if mode == "offline" else T + 1  # stream: the forward over the whole window
-    found = [(m, c) for n, m, c in modules(E, H, max_length=max(rows, 16)) if n == args.layer]
-    if not found:
+    built = build(args)
+    if built is None:
         return None
-    module, call = found[0]
-    x = torch.randn(B, rows, E)
-    session, why = ort_session(module.eval(), call, x, args.threads)
-    if session is None:
-        return {"error": why}
+    module, _, x = built
+    mode, B, T, E, H = args.mode, args.B, args.T, args.E, args.H
+    path = os.path.join(tempfile.mkdtemp(prefix="tokenmix-ort-"), "m.onnx")
+    cmd = [sys.executable, os.path.abspath(__file__), "--export", path] + [
+        f"--{k}={getattr(args, k)}" for k in ("layer", "mode", "B", "T", "E", "H")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return {"error": lines[-1][:120] if lines else f"export failed ({done.returncode})"}
+    session = load_session(path, args.threads)
     feed = {"x": x.numpy()}
     # Same-process BLAS reference, as torch_baseline.py: sgemm at the projection shape offline, one
     # gemv per E x E of the module's weights for a stream step.
@@ -96,11 +122,15 @@ def main():
     p.add_argument("--steps", type=int, default=50, help="timed steps per stream measurement")
     p.add_argument("--sweep", action="store_true", help="also offline B=1 at T = 64 .. 8192")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--export", help=argparse.SUPPRESS)
     for k in ("layer", "mode"):
         p.add_argument("--" + k, help=argparse.SUPPRESS)
     for k in ("B", "T", "E", "H"):
         p.add_argument("--" + k, type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.export:
+        export(args)
+        return 0
     if args.child:
         args.threads = args.threads[0]
         print(json.dumps(child(args)))

@@ -37,12 +37,10 @@ def modules(E, H, max_length=4096):
     ]
 
 
-def ort_session(module, call, x, threads, int8=False):
-    """(session, None): an ONNX Runtime CPU session running call(module, x) exported with
-    torch.onnx.export (opset 14, x's shape fixed; quantized with quantize_dynamic when int8), on
-    `threads` intra-op threads, sequential, without spin-waiting; or (None, reason) when the export or
-    the session fails."""
-    import onnxruntime as ort
+def export_onnx(module, call, x, path, int8=False):
+    """Writes call(module, x) to path with torch.onnx.export (opset 14, x's shape fixed; input "x",
+    output "y"), quantized with onnxruntime.quantization.quantize_dynamic (int8 weights, dynamic
+    activations) when int8. Returns the path of the model to load (path, or path + ".int8.onnx")."""
 
     class Wrapped(torch.nn.Module):
         def __init__(self):
@@ -52,24 +50,36 @@ def ort_session(module, call, x, threads, int8=False):
         def forward(self, inp):
             return call(self.inner, inp)
 
-    path = os.path.join(tempfile.mkdtemp(), "m.onnx")
-    try:
-        # Traced with gradients enabled: under no_grad, torch 1.13 routes nn.MultiheadAttention
-        # (continual's forward) to a fused op that ONNX export does not support.
-        with torch.enable_grad():
-            torch.onnx.export(Wrapped().eval(), (x,), path, opset_version=14, input_names=["x"], output_names=["y"])
-        if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+    # Traced with gradients enabled: under no_grad, torch 1.13 routes nn.MultiheadAttention
+    # (continual's forward) to a fused op that ONNX export does not support.
+    with torch.enable_grad():
+        torch.onnx.export(Wrapped().eval(), (x,), path, opset_version=14, input_names=["x"], output_names=["y"])
+    if not int8:
+        return path
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(path, path + ".int8.onnx", weight_type=QuantType.QInt8)
-            path += ".int8.onnx"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # No spin-waiting after a run: ORT's spinning workers would take the cores from the calls
-        # that alternate with it (which sleep between calls).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]), None
+    quantize_dynamic(path, path + ".int8.onnx", weight_type=QuantType.QInt8)
+    return path + ".int8.onnx"
+
+
+def load_session(path, threads):
+    """An ONNX Runtime CPU session of the model at path on `threads` intra-op threads, sequential,
+    without spin-waiting (its spinning workers would take the cores from the calls that alternate
+    with it, which sleep between calls)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def ort_session(module, call, x, threads, int8=False):
+    """(session, None): load_session of call(module, x) exported by export_onnx; or (None, reason) when
+    the export or the session fails."""
+    try:
+        return load_session(export_onnx(module, call, x, os.path.join(tempfile.mkdtemp(), "m.onnx"), int8), threads), None
     except Exception as e:  # noqa: BLE001 - any failure is the result to report
         return None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
