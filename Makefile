@@ -74,7 +74,7 @@ bench-precision: build
 # $(BUILD)/bench-run (docs/bench-run holds the published run).
 bench-compare: build venv
 	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/constraints.txt -r python/requirements-bench.txt
-	mkdir -p $(BUILD)/bench-run && $(PY) bench/compare --threads 1 2 --sweep --repeats 3 --ort --save $(BUILD)/bench-run | tee $(BUILD)/bench-run/compare.txt
+	mkdir -p $(BUILD)/bench-run && $(PY) bench/compare --threads 1 2 --sweep --repeats 3 --ort --markdown --save $(BUILD)/bench-run | tee $(BUILD)/bench-run/compare.txt
 	$(PY) bench/plot.py $(BUILD)/bench-run/ours.json $(BUILD)/bench-run/torch.json $(BUILD)/bench-run/ort.json -o $(BUILD)/bench-run/bench.png
 
 # The upstream modules vs tokenmix.from_torch vs ONNX Runtime, side by side from Python (BENCHMARKS.md).
