@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "kernels/attention_tiles.h"
 #include "test_util.h"
 #include "tokenmix/core/cpu.h"
 #include "tokenmix/kernels/attention.h"
@@ -150,6 +152,39 @@ TEST(AttentionKernel, RandomShapesMasksBands) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     check_problem(p, 1000 + trial);
   }
+}
+
+TEST(AttentionKernel, Bf16PackingIsBitExactAgainstItsReference) {
+  // The AVX512-BF16 packings of the bf16 tiles against their plain loops: key panels, query rows and
+  // value slices for head dims of 1-4 slices and key counts around panels and pairs, on values that
+  // exercise the rounding (ties to even, values that round up to the next binade or to infinity,
+  // subnormals, signed zeros, infinities, NaNs), read with a row stride wider than D.
+  if (!tiles::bf16::available()) GTEST_SKIP() << "kernel set " << kernel_isa_name(kernel_isa());
+  std::mt19937 g(7);
+  std::normal_distribution<float> normal;
+  const float specials[] = {0.f, -0.f, 1.f + std::ldexp(1.f, -8), 1.f + 3 * std::ldexp(1.f, -8),
+                            std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(),
+                            std::numeric_limits<float>::denorm_min(), -1e-40f,
+                            std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN()};
+  for (const int64_t D : {16, 32, 48, 64})
+    for (const int64_t n : {1, 2, 15, 16, 17, 31, 33, 64}) {
+      const int64_t ld = D + 5;
+      std::vector<float> x(static_cast<size_t>(n * ld));
+      for (size_t i = 0; i < x.size(); ++i) x[i] = i % 7 == 3 ? specials[(i / 7) % 12] : normal(g);
+      const int64_t panels = tiles::key_panels_size(n, D), slices = tiles::bf16::value_slices_size(n, D);
+      using Pack = void (*)(const float*, int64_t, int64_t, int64_t, uint16_t*);
+      const std::pair<Pack, Pack> packs[] = {{tiles::bf16::pack_key_panels, tiles::bf16::pack_key_panels_reference},
+                                             {tiles::bf16::pack_rows, tiles::bf16::pack_rows_reference},
+                                             {tiles::bf16::pack_value_slices, tiles::bf16::pack_value_slices_reference}};
+      const int64_t sizes[] = {panels, n * D, slices};
+      for (int k = 0; k < 3; ++k) {
+        std::vector<uint16_t> got(static_cast<size_t>(sizes[k]), 0xdead), want(static_cast<size_t>(sizes[k]), 0xdead);
+        packs[k].first(x.data(), ld, n, D, got.data());
+        packs[k].second(x.data(), ld, n, D, want.data());
+        EXPECT_EQ(got, want) << "packing " << k << " D=" << D << " n=" << n;
+      }
+    }
 }
 
 TEST(AttentionKernel, Bf16ProductsMatchReferenceOnRoundedOperands) {

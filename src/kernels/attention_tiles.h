@@ -77,9 +77,14 @@ inline bool available() { return kernel_isa() >= KernelIsa::kAvx512Bf16; }
 // bf16 elements of the value slices for n values: round_up(D, 16) * round_up(n, 2).
 inline int64_t value_slices_size(int64_t n, int64_t D) { return (D + 15) / 16 * 16 * (n + n % 2); }
 
+// The packings above, each value rounded as to_bf16 (core/bf16.h), for D % 16 == 0: on AVX512-BF16
+// vectors, bit for bit equal to the plain *_reference loops (tests/attention_kernel_test.cpp).
 void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, uint16_t* Kb);
 void pack_rows(const float* X, int64_t ld, int64_t n, int64_t D, uint16_t* Xb);
 void pack_value_slices(const float* V, int64_t ld, int64_t n, int64_t D, uint16_t* Vb);
+void pack_key_panels_reference(const float* K, int64_t ld, int64_t n, int64_t D, uint16_t* Kb);
+void pack_rows_reference(const float* X, int64_t ld, int64_t n, int64_t D, uint16_t* Xb);
+void pack_value_slices_reference(const float* V, int64_t ld, int64_t n, int64_t D, uint16_t* Vb);
 
 // As tiles::scores_rows / context_rows (mr <= kTileRows, n <= kMaxKeys for context_rows), on the
 // bf16 layouts above; slice_stride = 16 * round_up(packed range length, 2).
