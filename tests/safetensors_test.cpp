@@ -8,6 +8,7 @@
 #include "test_util.h"
 #include "tokenmix/io/safetensors.h"
 #include "tokenmix/io/state_dict.h"
+#include "tokenmix/kernels/linear.h"
 
 namespace tokenmix {
 namespace {
@@ -141,6 +142,10 @@ TEST(Safetensors, Bfloat16TensorsAreReadAsStoredAndWritten) {
   EXPECT_EQ(r.take_bf16("w", Shape{4}), nullptr);
   EXPECT_TRUE(r.take("w", Shape{4}).empty());
   test::expect_error([&] { r.finish(); }, "Layer: state_dict: shape mismatches [w: expected (4,), got (2, 2)]");
+
+  // A Linear refuses a Bf16Tensor that has a shape but no values.
+  test::expect_error([&] { Linear(Bf16Tensor{Shape{2, 2}, nullptr}, Tensor{}, LinearOptions{}); },
+                     "Linear: weight: expected 4 bf16 values, got a Bf16Tensor without data");
 
   // from_float rounds to nearest even (1 + 2^-8 is a tie: down to 1; 1 + 3 * 2^-8: up to 1 + 2^-6).
   const Bf16Tensor r2 = Bf16Tensor::from_float(Tensor(Shape{2}, {1.f + std::ldexp(1.f, -8), 1.f + 3 * std::ldexp(1.f, -8)}));

@@ -149,6 +149,8 @@ void Linear::describe(const Shape& weight_shape) {
 
 Linear::Linear(const Bf16Tensor& weight, Tensor bias, const LinearOptions& options)
     : bias_(std::move(bias)), options_(options) {
+  check(weight.data != nullptr || weight.shape.numel() == 0, "Linear: weight: expected ", weight.shape.numel(),
+        " bf16 values, got a Bf16Tensor without data");
   describe(weight.shape);
   if (precision_ == Precision::kBf16 && options_.backend == GemmBackend::kOnednn && weight.shape.numel() != 0) {
     packed_ = std::make_shared<const OnednnMatmul>(weight.data.get(), out_features_, in_features_, bias_);

@@ -52,7 +52,7 @@ class Linear {
   // From bfloat16 weights (out_features, in_features) as a BF16 checkpoint stores them: packed
   // straight from the bf16 values when it runs bf16 on oneDNN (no float32 copy is ever made; the
   // result equals building from weight.to_float()), else widened first and built as above with
-  // KeepWeights::kPackedOnly. Throws as above.
+  // KeepWeights::kPackedOnly. Throws as above, and when weight has elements but no data.
   Linear(const Bf16Tensor& weight, Tensor bias, const LinearOptions& options);
 
   bool empty() const { return !built_; }  // default-constructed
