@@ -60,17 +60,14 @@ WeightReader::WeightReader(const StateDict& state_dict, std::string layer)
 Tensor WeightReader::take_optional(const std::string& key, const Shape& shape) {
   used_.insert(key);
   if (!sd_.contains(key)) return {};
+  // The stored shape is checked before a BF16 tensor is widened.
   const Bf16Tensor* stored = sd_.bf16(key);
-  if (stored && stored->shape != shape) {
-    mismatched_.push_back(key + ": expected " + shape.str() + ", got " + stored->shape.str());
+  const Shape got = stored ? stored->shape : sd_.get(key).shape();
+  if (got != shape) {
+    mismatched_.push_back(key + ": expected " + shape.str() + ", got " + got.str());
     return {};
   }
-  const Tensor t = sd_.get(key);
-  if (t.shape() != shape) {
-    mismatched_.push_back(key + ": expected " + shape.str() + ", got " + t.shape().str());
-    return {};
-  }
-  return t;
+  return sd_.get(key);
 }
 
 const Bf16Tensor* WeightReader::take_bf16(const std::string& key, const Shape& shape) {
