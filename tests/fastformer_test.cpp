@@ -247,6 +247,21 @@ TEST(FastformerTest, StreamMatchesStreamReferenceForEveryChunking) {
   }
 }
 
+TEST(FastformerTest, FoldedKeyForwardEqualsTheStreamsExplicitKey) {
+  // From T >= kFoldedKeyTokensPerHead·H tokens forward folds the key projection into the pooling; the
+  // stream always forms k. A window of the whole sequence at position P must give forward's row P.
+  const int64_t E = 64, H = 4, B = 2, T = 3 * FastSelfAttention::kFoldedKeyTokensPerHead * H;
+  const FastSelfAttention layer(E, H, 0.0, random_params(E, H, 61));
+  const Tensor x = random_tensor(Shape{B, T, E}, 62);
+  const Tensor offline = layer.forward(x);
+  for (int64_t P : {int64_t{0}, T / 2, T - 1}) {
+    auto s = layer.open_stream(B, StreamOptions{0, T, P});
+    const Tensor y = s->push(x);
+    ASSERT_EQ(y.shape(), (Shape{B, 1, E}));  // one full window: one output per row
+    EXPECT_TRUE(all_close(y, slice_time(offline, P, 1), 1e-5f, 1e-5f)) << "P = " << P;
+  }
+}
+
 TEST(FastformerTest, StreamWarmUpEmitsNothingUntilTheWindowIsFull) {
   const FastSelfAttention layer(4, 2, 0.0, random_params(4, 2, 3));
   auto s = layer.open_stream(2, StreamOptions{0, 5, -1});

@@ -301,6 +301,15 @@ Bf16Tensor Bf16Tensor::narrow(int64_t start, int64_t length) const {
   return {Shape(d), std::shared_ptr<const uint16_t>(data, data.get() + start * row)};
 }
 
+Bf16Tensor Bf16Tensor::transposed() const {
+  check(shape.ndim() == 2, "Bf16Tensor::transposed: expected a 2-D tensor, got shape ", shape);
+  const int64_t rows = shape[0], cols = shape[1];
+  std::shared_ptr<uint16_t[]> bits(new uint16_t[std::max<int64_t>(rows * cols, 1)]);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) bits[j * rows + i] = data.get()[i * cols + j];
+  return {Shape{cols, rows}, std::shared_ptr<const uint16_t>(bits, bits.get())};
+}
+
 Bf16Tensor Bf16Tensor::from_float(const Tensor& x) {
   const int64_t n = x.numel();
   std::shared_ptr<uint16_t[]> bits(new uint16_t[std::max<int64_t>(n, 1)]);

@@ -59,7 +59,12 @@ FastSelfAttention::FastSelfAttention(const FastSelfAttentionOptions& o, const St
   WeightReader r(state_dict, fn);
   query_ = take_linear(r, "query.", size, size, o.linear);
   query_att_ = take_linear(r, "query_att.", attention_heads, size, o.linear);
-  key_ = take_linear(r, "key.", size, size, o.linear);
+  const StoredWeight key_weight = take_weight(r, "key.weight", Shape{size, size});
+  const Tensor key_bias = r.take("key.bias", Shape{size});
+  if (!key_weight.empty() && !key_bias.empty()) {
+    key_ = key_weight.linear(key_bias, o.linear);
+    key_transposed_ = key_weight.transposed().linear({}, o.linear);
+  }
   key_att_ = take_linear(r, "key_att.", attention_heads, size, o.linear, true, KeepWeights::kAlsoFloat32);
   transform_ = take_linear(r, "transform.", size, size, o.linear);
   r.finish();
@@ -70,30 +75,40 @@ FastSelfAttention::Scratch FastSelfAttention::scratch(Workspace& ws, int64_t T) 
   return {ws.floats(0, T * H), ws.floats(1, T * H), ws.floats(2, H * E), ws.floats(3, E)};
 }
 
+void FastSelfAttention::project_query(const float* x, int64_t rows, float* out, int64_t ld, int64_t a_offset) const {
+  const int64_t E = size_, H = heads_;
+  query_.apply(x, rows, E, out, ld);
+  query_att_.apply(out, rows, ld, out + a_offset, ld);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < H; ++h) out[r * ld + a_offset + h] /= scale_;
+}
+
 void FastSelfAttention::project_rows(const float* x, int64_t rows, float* out) const {
   if (rows == 0) return;
-  const int64_t E = size_, H = heads_, W = cache_width();
-  query_.apply(x, rows, E, out, W);
+  const int64_t E = size_, W = cache_width();
+  project_query(x, rows, out, W, 2 * E);
   key_.apply(x, rows, E, out + E, W);
-  query_att_.apply(out, rows, W, out + 2 * E, W);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t h = 0; h < H; ++h) out[r * W + 2 * E + h] /= scale_;
+}
+
+void FastSelfAttention::pooled_query(const float* q, const float* a, int64_t ld, int64_t T, const uint8_t* keep,
+                                     int64_t keep_head_stride, float* alpha, float* gq, bool parallel) const {
+  const int64_t E = size_, H = heads_, d = head_dim_;
+  // α_h = pool(a[:, h]); gq_h = α_h · q[:, h-slice].
+  parallel_for(H, parallel, [&](int64_t h) {
+    pool_weights(a + h, ld, T, keep ? keep + h * keep_head_stride : nullptr, alpha + h * T);
+    gemm(alpha + h * T, T, q + h * d, ld, false, gq + h * d, E, 1, d, T);
+  });
 }
 
 void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* keep, int64_t keep_head_stride,
                                    float* gk, const Scratch& s) const {
   const int64_t E = size_, H = heads_, d = head_dim_, W = cache_width();
-  float* alpha = s.weights;  // (H, T)
-  float* gq = s.gq;
   // Heads pool independently: in parallel when this is not already one of several parallel rows
   // (a single sequence, or the stream), from threshold::kPoolTokens tokens; below that the pooling
   // and its BLAS calls (GEMVs, the thin logit GEMM) stay on this thread (core/threads.h).
   const bool parallel = T >= threshold::kPoolTokens;
-  // Query pooling: α_h = pool(a[:, h]); gq_h = α_h · q[:, h-slice].
-  parallel_for(H, parallel, [&](int64_t h) {
-    pool_weights(rows + 2 * E + h, W, T, keep ? keep + h * keep_head_stride : nullptr, alpha + h * T);
-    gemm(alpha + h * T, T, rows + h * d, W, false, gq + h * d, E, 1, d, T);
-  });
+  float* gq = s.gq;
+  pooled_query(rows, rows + 2 * E, W, T, keep, keep_head_stride, s.weights, gq, parallel);
   // Key logits c[t, h] = (k_t ⊙ gq)·W_key_att[h] + b = k_t·(W_key_att[h] ⊙ gq) + b, then / sqrt(d).
   float* scores = s.scores;
   for (int64_t h = 0; h < H; ++h)
@@ -110,10 +125,57 @@ void FastSelfAttention::pooled_key(const float* rows, int64_t T, const uint8_t* 
   for (int64_t e = 0; e < E; ++e) gk[e] *= gq[e];
 }
 
+void FastSelfAttention::folded_pooled_keys(const float* x, const float* rows, int64_t B, int64_t T,
+                                           const uint8_t* keep, int64_t keep_batch_stride,
+                                           int64_t keep_head_stride, float* gk, Workspace& ws) const {
+  const int64_t E = size_, H = heads_, d = head_dim_, W = E + H;
+  const bool parallel_heads = B == 1 && T >= threshold::kPoolTokens;  // as in pooled_key
+  float* gq = ws.floats(3, B * E);
+  float* S = ws.floats(4, 2 * B * H * E);  // (B·H, E): S = W_key_att ⊙ gq, then x̄
+  float* M = S + B * H * E;                // (B·H, E): S·W_key, then key(x̄) = W_key·x̄ + b_key
+  float* c0 = ws.floats(5, B * H);         // S[h]·b_key + b_key_att[h]
+  const float* w_att = key_att_.weight().data();
+  const float* b_key = key_.bias().data();
+  // Pooled query and S per sequence.
+  parallel_for_workspaces(B, B > 1, worker_pool_, [&](int64_t b, Workspace& mine) {
+    const uint8_t* kb = keep ? keep + b * keep_batch_stride : nullptr;
+    pooled_query(rows + b * T * W, rows + b * T * W + E, W, T, kb, keep_head_stride, mine.floats(0, H * T),
+                 gq + b * E, parallel_heads);
+    for (int64_t h = 0; h < H; ++h) {
+      float* s = S + (b * H + h) * E;
+      float dot = 0.f;
+      for (int64_t e = 0; e < E; ++e) {
+        s[e] = w_att[h * E + e] * gq[b * E + e];
+        dot += s[e] * b_key[e];
+      }
+      c0[b * H + h] = dot + key_att_.bias().data()[h];
+    }
+  });
+  key_transposed_.apply(S, B * H, E, M, E);  // M[b, h] = S[b, h]·W_key
+  // Key logits from x, β, and x̄_h = Σ_t β[h, t] x_t (into S) per sequence.
+  parallel_for_workspaces(B, B > 1, worker_pool_, [&](int64_t b, Workspace& mine) {
+    const uint8_t* kb = keep ? keep + b * keep_batch_stride : nullptr;
+    const float* xb = x + b * T * E;
+    float* c = mine.floats(1, T * H);  // (T, H)
+    linear_raw(xb, T, E, E, M + b * H * E, c0 + b * H, H, c, H);
+    for (int64_t i = 0; i < T * H; ++i) c[i] /= scale_;
+    float* beta = mine.floats(0, H * T);
+    parallel_for(H, parallel_heads, [&](int64_t h) {
+      pool_weights(c + h, H, T, kb ? kb + h * keep_head_stride : nullptr, beta + h * T);
+      gemm(beta + h * T, T, xb, E, false, S + (b * H + h) * E, E, 1, E, T);
+    });
+  });
+  key_.apply(S, B * H, E, M, E);  // M[b, h] = W_key·x̄_h + b_key
+  // gk[h-slice] = gq[h-slice] ⊙ M[b, h][h-slice].
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = h * d; i < (h + 1) * d; ++i) gk[b * E + i] = gq[b * E + i] * M[(b * H + h) * E + i];
+}
+
 Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mask) const {
   const char* fn = "FastSelfAttention::forward_upstream";
   check_shape(xs_pad, {-1, -1, size_}, fn, "xs_pad", {"B", "T"});
-  const int64_t B = xs_pad.dim(0), T = xs_pad.dim(1), E = size_, H = heads_, W = cache_width();
+  const int64_t B = xs_pad.dim(0), T = xs_pad.dim(1), E = size_, H = heads_;
   int64_t mask_batch_stride = 0, mask_head_stride = 0;
   if (!mask.empty()) {
     check(mask.ndim() == 3, fn, ": mask: expected (B, 1, T), (1, 1, T) or (B, H, T) with True = keep, got shape ",
@@ -125,17 +187,26 @@ Tensor FastSelfAttention::forward_upstream(const Tensor& xs_pad, const Mask& mas
   }
   Tensor y = Tensor::uninitialized(Shape{B, T, E});  // every row written by the u pass below
   if (B * T == 0) return y;
-  // Scratch from the layer's pool (grown only): slots 0 the (rows, W) projections, 1 gk, 2 u.
+  // Scratch from the layer's pool (grown only): slots 0 the (rows, W) projections, 1 gk, 2 u, 3-5
+  // the folded key's.
   const WorkspacePool::Lease ws = pool_.acquire();
-  float* proj = ws->floats(0, B * T * W);  // fully written by project_rows
-  project_rows(xs_pad.data(), B * T, proj);
-  // The pooled key of each batch row: rows pool independently, one per thread (the BLAS calls
-  // inside then run single-threaded), each with a workspace of its own.
   float* gk = ws->floats(1, B * E);
-  parallel_for_workspaces(B, B > 1, worker_pool_, [&](int64_t b, Workspace& mine) {
-    pooled_key(proj + b * T * W, T, mask.empty() ? nullptr : mask.data() + b * mask_batch_stride, mask_head_stride,
-               gk + b * E, scratch(mine, T));
-  });
+  const uint8_t* keep = mask.empty() ? nullptr : mask.data();
+  const bool folded = T >= kFoldedKeyTokensPerHead * H;
+  const int64_t W = folded ? E + H : cache_width();  // rows [q | a], or [q | k | a]
+  float* proj = ws->floats(0, B * T * W);             // fully written below
+  if (folded) {
+    project_query(xs_pad.data(), B * T, proj, W, E);
+    folded_pooled_keys(xs_pad.data(), proj, B, T, keep, mask_batch_stride, mask_head_stride, gk, *ws);
+  } else {
+    project_rows(xs_pad.data(), B * T, proj);
+    // The pooled key of each batch row: rows pool independently, one per thread (the BLAS calls
+    // inside then run single-threaded), each with a workspace of its own.
+    parallel_for_workspaces(B, B > 1, worker_pool_, [&](int64_t b, Workspace& mine) {
+      pooled_key(proj + b * T * W, T, keep ? keep + b * mask_batch_stride : nullptr, mask_head_stride, gk + b * E,
+                 scratch(mine, T));
+    });
+  }
   // u = gk ⊙ q and the residual y = q, over all B·T tokens.
   float* u = ws->floats(2, B * T * E);
   parallel_for(B * T, B * T >= threshold::kRows, [&](int64_t r) {

@@ -5,6 +5,7 @@
 
 #include "tokenmix/io/state_dict.h"
 #include "tokenmix/kernels/linear.h"
+#include "tokenmix/kernels/permute.h"
 
 namespace tokenmix {
 
@@ -18,6 +19,10 @@ struct StoredWeight {
   // Rows [start, start + length) (e.g. one of q / k / v in a packed (3E, E) in_proj_weight).
   StoredWeight narrow(int64_t start, int64_t length) const {
     return bf16.empty() ? StoredWeight{f32.narrow(start, length), {}} : StoredWeight{{}, bf16.narrow(start, length)};
+  }
+  // A new (in, out) weight holding this (out, in) one transposed.
+  StoredWeight transposed() const {
+    return bf16.empty() ? StoredWeight{permute(f32, {1, 0}), {}} : StoredWeight{{}, bf16.transposed()};
   }
   Linear linear(const Tensor& bias, const LinearOptions& options, KeepWeights keep = KeepWeights::kPackedOnly) const {
     return bf16.empty() ? Linear(f32, bias, options, keep) : Linear(bf16, bias, options);

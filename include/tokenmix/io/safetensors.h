@@ -42,6 +42,9 @@ struct Bf16Tensor {
   // Rows [start, start + length) of axis 0, sharing data. Throws Error "Bf16Tensor::narrow: ..." when
   // out of range.
   Bf16Tensor narrow(int64_t start, int64_t length) const;
+  // A new (cols, rows) tensor holding this (rows, cols) one transposed. Throws Error
+  // "Bf16Tensor::transposed: ..." unless it is 2-D.
+  Bf16Tensor transposed() const;
   // The values as float32 (exact: every bf16 value is a float32 value).
   Tensor to_float() const;
   // x rounded to bfloat16, nearest even (to_bf16 of kernels/precision.h).

@@ -19,6 +19,14 @@
 // influence the others; a fully padded sequence gives α = β = 0, so y_t = q_t + b_transform (no NaN).
 // Cost: O(B·T·E²) for the three E×E projections plus O(B·T·E·H) for the two score projections; linear in T.
 //
+// Folded key (forward, T >= kFoldedKeyTokensPerHead·H): k is never formed. With S[h] = W_key_att[h] ⊙ gq,
+//   c[h, t] = (x_t·(S[h]·W_key)ᵀ + S[h]·b_key + b_key_att[h]) / sqrt(d)
+//   gk[h-slice] = gq[h-slice] ⊙ (W_key·x̄_h + b_key)[h-slice],  x̄_h = Σ_t β[h, t] x_t
+// (Σ_t β = 1, or β = gq[h-slice] = 0 for a fully padded head), so the key projection's O(T·E²) becomes
+// O(H·E²) per sequence: two (H×E)·(E×E) products and O(T·E·H) for the logits and x̄. Exact in real
+// arithmetic; in float32 it rounds differently from the explicit k (|Δy| ~ 1e-6 of |y|, well inside
+// SPEC's 1e-5). Shorter sequences and the stream (whose gq changes with every window) form k.
+//
 // Dropout (dropout_rate) is applied upstream to gq, gk and the transform output only, never to
 // weights; this inference library treats it as identity (eval mode).
 //
@@ -95,10 +103,14 @@ class FastSelfAttention : public Layer {
   StreamOptionSpec stream_options_accepted() const override { return {false, true, limits::kMaxTokens}; }
   std::unique_ptr<Stream> open_stream(int64_t batch, const StreamOptions& options = {}) const override;
   const Linear& projection() const override { return transform_; }
+  // All projections, key.weight twice (as loaded and transposed, for the folded key).
   int64_t weight_bytes() const override {
-    return query_.weight_bytes() + query_att_.weight_bytes() + key_.weight_bytes() + key_att_.weight_bytes() +
-           transform_.weight_bytes();
+    return query_.weight_bytes() + query_att_.weight_bytes() + key_.weight_bytes() + key_transposed_.weight_bytes() +
+           key_att_.weight_bytes() + transform_.weight_bytes();
   }
+  // forward folds the key projection into the pooling (see above) from T >= this · H tokens: the
+  // fold costs two (H×E)·(E×E) products per sequence in place of the (T×E)·(E×E) one.
+  static constexpr int64_t kFoldedKeyTokensPerHead = 4;
 
   // Shared building blocks of forward and the stream (rows of width cache_width()):
   // one token's cached row is [q (E) | k (E) | a (H)], a = the scaled query-attention logits.
@@ -126,10 +138,22 @@ class FastSelfAttention : public Layer {
   Linear query_;      // query: (E, E), (E)
   Linear query_att_;  // query_att: (H, E), (H)
   Linear key_;        // key: (E, E), (E)
+  Linear key_transposed_;  // key.weight transposed: (E, E), no bias; S·W_key of the folded key
   Linear key_att_;    // key_att: (H, E), (H)
   Linear transform_;  // transform: (E, E), (E)
   // forward_upstream()'s scratch: one workspace per concurrent call, and one per pooling worker.
   mutable WorkspacePool pool_, worker_pool_;
+  // x (rows, E) -> q into out[:, 0, E) and a into out[:, a_offset, a_offset + H), row stride ld.
+  void project_query(const float* x, int64_t rows, float* out, int64_t ld, int64_t a_offset) const;
+  // The pooled query gq (E) of T >= 1 tokens: q_t at q + t·ld, a_t at a + t·ld; keep as above;
+  // alpha (H, T) scratch. Heads in parallel when parallel.
+  void pooled_query(const float* q, const float* a, int64_t ld, int64_t T, const uint8_t* keep,
+                    int64_t keep_head_stride, float* alpha, float* gq, bool parallel) const;
+  // The folded key (see above) of B sequences of T tokens: x (B, T, E), rows (B·T, E + H) = [q | a],
+  // keep[b * keep_batch_stride + h * keep_head_stride + t] or null -> gk (B, E). Scratch from ws
+  // (buffers 3-5) and worker_pool_.
+  void folded_pooled_keys(const float* x, const float* rows, int64_t B, int64_t T, const uint8_t* keep,
+                          int64_t keep_batch_stride, int64_t keep_head_stride, float* gk, Workspace& ws) const;
   // Checks options.window >= 1 and -1 <= options.position < window; fn names the caller.
   void check_stream_options(const StreamOptions& options, const char* fn) const;
   friend class FastSelfAttentionStream;
