@@ -129,7 +129,9 @@ void FastSelfAttention::folded_pooled_keys(const float* x, const float* rows, in
                                            const uint8_t* keep, int64_t keep_batch_stride,
                                            int64_t keep_head_stride, float* gk, Workspace& ws) const {
   const int64_t E = size_, H = heads_, d = head_dim_, W = E + H;
-  const bool parallel_heads = B == 1 && T >= threshold::kPoolTokens;  // as in pooled_key
+  // Sequences pool in parallel; a single sequence pools on this thread (its BLAS calls too): the
+  // pooling is O(T·E·H), and OpenBLAS threading these thin products costs more than it saves.
+  const ThreadLimit serial(B > 1 ? std::numeric_limits<int>::max() : 1);
   float* gq = ws.floats(3, B * E);
   float* S = ws.floats(4, 2 * B * H * E);  // (B·H, E): S = W_key_att ⊙ gq, then x̄
   float* M = S + B * H * E;                // (B·H, E): S·W_key, then key(x̄) = W_key·x̄ + b_key
@@ -140,7 +142,7 @@ void FastSelfAttention::folded_pooled_keys(const float* x, const float* rows, in
   parallel_for_workspaces(B, B > 1, worker_pool_, [&](int64_t b, Workspace& mine) {
     const uint8_t* kb = keep ? keep + b * keep_batch_stride : nullptr;
     pooled_query(rows + b * T * W, rows + b * T * W + E, W, T, kb, keep_head_stride, mine.floats(0, H * T),
-                 gq + b * E, parallel_heads);
+                 gq + b * E, /*parallel=*/false);
     for (int64_t h = 0; h < H; ++h) {
       float* s = S + (b * H + h) * E;
       float dot = 0.f;
@@ -152,18 +154,19 @@ void FastSelfAttention::folded_pooled_keys(const float* x, const float* rows, in
     }
   });
   key_transposed_.apply(S, B * H, E, M, E);  // M[b, h] = S[b, h]·W_key
-  // Key logits from x, β, and x̄_h = Σ_t β[h, t] x_t (into S) per sequence.
+  // Key logits cᵀ (H, T) = M[b]·xᵀ from x, β, and x̄ (H, E) = β·x (into S) per sequence: one GEMM
+  // each, so x is read once per product.
   parallel_for_workspaces(B, B > 1, worker_pool_, [&](int64_t b, Workspace& mine) {
     const uint8_t* kb = keep ? keep + b * keep_batch_stride : nullptr;
     const float* xb = x + b * T * E;
-    float* c = mine.floats(1, T * H);  // (T, H)
-    linear_raw(xb, T, E, E, M + b * H * E, c0 + b * H, H, c, H);
-    for (int64_t i = 0; i < T * H; ++i) c[i] /= scale_;
+    float* c = mine.floats(1, H * T);  // (H, T)
+    gemm(M + b * H * E, E, xb, E, /*b_transposed=*/true, c, T, H, T, E);
     float* beta = mine.floats(0, H * T);
-    parallel_for(H, parallel_heads, [&](int64_t h) {
-      pool_weights(c + h, H, T, kb ? kb + h * keep_head_stride : nullptr, beta + h * T);
-      gemm(beta + h * T, T, xb, E, false, S + (b * H + h) * E, E, 1, E, T);
-    });
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t t = 0; t < T; ++t) c[h * T + t] = (c[h * T + t] + c0[b * H + h]) / scale_;
+      pool_weights(c + h * T, 1, T, kb ? kb + h * keep_head_stride : nullptr, beta + h * T);
+    }
+    gemm(beta, T, xb, E, false, S + b * H * E, E, H, E, T);
   });
   key_.apply(S, B * H, E, M, E);  // M[b, h] = W_key·x̄_h + b_key
   // gk[h-slice] = gq[h-slice] ⊙ M[b, h][h-slice].
