@@ -145,9 +145,11 @@ void row_decode(const AttentionShape& s, const HeadsView& q, const HeadsView& k,
 
 // One score row of a key block through the online softmax: masks it (unless whole), raises the
 // running max *m (rescaling the sum *l and the unnormalised context row c of D floats when it
-// grows), writes p = exp(s - m) and adds its sum to *l. p may be s; otherwise s is cleared (the BLAS
+// grows), writes p = exp(s - m) (Base2: 2^(s - m) by exp2_sub_sum_coarse, for log2(e)-scaled scores)
+// and adds its sum to *l. p may be s; otherwise s is cleared (the BLAS
 // path accumulates the next block's scores into it). Returns false, with p = 0, while the row has
 // kept no key at all.
+template <bool Base2 = false>
 bool online_softmax_row(const AttentionShape& s, const AttentionMask* mask, bool whole, int64_t b, int64_t i,
                         int64_t j0, float* sr, float* pr, int64_t n, float* m, float* l, float* c) {
   if (!whole) mask_row(s, mask, b, i, j0, sr, n);
@@ -159,13 +161,13 @@ bool online_softmax_row(const AttentionShape& s, const AttentionMask* mask, bool
   }
   if (mnew > *m) {
     if (*m != -INFINITY) {  // rescale what was accumulated under the old max
-      const float alpha = std::exp(*m - mnew);
+      const float alpha = Base2 ? std::exp2(*m - mnew) : std::exp(*m - mnew);
       *l *= alpha;
       scale_row(c, s.head_dim, alpha);
     }
     *m = mnew;
   }
-  *l += exp_sub_sum(sr, n, mnew, pr);
+  *l += Base2 ? softmax::exp2_sub_sum_coarse(sr, n, mnew, pr) : exp_sub_sum(sr, n, mnew, pr);
   return true;
 }
 
@@ -246,6 +248,8 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
   float* m = S + tiles::kTileRows * kFlashK;               // running max per row of a tile
   float* l = m + kFlashQ;                                  // running sum per row of a tile
   const int64_t slice_stride = Products::value_slices_size(hi - lo, tiles::kSliceFeatures);
+  // Base 2: the scores carry log2(e), so 2^(score - max) is the softmax's exp(s·scale - max).
+  const float scale = Products::kBase2 ? s.scale * 1.4426950408889634f : s.scale;
   if (hi > lo) {
     Products::pack_key_panels(at(k, b, lo, h, D), k.time_stride, hi - lo, D, Kp);
     Products::pack_value_slices(at(v, b, lo, h, D), v.time_stride, hi - lo, D, Vs);
@@ -272,10 +276,10 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
         const int64_t g1 = std::min(j1, ghi), n = g1 - g0;
         if (n <= 0) continue;  // no row of the group sees the block
         const bool whole = !mask && band_covers(s, t0 + r0, t0 + r0 + mr, g0, g1);
-        Products::scores_rows(mr, Qt + r0 * D, D, Kp + (g0 - lo) * D, n, D, s.scale, S, lds);
+        Products::scores_rows(mr, Qt + r0 * D, D, Kp + (g0 - lo) * D, n, D, scale, S, lds);
         bool any = false;
         for (int r = 0; r < mr; ++r)
-          any |= online_softmax_row(s, mask, whole, b, t0 + r0 + r, g0, S + r * lds, S + r * lds, n, m + r0 + r,
+          any |= online_softmax_row<Products::kBase2>(s, mask, whole, b, t0 + r0 + r, g0, S + r * lds, S + r * lds, n, m + r0 + r,
                                     l + r0 + r, Ct + (r0 + r) * D);
         if (any)
           Products::context_rows(mr, S, lds, Vs + (g0 - lo) * tiles::kSliceFeatures, slice_stride, n, D,
@@ -286,8 +290,11 @@ void flash_register_tiles(const AttentionShape& s, const HeadsView& q, const Hea
   }
 }
 
+// kBase2: the softmax of the tiles runs in base 2 on log2(e)-scaled scores, with the coarse exp2
+// (softmax_row.h) where the probabilities are rounded to bf16 next.
 struct Fp32Products {
   using Packed = float;
+  static constexpr bool kBase2 = false;
   static int64_t value_slices_size(int64_t n, int64_t D) { return tiles::value_slices_size(n, D); }
   static constexpr auto pack_key_panels = tiles::pack_key_panels;
   static constexpr auto pack_value_slices = tiles::pack_value_slices;
@@ -297,6 +304,7 @@ struct Fp32Products {
 };
 struct Bf16Products {
   using Packed = uint16_t;
+  static constexpr bool kBase2 = true;
   static int64_t value_slices_size(int64_t n, int64_t D) { return tiles::bf16::value_slices_size(n, D); }
   static constexpr auto pack_key_panels = tiles::bf16::pack_key_panels;
   static constexpr auto pack_value_slices = tiles::bf16::pack_value_slices;

@@ -15,6 +15,10 @@ float row_max(const float* x, int64_t n);
 // next block's scores into it with beta = 1, which spares OpenBLAS' zeroing pass over C).
 float exp_sub_sum(float* x, int64_t n, float m, float* p);
 
+// As exp_sub_sum in base 2 to about 1e-4 relative (simd::exp2_coarse8; the plain path: std::exp2):
+// p[j] = 2^(x[j] - m). For scores scaled by log2(e) whose probabilities are rounded to bf16 next.
+float exp2_sub_sum_coarse(float* x, int64_t n, float m, float* p);
+
 inline void scale_row(float* x, int64_t n, float a) {
   for (int64_t j = 0; j < n; ++j) x[j] *= a;
 }
