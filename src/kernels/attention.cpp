@@ -27,11 +27,11 @@ constexpr int64_t kQueryTile = 64;
 // OpenBLAS variant: the block's scores and probabilities are kFlashQ x kFlashK floats each (2 x 256
 // KiB, an L2 of 512 KiB); larger tiles mean fewer re-packs of each K / V block by OpenBLAS (the
 // sizes are the best of a sweep, BENCHMARKS.md). Register-tile variant: a work item packs its keys
-// and values once for up to kSpanQ query rows (twice per head at T = 4096, 16 work items for B=1,
-// H=8).
+// and values once for up to kSpanQ query rows (flash_rows: once per head at T = 4096 when there are
+// heads enough to give every thread two work items).
 constexpr int64_t kFlashK = 256;
 constexpr int64_t kFlashQ = 256;
-constexpr int64_t kSpanQ = 2048;
+constexpr int64_t kSpanQ = 4096;
 // Below this many query rows the per-row decode path is used (one or a few tokens over a cache).
 constexpr int64_t kDecodeRows = 4;
 
@@ -183,8 +183,16 @@ bool register_tiles(int64_t D) { return tiles::available() && D % 8 == 0; }
 // Whether they take bf16 operands: asked for by the shape, run by the CPU, whole 16-feature slices.
 bool bf16_tiles(const AttentionShape& s) { return s.bf16_products && tiles::bf16::available() && s.head_dim % 16 == 0; }
 
-// Query rows per work item of the flash path.
-int64_t flash_rows(int64_t D) { return register_tiles(D) ? kSpanQ : kFlashQ; }
+// Query rows per work item of the flash path. Register tiles: the longest span (a multiple of
+// kFlashQ, at most kSpanQ) that still makes two work items per thread, since each work item packs
+// its keys and values once.
+int64_t flash_rows(const AttentionShape& s, int threads) {
+  if (!register_tiles(s.head_dim)) return kFlashQ;
+  const int64_t pairs = s.batch * s.heads;                                      // work items per span
+  const int64_t spans = std::max<int64_t>(1, (2 * threads + pairs - 1) / pairs);  // spans per (b, h)
+  const int64_t rows = (s.q_len + spans - 1) / spans;
+  return std::clamp((rows + kFlashQ - 1) / kFlashQ * kFlashQ, kFlashQ, kSpanQ);
+}
 
 // Thread scratch of the flash path for up to k_len keys, then the running max and sum of kFlashQ
 // rows. Register tiles: the work item's packed keys and values, a tile's queries and context and
@@ -390,7 +398,7 @@ void attention(const AttentionShape& s, HeadsView q, HeadsView k, HeadsView v,
   const bool parallel = macs >= threshold::kAttentionMacs;
   // Work items: (b, h, query tile), or (b, h, query row) on the decode path.
   const bool rowwise = !probs && s.q_len < kDecodeRows;
-  const int64_t tile = probs ? kQueryTile : rowwise ? 1 : flash_rows(s.head_dim);
+  const int64_t tile = probs ? kQueryTile : rowwise ? 1 : flash_rows(s, parallel ? omp_get_max_threads() : 1);
   const int64_t tiles = (s.q_len + tile - 1) / tile;
   const int64_t work = s.batch * s.heads * tiles;
   const auto flash = !register_tiles(s.head_dim) ? flash_blas
