@@ -8,6 +8,7 @@
 
 #include "tokenmix/kernels/precision.h"
 #include "attention_tiles.h"
+#include "bf16_round.h"
 #include "isa_target.h"
 
 namespace tokenmix::tiles::bf16 {
@@ -108,24 +109,9 @@ constexpr std::array<ContextMicro, sizeof...(R)> context_table(std::integer_sequ
 constexpr auto kScoresMicro = scores_table(std::make_integer_sequence<int, kTileRows>());
 constexpr auto kContextMicro = context_table(std::make_integer_sequence<int, kTileRows>());
 
-// 16 floats rounded as to_bf16 (nearest even; a NaN becomes a quiet NaN), each bf16 in the low half of
-// its 32-bit lane (the high half zero).
-// (Shifts and the narrowing move use their zero-masked forms under a full mask: GCC 12's unmasked
-// intrinsics pass an undefined vector that -Wmaybe-uninitialized reports, GCC bug 105593.)
-constexpr __mmask16 kAll = 0xffff;
-inline __m512i bf16_lanes(__m512 x) {
-  const __m512i u = _mm512_castps_si512(x);
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                _mm512_set1_epi32(0x7f800000));
-  const __m512i high = _mm512_maskz_srli_epi32(kAll, u, 16);
-  const __m512i lsb = _mm512_and_si512(high, _mm512_set1_epi32(1));
-  const __m512i rounded =
-      _mm512_maskz_srli_epi32(kAll, _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
-  return _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(high, _mm512_set1_epi32(0x40)));
-}
-
-// X[0 .. 16) rounded, as 16 bf16.
-inline __m256i bf16_16(const float* x) { return _mm512_maskz_cvtepi32_epi16(kAll, bf16_lanes(_mm512_loadu_ps(x))); }
+using bf16_round::kAll;
+using bf16_round::lanes;
+using bf16_round::round16;
 
 TOKENMIX_AVX512_BF16_END
 
@@ -136,7 +122,7 @@ TOKENMIX_AVX512_BF16_BEGIN
 void pack_rows(const float* X, int64_t ld, int64_t n, int64_t D, uint16_t* Xb) {
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < D; d += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(Xb + j * D + d), bf16_16(X + j * ld + d));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(Xb + j * D + d), round16(X + j * ld + d));
 }
 
 void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, uint16_t* Kb) {
@@ -148,7 +134,7 @@ void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, uint16_t*
     for (int64_t c = 0; c < keys; ++c)
       for (int64_t d = 0; d < D; d += 16) {
         alignas(32) uint32_t pairs[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(pairs), bf16_16(K + (j0 + c) * ld + d));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(pairs), round16(K + (j0 + c) * ld + d));
         for (int i = 0; i < 8; ++i) panel[(d / 2 + i) * kPanelKeys + c] = pairs[i];
       }
     for (int64_t c = keys; c < kPanelKeys; ++c)
@@ -164,9 +150,9 @@ void pack_value_slices(const float* V, int64_t ld, int64_t n, int64_t D, uint16_
     uint16_t* slice = Vb + s * kSliceFeatures * n2;
     for (int64_t j = 0; j < n2; j += 2) {
       const float* v = V + j * ld + s * kSliceFeatures;
-      const __m512i lo = bf16_lanes(_mm512_loadu_ps(v));
+      const __m512i lo = lanes(_mm512_loadu_ps(v));
       const __m512i hi =
-          j + 1 < n ? _mm512_maskz_slli_epi32(kAll, bf16_lanes(_mm512_loadu_ps(v + ld)), 16) : _mm512_setzero_si512();
+          j + 1 < n ? _mm512_maskz_slli_epi32(kAll, lanes(_mm512_loadu_ps(v + ld)), 16) : _mm512_setzero_si512();
       _mm512_storeu_si512(slice + j * kSliceFeatures, _mm512_or_si512(lo, hi));
     }
   }

@@ -5,6 +5,7 @@
 
 #include "tokenmix/core/cpu.h"
 #include "tokenmix/kernels/precision.h"
+#include "bf16_round.h"
 #include "isa_target.h"
 
 namespace tokenmix::convert {
@@ -113,6 +114,19 @@ void store_row_avx2(const float* r, int64_t n, float scale, const float* bias, b
 
 TOKENMIX_AVX2_END
 
+TOKENMIX_AVX512_BF16_BEGIN
+
+void round_bf16_row_avx512(const float* x, int64_t n, uint16_t* out) {
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), bf16_round::round16(x + k));
+  if (k < n) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - k)) - 1);
+    _mm256_mask_storeu_epi16(out + k, tail, bf16_round::round16(x + k, tail));
+  }
+}
+
+TOKENMIX_AVX512_BF16_END
+
 bool vector() { return kernel_isa() >= KernelIsa::kAvx2; }
 
 }  // namespace
@@ -122,7 +136,10 @@ float quantize_row(const float* x, int64_t n, int8_t* q) {
 }
 
 void round_bf16_row(const float* x, int64_t n, uint16_t* out) {
-  vector() ? round_bf16_row_avx2(x, n, out) : round_bf16_row_reference(x, n, out);
+  if (kernel_isa() >= KernelIsa::kAvx512Bf16)
+    round_bf16_row_avx512(x, n, out);
+  else
+    vector() ? round_bf16_row_avx2(x, n, out) : round_bf16_row_reference(x, n, out);
 }
 
 void store_row(const float* r, int64_t n, float scale, const float* bias, bool accumulate, float* out) {
