@@ -118,6 +118,33 @@ std::pair<StateDict, nb::dict> own_weights(const std::map<std::string, FloatIn>&
   return {std::move(sd), std::move(views)};
 }
 
+// A checkpoint's weights kept for Layer.state_dict() as stored: BF16 as bfloat16 (half the float32
+// bytes), F32 / F16 as float32; owned copies, never views of the file (a file rewritten or truncated
+// after the load cannot reach them). Widened to float32 numpy arrays only when asked.
+struct StoredWeights {
+  StateDict state_dict;
+  explicit StoredWeights(const StateDict& from) {
+    for (const std::string& key : from.keys()) {
+      if (const Bf16Tensor* b = from.bf16(key)) {
+        const int64_t n = b->shape.numel();
+        std::shared_ptr<uint16_t[]> bits(new uint16_t[std::max<int64_t>(n, 1)]);
+        std::copy(b->data.get(), b->data.get() + n, bits.get());
+        state_dict.set(key, Bf16Tensor{b->shape, std::shared_ptr<const uint16_t>(bits, bits.get())});
+      } else {
+        state_dict.set(key, from.get(key).clone());
+      }
+    }
+  }
+  nb::dict to_numpy() const {
+    nb::dict out;
+    for (const std::string& key : state_dict.keys()) {
+      auto* holder = new Tensor(state_dict.get(key).clone());
+      out[key.c_str()] = owning<const float>(holder, holder->data(), dims_of(holder->shape().dims()));
+    }
+    return out;
+  }
+};
+
 // Every tensor of a safetensors file as numpy arrays of the stored shape (F32/F16/BF16 as float32,
 // BOOL as bool, U8 as uint8, I64 as int64), and its metadata.
 std::pair<nb::dict, std::map<std::string, std::string>> read_all(const SafetensorsFile& f) {
@@ -340,6 +367,20 @@ NB_MODULE(_core, m) {
     return std::make_pair(make_layer(module, config, sd, linear), views);
   }, "module"_a, "config"_a, "weights"_a, "precision"_a = "fp32");
 
+  nb::class_<StoredWeights>(m, "StoredWeights").def("to_numpy", &StoredWeights::to_numpy);
+
+  m.def("load_layer", [](const std::string& path, const std::string& precision) {
+    LinearOptions linear;
+    linear.precision = parse_precision(precision, "load");
+    const SafetensorsFile f(path);
+    const auto& meta = f.metadata();
+    for (const char* key : {"module", "config"})
+      check(meta.count(key) != 0, "load: ", path, ": __metadata__ has no '", key, "'");
+    const StateDict sd = StateDict::from_file(f, meta.count("call") ? "param." : "");
+    std::unique_ptr<Layer> layer = make_layer(meta.at("module"), meta.at("config"), sd, linear);
+    return std::make_pair(std::move(layer), std::make_unique<StoredWeights>(sd));
+  }, "path"_a, "precision"_a = "fp32");
+  m.def("safetensors_metadata", [](const std::string& path) { return SafetensorsFile(path).metadata(); }, "path"_a);
   m.def("read_safetensors", [](const std::string& path) { return read_all(SafetensorsFile(path)); }, "path"_a);
   m.def("read_safetensors_bytes", [](const nb::bytes& b) {
     return read_all(SafetensorsFile::from_bytes(from_bytes(b)));

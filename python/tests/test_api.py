@@ -1,6 +1,8 @@
 """The package API without upstream modules: streams (== offline, state round trips, pickling),
 save / load, errors, threads."""
+import json
 import pickle
+import struct
 import threading
 
 import numpy as np
@@ -105,6 +107,47 @@ def test_layer_pickle_save_and_load(tmp_path, rng):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(layer))(x)[0], expected)
     tokenmix.save(layer, tmp_path / "m.safetensors")
     np.testing.assert_array_equal(tokenmix.load(tmp_path / "m.safetensors")(x)[0], expected)
+
+
+def write_bf16_checkpoint(path, module, config, weights):
+    """What safetensors.torch.save_file({k: v.bfloat16() ...}) writes, plus the module / config
+    metadata: every weight as BF16 (rounded to nearest even by torch)."""
+    torch = pytest.importorskip("torch")
+    header, blobs, offset = {}, [], 0
+    for k, v in weights.items():
+        blob = torch.from_numpy(np.array(v, dtype=np.float32)).bfloat16().view(torch.int16).numpy().tobytes()
+        header[k] = {"dtype": "BF16", "shape": list(v.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    header["__metadata__"] = {"module": module, "config": json.dumps(config)}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32)).bfloat16().float().numpy() for k, v in weights.items()}
+
+
+@pytest.mark.parametrize("name", ["espnet_mha", "fastformer", "hypermixing", "continual_retro"])
+def test_bf16_checkpoint_loads_as_stored(name, tmp_path, rng):
+    """A BF16 checkpoint loads at fp32 and (where the CPU runs it) bf16 to the same layer as its values
+    widened to float32; state_dict() returns them exactly widened, and a pickled copy computes the same."""
+    layer, _ = load(name)
+    path = tmp_path / "bf16.safetensors"
+    widened = write_bf16_checkpoint(path, layer.module, layer.config, layer.state_dict())
+    x = rng.standard_normal((2, 6, layer.d_model), dtype=np.float32)
+    for precision in ("fp32", "bf16"):
+        try:
+            want = tokenmix.make_layer(layer.module, layer.config, widened, precision)
+        except ValueError as e:
+            assert precision == "bf16" and "no AVX512-BF16 or AMX-BF16" in str(e)
+            continue
+        got = tokenmix.load(path, precision=precision)
+        assert (got.precision, got.weight_bytes) == (want.precision, want.weight_bytes)
+        np.testing.assert_array_equal(got.forward_unified(x), want.forward_unified(x))
+        sd = got.state_dict()
+        assert sd.keys() == widened.keys()
+        for k, v in widened.items():
+            np.testing.assert_array_equal(sd[k], v, err_msg=k)
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(got)).forward_unified(x), want.forward_unified(x))
 
 
 def test_bad_inputs_are_value_errors(rng, tmp_path):

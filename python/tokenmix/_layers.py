@@ -25,7 +25,9 @@ class Layer:
         self.module = module
         self.config = dict(config)
         self._impl = impl
-        self._weights = weights  # read-only numpy views of the layer's own copy of its state_dict
+        # Read-only numpy views of the layer's own copy of its state_dict, or (tokenmix.load) the
+        # checkpoint's tensors as stored (_core.StoredWeights), widened by state_dict().
+        self._weights = weights
         self._requested = requested_precision  # as asked for ("auto" re-resolves on the CPU that unpickles)
 
     def __call__(self, *args, **kwargs):
@@ -59,8 +61,11 @@ class Layer:
         return self._impl.weight_bytes
 
     def state_dict(self) -> dict:
-        """The upstream ``state_dict`` the layer was built from (read-only float32 numpy arrays)."""
-        return dict(self._weights)
+        """The upstream ``state_dict`` the layer was built from (read-only float32 numpy arrays; a
+        bfloat16 checkpoint's values widened exactly)."""
+        if isinstance(self._weights, dict):
+            return dict(self._weights)
+        return self._weights.to_numpy()
 
     def forward_unified(self, x, key_padding_mask=None):
         """Self-attention / token mixing in tokenmix's unified form: ``x (B, T, E)``, optional
@@ -82,7 +87,7 @@ class Layer:
         return like(out, any_torch(x))
 
     def __reduce__(self):
-        return (_rebuild, (self.module, json.dumps(self.config), dict(self._weights), self._requested))
+        return (_rebuild, (self.module, json.dumps(self.config), self.state_dict(), self._requested))
 
     def __repr__(self):
         return f"tokenmix.{type(self).__name__}({self.module}, {json.dumps(self.config)})"

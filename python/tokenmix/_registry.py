@@ -158,11 +158,15 @@ def save(module, path) -> None:
 
 def load(path, precision: str = "fp32") -> Layer:
     """The layer a self-describing checkpoint describes (or a reference case file, whose weights are
-    its ``param.*`` tensors), its projections in ``precision`` (see ``make_layer``). Raises ValueError
-    naming the file when it cannot be read, lacks ``module`` / ``config`` metadata, or holds an
-    unsupported module or bad weights, and for an unsupported precision."""
+    its ``param.*`` tensors), its projections in ``precision`` (see ``make_layer``). The weights go
+    from the file to the layer without a float32 detour: a BF16 checkpoint loaded at ``"bf16"`` packs
+    its projections from the stored bfloat16 values, and the layer keeps the file's tensors as
+    stored (bfloat16 in half the bytes) for ``state_dict()``, which widens them when called. Raises
+    ValueError naming the file when it cannot be read, lacks ``module`` / ``config`` metadata, or
+    holds an unsupported module, a non-float weight or bad weights, and for an unsupported
+    precision."""
     path = os.fspath(path)
-    tensors, metadata = _core.read_safetensors(path)
+    metadata = _core.safetensors_metadata(path)
     for key in ("module", "config"):
         if key not in metadata:
             raise ValueError(f"load: {path}: __metadata__ has no '{key}' (a self-describing checkpoint stores the "
@@ -171,9 +175,7 @@ def load(path, precision: str = "fp32") -> Layer:
         config = json.loads(metadata["config"])
     except json.JSONDecodeError as e:
         raise ValueError(f"load: {path}: __metadata__ 'config' is not JSON: {e}") from None
-    prefix = "param." if "call" in metadata else ""
-    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    for k, v in weights.items():
-        if v.dtype != np.float32:
-            raise ValueError(f"load: {path}: tensor '{prefix}{k}': expected a floating-point weight, got {v.dtype}")
-    return make_layer(metadata["module"], config, weights, precision)
+    impl, stored = _core.load_layer(path, precision)
+    module = ALIASES.get(metadata["module"], metadata["module"])
+    cls = CLASSES.get(impl.name) or CLASSES["continual." + module.rsplit(".", 1)[-1]]
+    return cls(module, config, impl, stored, precision)
