@@ -109,9 +109,9 @@ constexpr std::array<ContextMicro, sizeof...(R)> context_table(std::integer_sequ
 constexpr auto kScoresMicro = scores_table(std::make_integer_sequence<int, kTileRows>());
 constexpr auto kContextMicro = context_table(std::make_integer_sequence<int, kTileRows>());
 
-using bf16_round::kAll;
-using bf16_round::lanes;
-using bf16_round::round16;
+using simd::bf16_lanes;
+using simd::bf16_round16;
+using simd::kAll;
 
 TOKENMIX_AVX512_BF16_END
 
@@ -122,7 +122,7 @@ TOKENMIX_AVX512_BF16_BEGIN
 void pack_rows(const float* X, int64_t ld, int64_t n, int64_t D, uint16_t* Xb) {
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < D; d += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(Xb + j * D + d), round16(X + j * ld + d));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(Xb + j * D + d), bf16_round16(X + j * ld + d));
 }
 
 void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, uint16_t* Kb) {
@@ -134,7 +134,7 @@ void pack_key_panels(const float* K, int64_t ld, int64_t n, int64_t D, uint16_t*
     for (int64_t c = 0; c < keys; ++c)
       for (int64_t d = 0; d < D; d += 16) {
         alignas(32) uint32_t pairs[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(pairs), round16(K + (j0 + c) * ld + d));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(pairs), bf16_round16(K + (j0 + c) * ld + d));
         for (int i = 0; i < 8; ++i) panel[(d / 2 + i) * kPanelKeys + c] = pairs[i];
       }
     for (int64_t c = keys; c < kPanelKeys; ++c)
@@ -150,9 +150,9 @@ void pack_value_slices(const float* V, int64_t ld, int64_t n, int64_t D, uint16_
     uint16_t* slice = Vb + s * kSliceFeatures * n2;
     for (int64_t j = 0; j < n2; j += 2) {
       const float* v = V + j * ld + s * kSliceFeatures;
-      const __m512i lo = lanes(_mm512_loadu_ps(v));
+      const __m512i lo = bf16_lanes(_mm512_loadu_ps(v));
       const __m512i hi =
-          j + 1 < n ? _mm512_maskz_slli_epi32(kAll, lanes(_mm512_loadu_ps(v + ld)), 16) : _mm512_setzero_si512();
+          j + 1 < n ? _mm512_maskz_slli_epi32(kAll, bf16_lanes(_mm512_loadu_ps(v + ld)), 16) : _mm512_setzero_si512();
       _mm512_storeu_si512(slice + j * kSliceFeatures, _mm512_or_si512(lo, hi));
     }
   }

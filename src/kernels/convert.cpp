@@ -118,10 +118,10 @@ TOKENMIX_AVX512_BF16_BEGIN
 
 void round_bf16_row_avx512(const float* x, int64_t n, uint16_t* out) {
   int64_t k = 0;
-  for (; k + 16 <= n; k += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), bf16_round::round16(x + k));
+  for (; k + 16 <= n; k += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), simd::bf16_round16(x + k));
   if (k < n) {
     const __mmask16 tail = static_cast<__mmask16>((1u << (n - k)) - 1);
-    _mm256_mask_storeu_epi16(out + k, tail, bf16_round::round16(x + k, tail));
+    _mm256_mask_storeu_epi16(out + k, tail, simd::bf16_round16(x + k, tail));
   }
 }
 

@@ -51,7 +51,7 @@ float row_max_avx2(const float* x, int64_t n) {
 }
 
 template <bool Base2>
-inline __m256 exp_lanes(__m256 v) {
+inline __m256 exp_lanes_avx2(__m256 v) {
   return Base2 ? simd::exp2_coarse8(v) : simd::exp8(v);
 }
 
@@ -63,7 +63,7 @@ float exp_sub_sum_avx2(float* x, int64_t n, float m, float* p) {
   __m256 acc = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256 e = exp_lanes<Base2>(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
+    const __m256 e = exp_lanes_avx2<Base2>(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
     if (clear) _mm256_storeu_ps(x + j, zero);
     _mm256_storeu_ps(p + j, e);
     acc = _mm256_add_ps(acc, e);
@@ -71,7 +71,7 @@ float exp_sub_sum_avx2(float* x, int64_t n, float m, float* p) {
   if (j < n) {  // the tail through the same polynomial, padded with -inf
     alignas(32) float t[8];
     for (int r = 0; r < 8; ++r) t[r] = j + r < n ? x[j + r] : -INFINITY;
-    const __m256 e = exp_lanes<Base2>(_mm256_sub_ps(_mm256_load_ps(t), vm));
+    const __m256 e = exp_lanes_avx2<Base2>(_mm256_sub_ps(_mm256_load_ps(t), vm));
     _mm256_store_ps(t, e);
     for (int64_t r = 0; j + r < n; ++r) {
       if (clear) x[j + r] = 0.f;
