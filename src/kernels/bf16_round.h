@@ -1,5 +1,5 @@
-// src/kernels/bf16_round.h (private): float32 -> bfloat16 rounding on AVX-512 vectors (simd::; nearest even;
-// a NaN becomes a quiet NaN), bit for bit to_bf16 of kernels/precision.h. Shared by
+// src/kernels/bf16_round.h (private): float32 -> bfloat16 rounding on AVX-512 vectors, in tokenmix::simd
+// (nearest even; a NaN becomes a quiet NaN), bit for bit to_bf16 of kernels/precision.h. Shared by
 // convert::round_bf16_row and the bf16 attention tiles' packing (attention_tiles_bf16.cpp);
 // vcvtneps2bf16 is not used because it flushes subnormal inputs to zero.
 #pragma once
