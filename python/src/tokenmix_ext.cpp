@@ -125,20 +125,17 @@ struct StoredWeights {
   StateDict state_dict;
   explicit StoredWeights(const StateDict& from) {
     for (const std::string& key : from.keys()) {
-      if (const Bf16Tensor* b = from.bf16(key)) {
-        const int64_t n = b->shape.numel();
-        std::shared_ptr<uint16_t[]> bits(new uint16_t[std::max<int64_t>(n, 1)]);
-        std::copy(b->data.get(), b->data.get() + n, bits.get());
-        state_dict.set(key, Bf16Tensor{b->shape, std::shared_ptr<const uint16_t>(bits, bits.get())});
-      } else {
+      if (const Bf16Tensor* b = from.bf16(key))
+        state_dict.set(key, b->clone());
+      else
         state_dict.set(key, from.get(key).clone());
-      }
     }
   }
+  // Read-only views: a float32 tensor is shared, a BF16 one widened into a new tensor.
   nb::dict to_numpy() const {
     nb::dict out;
     for (const std::string& key : state_dict.keys()) {
-      auto* holder = new Tensor(state_dict.get(key).clone());
+      auto* holder = new Tensor(state_dict.get(key));
       out[key.c_str()] = owning<const float>(holder, holder->data(), dims_of(holder->shape().dims()));
     }
     return out;
@@ -373,14 +370,10 @@ NB_MODULE(_core, m) {
     LinearOptions linear;
     linear.precision = parse_precision(precision, "load");
     const SafetensorsFile f(path);
-    const auto& meta = f.metadata();
-    for (const char* key : {"module", "config"})
-      check(meta.count(key) != 0, "load: ", path, ": __metadata__ has no '", key, "'");
-    const StateDict sd = StateDict::from_file(f, meta.count("call") ? "param." : "");
-    std::unique_ptr<Layer> layer = make_layer(meta.at("module"), meta.at("config"), sd, linear);
-    return std::make_pair(std::move(layer), std::make_unique<StoredWeights>(sd));
+    StateDict sd;
+    std::unique_ptr<Layer> layer = load_layer(f, linear, &sd);
+    return std::make_tuple(std::move(layer), std::make_unique<StoredWeights>(sd), f.metadata());
   }, "path"_a, "precision"_a = "fp32");
-  m.def("safetensors_metadata", [](const std::string& path) { return SafetensorsFile(path).metadata(); }, "path"_a);
   m.def("read_safetensors", [](const std::string& path) { return read_all(SafetensorsFile(path)); }, "path"_a);
   m.def("read_safetensors_bytes", [](const nb::bytes& b) {
     return read_all(SafetensorsFile::from_bytes(from_bytes(b)));

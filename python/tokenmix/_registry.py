@@ -165,17 +165,8 @@ def load(path, precision: str = "fp32") -> Layer:
     ValueError naming the file when it cannot be read, lacks ``module`` / ``config`` metadata, or
     holds an unsupported module, a non-float weight or bad weights, and for an unsupported
     precision."""
-    path = os.fspath(path)
-    metadata = _core.safetensors_metadata(path)
-    for key in ("module", "config"):
-        if key not in metadata:
-            raise ValueError(f"load: {path}: __metadata__ has no '{key}' (a self-describing checkpoint stores the "
-                             "upstream module and its constructor arguments; write one with tokenmix.save)")
-    try:
-        config = json.loads(metadata["config"])
-    except json.JSONDecodeError as e:
-        raise ValueError(f"load: {path}: __metadata__ 'config' is not JSON: {e}") from None
-    impl, stored = _core.load_layer(path, precision)
+    impl, stored, metadata = _core.load_layer(os.fspath(path), precision)
+    config = json.loads(metadata["config"])  # checked by the C++ registry: a JSON object
     module = ALIASES.get(metadata["module"], metadata["module"])
     cls = CLASSES.get(impl.name) or CLASSES["continual." + module.rsplit(".", 1)[-1]]
     return cls(module, config, impl, stored, precision)

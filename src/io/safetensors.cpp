@@ -301,20 +301,37 @@ Bf16Tensor Bf16Tensor::narrow(int64_t start, int64_t length) const {
   return {Shape(d), std::shared_ptr<const uint16_t>(data, data.get() + start * row)};
 }
 
+namespace {
+// A tensor of this shape over fresh, writable storage; *bits receives the storage.
+Bf16Tensor new_bf16(const Shape& shape, uint16_t** bits) {
+  std::shared_ptr<uint16_t[]> storage(new uint16_t[std::max<int64_t>(shape.numel(), 1)]);
+  *bits = storage.get();
+  return {shape, std::shared_ptr<const uint16_t>(storage, storage.get())};
+}
+}  // namespace
+
+Bf16Tensor Bf16Tensor::clone() const {
+  uint16_t* bits;
+  Bf16Tensor out = new_bf16(shape, &bits);
+  std::copy(data.get(), data.get() + shape.numel(), bits);
+  return out;
+}
+
 Bf16Tensor Bf16Tensor::transposed() const {
   check(shape.ndim() == 2, "Bf16Tensor::transposed: expected a 2-D tensor, got shape ", shape);
   const int64_t rows = shape[0], cols = shape[1];
-  std::shared_ptr<uint16_t[]> bits(new uint16_t[std::max<int64_t>(rows * cols, 1)]);
+  uint16_t* bits;
+  Bf16Tensor out = new_bf16(Shape{cols, rows}, &bits);
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) bits[j * rows + i] = data.get()[i * cols + j];
-  return {Shape{cols, rows}, std::shared_ptr<const uint16_t>(bits, bits.get())};
+  return out;
 }
 
 Bf16Tensor Bf16Tensor::from_float(const Tensor& x) {
-  const int64_t n = x.numel();
-  std::shared_ptr<uint16_t[]> bits(new uint16_t[std::max<int64_t>(n, 1)]);
-  for (int64_t i = 0; i < n; ++i) bits[i] = to_bf16(x.data()[i]);
-  return {x.shape(), std::shared_ptr<const uint16_t>(bits, bits.get())};
+  uint16_t* bits;
+  Bf16Tensor out = new_bf16(x.shape(), &bits);
+  for (int64_t i = 0; i < x.numel(); ++i) bits[i] = to_bf16(x.data()[i]);
+  return out;
 }
 
 Mask SafetensorsFile::mask(const std::string& name) const {

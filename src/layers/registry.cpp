@@ -252,13 +252,18 @@ std::unique_ptr<Layer> make_layer(const std::string& module, const std::string& 
 }
 
 std::unique_ptr<Layer> load_layer(const std::string& path, const LinearOptions& linear) {
-  const SafetensorsFile f(path);
+  return load_layer(SafetensorsFile(path), linear);
+}
+
+std::unique_ptr<Layer> load_layer(const SafetensorsFile& f, const LinearOptions& linear, StateDict* weights) {
   const auto& meta = f.metadata();
   for (const char* key : {"module", "config"})
-    check(meta.count(key) != 0, "load_layer: ", path, ": __metadata__ has no '", key,
+    check(meta.count(key) != 0, "load_layer: ", f.path(), ": __metadata__ has no '", key,
           "' (a self-describing checkpoint stores the upstream module and its constructor arguments)");
   const std::string prefix = meta.count("call") ? "param." : "";
-  return make_layer(meta.at("module"), meta.at("config"), StateDict::from_file(f, prefix), linear);
+  const StateDict sd = StateDict::from_file(f, prefix);
+  if (weights) *weights = sd;
+  return make_layer(meta.at("module"), meta.at("config"), sd, linear);
 }
 
 }  // namespace tokenmix

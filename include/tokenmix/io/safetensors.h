@@ -42,6 +42,8 @@ struct Bf16Tensor {
   // Rows [start, start + length) of axis 0, sharing data. Throws Error "Bf16Tensor::narrow: ..." when
   // out of range.
   Bf16Tensor narrow(int64_t start, int64_t length) const;
+  // A new tensor holding a copy of the values (not sharing data).
+  Bf16Tensor clone() const;
   // A new (cols, rows) tensor holding this (rows, cols) one transposed. Throws Error
   // "Bf16Tensor::transposed: ..." unless it is 2-D.
   Bf16Tensor transposed() const;

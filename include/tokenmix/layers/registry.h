@@ -42,5 +42,9 @@ std::unique_ptr<Layer> make_layer(const std::string& module, const std::string& 
 // weights from its tensors (from the "param." tensors when the file is a reference case, i.e. its
 // metadata has a "call"). Throws Error naming the file when it cannot be read or lacks module/config.
 std::unique_ptr<Layer> load_layer(const std::string& path, const LinearOptions& linear = {});
+// The same from an open file; when weights is non-null it receives the state_dict the layer was built
+// from (as StateDict::from_file reads it: views of the file's mapping, BF16 kept as bfloat16).
+std::unique_ptr<Layer> load_layer(const SafetensorsFile& file, const LinearOptions& linear,
+                                  StateDict* weights = nullptr);
 
 }  // namespace tokenmix
