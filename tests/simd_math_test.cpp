@@ -15,26 +15,20 @@ namespace tokenmix {
 namespace {
 
 TOKENMIX_AVX2_BEGIN
-std::vector<float> exp8_of(const std::vector<float>& x) {
+// f over x, 8 lanes at a time (the last vector padded with zeros).
+template <__m256 (*F)(__m256)>
+std::vector<float> lanes8_of(const std::vector<float>& x) {
   std::vector<float> y(x.size());
   for (size_t i = 0; i < x.size(); i += 8) {
     alignas(32) float in[8] = {}, out[8];
     for (size_t r = 0; r < 8 && i + r < x.size(); ++r) in[r] = x[i + r];
-    _mm256_store_ps(out, simd::exp8(_mm256_load_ps(in)));
+    _mm256_store_ps(out, F(_mm256_load_ps(in)));
     for (size_t r = 0; r < 8 && i + r < x.size(); ++r) y[i + r] = out[r];
   }
   return y;
 }
-std::vector<float> exp2_coarse8_of(const std::vector<float>& x) {
-  std::vector<float> y(x.size());
-  for (size_t i = 0; i < x.size(); i += 8) {
-    alignas(32) float in[8] = {}, out[8];
-    for (size_t r = 0; r < 8 && i + r < x.size(); ++r) in[r] = x[i + r];
-    _mm256_store_ps(out, simd::exp2_coarse8(_mm256_load_ps(in)));
-    for (size_t r = 0; r < 8 && i + r < x.size(); ++r) y[i + r] = out[r];
-  }
-  return y;
-}
+std::vector<float> exp8_of(const std::vector<float>& x) { return lanes8_of<simd::exp8>(x); }
+std::vector<float> exp2_coarse8_of(const std::vector<float>& x) { return lanes8_of<simd::exp2_coarse8>(x); }
 TOKENMIX_AVX2_END
 
 // |got - want| in units of the float spacing at want (normal range).

@@ -113,17 +113,19 @@ def write_bf16_checkpoint(path, module, config, weights):
     """What safetensors.torch.save_file({k: v.bfloat16() ...}) writes, plus the module / config
     metadata: every weight as BF16 (rounded to nearest even by torch)."""
     torch = pytest.importorskip("torch")
-    header, blobs, offset = {}, [], 0
+    header, blobs, widened, offset = {}, [], {}, 0
     for k, v in weights.items():
-        blob = torch.from_numpy(np.array(v, dtype=np.float32)).bfloat16().view(torch.int16).numpy().tobytes()
+        t = torch.from_numpy(np.array(v, dtype=np.float32)).bfloat16()
+        blob = t.view(torch.int16).numpy().tobytes()
         header[k] = {"dtype": "BF16", "shape": list(v.shape), "data_offsets": [offset, offset + len(blob)]}
         blobs.append(blob)
+        widened[k] = t.float().numpy()
         offset += len(blob)
     header["__metadata__"] = {"module": module, "config": json.dumps(config)}
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
     path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
-    return {k: torch.from_numpy(np.array(v, dtype=np.float32)).bfloat16().float().numpy() for k, v in weights.items()}
+    return widened
 
 
 @pytest.mark.parametrize("name", ["espnet_mha", "fastformer", "hypermixing", "continual_retro"])

@@ -58,8 +58,9 @@ struct AttentionShape {
   // bf16 (nearest even) and fp32 accumulation, where the CPU has AVX512-BF16 (kernel set
   // avx512_bf16) and head_dim % 16 == 0; the fp32 products otherwise. The softmax, the masks and the
   // context stay fp32; with bf16 products the softmax runs in base 2 on log2(e)-scaled scores with an
-  // exp2 good to 1e-4 relative (the probabilities are rounded to bf16, 2^-9, next). Layers set it when their projections run in bf16 (kernels/precision.h), so the
-  // layer's bf16 parity gate covers both. Ignored with probs and on the decode path (fp32).
+  // exp2 good to 1e-4 relative (the probabilities are rounded to bf16, 2^-9, next). Layers set it
+  // when their projections run in bf16 (kernels/precision.h), so the layer's bf16 parity gate covers
+  // both. Ignored with probs and on the decode path (fp32).
   bool bf16_products = false;
 
   // batch x heads of head_dim, q_len queries over k_len keys, scores scaled by 1 / sqrt(head_dim),
